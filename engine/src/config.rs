@@ -1,0 +1,184 @@
+//! Engine configuration: what `stoker serve` flags and the TOML config set.
+//! Defaults are documented on each field and validated in `EngineConfig::validate`.
+
+use crate::error::{EngineError, Result};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct MountSpec {
+    /// Namespace name: the mount is served at `/NAME/...`.
+    pub name: String,
+    /// `file:///abs/dir` (more schemes come with the under-storage layer).
+    pub uri: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Where segments live. Required.
+    pub cache_dir: PathBuf,
+    /// Total bytes of segment files across shards. Default 10 GiB.
+    pub capacity_bytes: u64,
+    /// Number of shards (glommio executors). Default: number of cores.
+    pub shards: usize,
+    /// Control socket path; shard sockets are `{socket}.shard{N}`.
+    pub socket: String,
+    pub mounts: Vec<MountSpec>,
+    /// Large objects are cached in blocks of this size. Default 4 MiB.
+    pub block_bytes: u64,
+    /// Segment file size. Default 256 MiB (clamped so a shard holds >= 4 segments).
+    pub segment_bytes: u64,
+    /// Injected latency per under-storage request (demo/test knob). Default 0.
+    pub ufs_latency: Duration,
+    /// Bandwidth cap on under-storage reads in bytes/s (demo/test knob). Default none.
+    pub ufs_bandwidth: Option<u64>,
+    /// Timeout of one under-storage call. Default 30 s.
+    pub ufs_timeout: Duration,
+    /// Attempts per under-storage call on retryable errors. Default 3.
+    pub ufs_attempts: u32,
+    /// How long attributes and listings are trusted; None = never re-check
+    /// (immutable datasets). Default 60 s.
+    pub metadata_sync: Option<Duration>,
+    /// Bytes of blocks waiting to be written per shard before new misses are
+    /// served without being cached. Default 256 MiB.
+    pub write_queue_bytes_max: u64,
+}
+
+impl EngineConfig {
+    pub fn new(cache_dir: PathBuf) -> EngineConfig {
+        EngineConfig {
+            cache_dir,
+            capacity_bytes: 10 << 30,
+            shards: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            socket: stoker_proto::socket_from_env(None),
+            mounts: Vec::new(),
+            block_bytes: 4 << 20,
+            segment_bytes: 256 << 20,
+            ufs_latency: Duration::ZERO,
+            ufs_bandwidth: None,
+            ufs_timeout: Duration::from_secs(30),
+            ufs_attempts: 3,
+            metadata_sync: Some(Duration::from_secs(60)),
+            write_queue_bytes_max: 256 << 20,
+        }
+    }
+
+    pub fn validate(&mut self) -> Result<()> {
+        let bad = |m: String| Err(EngineError::InvalidArgument(m));
+        if self.shards == 0 || self.shards > 256 {
+            return bad(format!("--shards must be 1..=256, got {}", self.shards));
+        }
+        if self.block_bytes < 4096 || self.block_bytes > (64 << 20) || !self.block_bytes.is_power_of_two() {
+            return bad(format!("block size must be a power of two in 4KiB..=64MiB, got {}", self.block_bytes));
+        }
+        let per_shard = self.capacity_bytes / self.shards as u64;
+        // A shard needs room for a few segments, and a segment for a few blocks.
+        let min_per_shard = 4 * (self.block_bytes + 8192);
+        if per_shard < min_per_shard {
+            return bad(format!(
+                "--capacity {} is too small for {} shards with {} byte blocks (need at least {} per shard)",
+                self.capacity_bytes, self.shards, self.block_bytes, min_per_shard
+            ));
+        }
+        self.segment_bytes = self
+            .segment_bytes
+            .min(per_shard / 4)
+            .max(self.block_bytes + 8192)
+            .min(256 << 20)
+            .div_ceil(4096)
+            * 4096;
+        if self.mounts.is_empty() {
+            return bad("no mounts: pass at least one --mount NAME=URI".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for m in &self.mounts {
+            if m.name.is_empty() || m.name.contains('/') || m.name.starts_with('.') {
+                return bad(format!("bad mount name {:?}: a plain name like 'train'", m.name));
+            }
+            if !names.insert(m.name.clone()) {
+                return bad(format!("mount name {:?} given twice", m.name));
+            }
+        }
+        if self.ufs_attempts == 0 {
+            self.ufs_attempts = 1;
+        }
+        Ok(())
+    }
+
+    pub fn per_shard_capacity(&self) -> u64 {
+        self.capacity_bytes / self.shards as u64
+    }
+}
+
+/// Parse sizes like `100G`, `512MiB`, `4k`, `1048576` (binary units).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().map_err(|_| format!("bad size {s:?}: expected e.g. 100G, 512M, 4096"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("bad size {s:?}: unknown unit {unit:?} (use K, M, G, T)")),
+    };
+    if !(num.is_finite() && num >= 0.0) {
+        return Err(format!("bad size {s:?}"));
+    }
+    Ok((num * mult as f64) as u64)
+}
+
+/// Parse durations like `20ms`, `1.5s`, `10m`, `2h`, `never` (None).
+pub fn parse_duration(s: &str) -> std::result::Result<Option<Duration>, String> {
+    let t = s.trim();
+    if t == "never" {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().map_err(|_| format!("bad duration {s:?}: expected e.g. 20ms, 5s, 10m, never"))?;
+    let secs = match unit {
+        "us" => num / 1e6,
+        "ms" => num / 1e3,
+        "" | "s" => num,
+        "m" => num * 60.0,
+        "h" => num * 3600.0,
+        "d" => num * 86400.0,
+        _ => return Err(format!("bad duration {s:?}: unknown unit {unit:?} (use ms, s, m, h, d)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Some(Duration::from_secs_f64(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("100G"), Ok(100 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("20ms"), Ok(Some(Duration::from_millis(20))));
+        assert_eq!(parse_duration("never"), Ok(None));
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn validate_clamps_segments_and_rejects_tiny_capacity() {
+        let mut c = EngineConfig::new("/tmp/x".into());
+        c.mounts.push(MountSpec { name: "m".into(), uri: "file:///tmp".into() });
+        c.shards = 2;
+        c.capacity_bytes = 1 << 30;
+        c.validate().unwrap();
+        assert!(c.segment_bytes <= (1 << 30) / 2 / 4);
+        c.capacity_bytes = 1 << 20;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! The namespace: mounts under `/NAME/...` and a cache of attributes and
+//! listings in front of their under storage.
+//!
+//! Attributes and listings are trusted for the metadata sync interval
+//! (`None` = forever, for immutable datasets). The version token in an
+//! attribute names the object's content; blocks are cached under it, so an
+//! object changed out of band is read afresh once its attribute is re-synced.
+//!
+//! Callable from any thread; under-storage calls must be awaited on the
+//! engine's tokio runtime.
+
+use crate::ufs::{Guarded, UfsError, UfsResult};
+use parking_lot::RwLock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stoker_proto::control::{Attr, DirEntry, Kind};
+
+/// A failure as a client sees it: an errno and one line for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsError {
+    pub errno: i32,
+    pub message: String,
+}
+
+impl NsError {
+    pub fn new(errno: i32, message: impl Into<String>) -> NsError {
+        NsError { errno, message: message.into() }
+    }
+
+    fn ufs(path: &str, e: UfsError) -> NsError {
+        NsError { errno: e.errno(), message: format!("{path}: {e}") }
+    }
+}
+
+/// Pages fetched per listing call.
+const LIST_PAGE: usize = 1000;
+/// Listings larger than this are refused rather than held in memory.
+const LIST_ENTRIES_MAX: usize = 10_000_000;
+
+pub struct Namespace {
+    mounts: BTreeMap<String, Arc<Guarded>>,
+    attrs: RwLock<HashMap<String, (Attr, Instant)>>,
+    lists: RwLock<HashMap<String, (Arc<Vec<DirEntry>>, Instant)>>,
+    sync: Option<Duration>,
+}
+
+/// A normalised namespace path: `/` or `/mount` or `/mount/rel/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved<'a> {
+    Root,
+    Mount { mount: &'a str, rel: &'a str },
+}
+
+/// Normalise a client path: leading `/`, no empty, `.` or `..` components,
+/// no trailing slash. Returns None for a path that is not acceptable.
+pub fn normalise(path: &str) -> Option<String> {
+    if !path.starts_with('/') || path.len() > 4096 || path.contains('\0') {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        if comp == "." || comp == ".." {
+            return None;
+        }
+        out.push('/');
+        out.push_str(comp);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Some(out)
+}
+
+/// Split a normalised path into mount and relative path.
+pub fn resolve(norm: &str) -> Resolved<'_> {
+    let rest = &norm[1..];
+    if rest.is_empty() {
+        return Resolved::Root;
+    }
+    match rest.split_once('/') {
+        Some((mount, rel)) => Resolved::Mount { mount, rel },
+        None => Resolved::Mount { mount: rest, rel: "" },
+    }
+}
+
+fn dir_attr() -> Attr {
+    Attr { kind: Kind::Dir, size: 0, mtime_ns: 0, version: String::new() }
+}
+
+impl Namespace {
+    pub fn new(mounts: BTreeMap<String, Arc<Guarded>>, sync: Option<Duration>) -> Namespace {
+        Namespace { mounts, attrs: RwLock::default(), lists: RwLock::default(), sync }
+    }
+
+    fn fresh(&self, at: Instant) -> bool {
+        match self.sync {
+            None => true,
+            Some(d) => at.elapsed() < d,
+        }
+    }
+
+    fn mount<'a>(&'a self, norm: &'a str) -> Result<Option<(&'a Guarded, &'a str)>, NsError> {
+        match resolve(norm) {
+            Resolved::Root => Ok(None),
+            Resolved::Mount { mount, rel } => match self.mounts.get(mount) {
+                Some(m) => Ok(Some((m, rel))),
+                None => Err(NsError::new(libc::ENOENT, format!("{norm}: no such mount {mount:?}"))),
+            },
+        }
+    }
+
+    /// The attribute if cached and fresh; the shards' fast path.
+    pub fn cached_attr(&self, norm: &str) -> Option<Attr> {
+        let g = self.attrs.read();
+        let (a, at) = g.get(norm)?;
+        self.fresh(*at).then(|| a.clone())
+    }
+
+    /// Forget what is cached about `norm` (after a read found it changed).
+    pub fn invalidate(&self, norm: &str) {
+        self.attrs.write().remove(norm);
+    }
+
+    pub async fn stat(&self, norm: &str) -> Result<Attr, NsError> {
+        if let Some(a) = self.cached_attr(norm) {
+            return Ok(a);
+        }
+        let Some((ufs, rel)) = self.mount(norm)? else {
+            return Ok(dir_attr());
+        };
+        let attr = ufs.stat(rel).await.map_err(|e| NsError::ufs(norm, e))?;
+        self.attrs.write().insert(norm.to_string(), (attr.clone(), Instant::now()));
+        Ok(attr)
+    }
+
+    pub async fn list(&self, norm: &str) -> Result<Arc<Vec<DirEntry>>, NsError> {
+        if let Some((l, at)) = self.lists.read().get(norm) {
+            if self.fresh(*at) {
+                return Ok(l.clone());
+            }
+        }
+        let Some((ufs, rel)) = self.mount(norm)? else {
+            let entries = self.mounts.keys().map(|m| DirEntry { name: m.clone(), attr: dir_attr() });
+            return Ok(Arc::new(entries.collect()));
+        };
+        let mut entries = Vec::new();
+        let mut token = None;
+        loop {
+            let page = ufs.list(rel, token, LIST_PAGE).await.map_err(|e| NsError::ufs(norm, e))?;
+            entries.extend(page.entries.into_iter().map(|(name, attr)| DirEntry { name, attr }));
+            if entries.len() > LIST_ENTRIES_MAX {
+                return Err(NsError::new(libc::E2BIG, format!("{norm}: more than {LIST_ENTRIES_MAX} entries")));
+            }
+            match page.next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        // Listing attributes warm the attribute cache: a walk then stats nothing.
+        let now = Instant::now();
+        {
+            let mut attrs = self.attrs.write();
+            for e in &entries {
+                let child = if norm == "/" { format!("/{}", e.name) } else { format!("{norm}/{}", e.name) };
+                attrs.insert(child, (e.attr.clone(), now));
+            }
+        }
+        let entries = Arc::new(entries);
+        self.lists.write().insert(norm.to_string(), (entries.clone(), now));
+        Ok(entries)
+    }
+
+    /// Read a range of a file from under storage.
+    pub async fn read(&self, norm: &str, off: u64, len: u64) -> UfsResult<Vec<u8>> {
+        match self.mount(norm) {
+            Ok(Some((ufs, rel))) => ufs.read(rel, off, len).await,
+            Ok(None) => Err(UfsError::IsDir),
+            Err(_) => Err(UfsError::NotFound),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_paths() {
+        assert_eq!(normalise("/a//b/").as_deref(), Some("/a/b"));
+        assert_eq!(normalise("/").as_deref(), Some("/"));
+        assert_eq!(normalise("///").as_deref(), Some("/"));
+        assert_eq!(normalise("a/b"), None);
+        assert_eq!(normalise("/a/../etc"), None);
+        assert_eq!(resolve("/"), Resolved::Root);
+        assert_eq!(resolve("/m"), Resolved::Mount { mount: "m", rel: "" });
+        assert_eq!(resolve("/m/x/y"), Resolved::Mount { mount: "m", rel: "x/y" });
+    }
+}

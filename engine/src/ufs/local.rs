@@ -1,0 +1,124 @@
+//! A local (or NFS) directory as under storage. Blocking file calls run on
+//! tokio's blocking pool so they never stall a runtime worker.
+
+use super::{BoxFut, ListPage, Ufs, UfsError, UfsResult};
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use stoker_proto::control::{Attr, Kind};
+
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+impl LocalDir {
+    pub fn new(root: PathBuf) -> LocalDir {
+        LocalDir { root }
+    }
+
+    fn resolve(&self, rel: &str) -> UfsResult<PathBuf> {
+        // Paths come from the namespace, already normalised; refuse anything
+        // that could climb out of the mount anyway.
+        if rel.split('/').any(|c| c == ".." || c == ".") {
+            return Err(UfsError::NotFound);
+        }
+        Ok(self.root.join(rel.trim_start_matches('/')))
+    }
+}
+
+fn map_err(e: std::io::Error) -> UfsError {
+    match e.kind() {
+        ErrorKind::NotFound => UfsError::NotFound,
+        ErrorKind::IsADirectory => UfsError::IsDir,
+        ErrorKind::NotADirectory => UfsError::NotDir,
+        ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock => {
+            UfsError::Io { message: e.to_string(), retryable: true }
+        }
+        _ => UfsError::Io { message: e.to_string(), retryable: false },
+    }
+}
+
+pub fn attr_of(meta: &std::fs::Metadata) -> Attr {
+    let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+    if meta.is_dir() {
+        Attr { kind: Kind::Dir, size: 0, mtime_ns, version: String::new() }
+    } else {
+        Attr {
+            kind: Kind::File,
+            size: meta.len(),
+            mtime_ns,
+            version: format!("s{}-m{}-i{}", meta.len(), mtime_ns, meta.ino()),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> UfsResult<T> + Send + 'static) -> UfsResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(UfsError::Io { message: format!("worker failed: {e}"), retryable: false }))
+}
+
+impl Ufs for LocalDir {
+    fn stat<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<Attr>> {
+        Box::pin(async move {
+            let p = self.resolve(rel)?;
+            blocking(move || std::fs::metadata(&p).map(|m| attr_of(&m)).map_err(map_err)).await
+        })
+    }
+
+    fn read<'a>(&'a self, rel: &'a str, off: u64, len: u64) -> BoxFut<'a, UfsResult<Vec<u8>>> {
+        Box::pin(async move {
+            let p = self.resolve(rel)?;
+            blocking(move || {
+                let mut f = std::fs::File::open(&p).map_err(map_err)?;
+                if f.metadata().map_err(map_err)?.is_dir() {
+                    return Err(UfsError::IsDir);
+                }
+                f.seek(SeekFrom::Start(off)).map_err(map_err)?;
+                let mut buf = Vec::with_capacity(len as usize);
+                f.take(len).read_to_end(&mut buf).map_err(map_err)?;
+                Ok(buf)
+            })
+            .await
+        })
+    }
+
+    fn list<'a>(&'a self, rel: &'a str, token: Option<String>, max: usize) -> BoxFut<'a, UfsResult<ListPage>> {
+        Box::pin(async move {
+            let p = self.resolve(rel)?;
+            blocking(move || {
+                let meta = std::fs::metadata(&p).map_err(map_err)?;
+                if !meta.is_dir() {
+                    return Err(UfsError::NotDir);
+                }
+                // A directory is read whole and sorted so pages are stable;
+                // the token is the last name of the previous page.
+                let mut names: Vec<String> = std::fs::read_dir(&p)
+                    .map_err(map_err)?
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect();
+                names.sort();
+                let start = match &token {
+                    Some(t) => names.partition_point(|n| n <= t),
+                    None => 0,
+                };
+                let mut entries = Vec::new();
+                for name in names[start..].iter().take(max.max(1)) {
+                    match std::fs::metadata(p.join(name)) {
+                        Ok(m) => entries.push((name.clone(), attr_of(&m))),
+                        Err(e) if e.kind() == ErrorKind::NotFound => continue, // raced a delete
+                        Err(e) => return Err(map_err(e)),
+                    }
+                }
+                let next = if start + entries.len() < names.len() && !entries.is_empty() {
+                    entries.last().map(|(n, _)| n.clone())
+                } else {
+                    None
+                };
+                Ok(ListPage { entries, next })
+            })
+            .await
+        })
+    }
+}

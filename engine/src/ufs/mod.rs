@@ -1,0 +1,219 @@
+//! Under storage ("UFS"): where the real data lives. Everything here runs on
+//! the engine's tokio runtime, never on a shard's executor.
+//!
+//! `Ufs` is the narrow interface the engine needs (stat with a version token,
+//! ranged read, paginated list). `Guarded` wraps any implementation with a
+//! per-call timeout and a bounded retry with backoff and jitter; `Throttled`
+//! injects latency and a bandwidth cap so a local directory can stand in for
+//! remote object storage in demos and tests.
+
+pub mod local;
+pub mod throttle;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use stoker_proto::control::Attr;
+use thiserror::Error;
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum UfsError {
+    #[error("not found")]
+    NotFound,
+    #[error("is a directory")]
+    IsDir,
+    #[error("not a directory")]
+    NotDir,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// `retryable` is true for transient failures (resets, 5xx, throttling).
+    #[error("{message}")]
+    Io { message: String, retryable: bool },
+}
+
+impl UfsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            UfsError::NotFound => libc::ENOENT,
+            UfsError::IsDir => libc::EISDIR,
+            UfsError::NotDir => libc::ENOTDIR,
+            UfsError::Timeout(_) => libc::ETIMEDOUT,
+            UfsError::Io { .. } => libc::EIO,
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        matches!(self, UfsError::Timeout(_) | UfsError::Io { retryable: true, .. })
+    }
+}
+
+pub type UfsResult<T> = std::result::Result<T, UfsError>;
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub entries: Vec<(String, Attr)>,
+    /// Pass back to get the next page; None when done.
+    pub next: Option<String>,
+}
+
+/// An under-storage backend. Paths are relative to the mount root, `/`-separated,
+/// without a leading slash ("" is the root).
+pub trait Ufs: Send + Sync + 'static {
+    fn stat<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<Attr>>;
+    /// Bytes `[off, off+len)`, short at the end of the object.
+    fn read<'a>(&'a self, rel: &'a str, off: u64, len: u64) -> BoxFut<'a, UfsResult<Vec<u8>>>;
+    fn list<'a>(&'a self, rel: &'a str, token: Option<String>, max: usize)
+        -> BoxFut<'a, UfsResult<ListPage>>;
+}
+
+/// Build the under storage for a mount URI.
+pub fn open(uri: &str) -> Result<Arc<dyn Ufs>, String> {
+    if let Some(path) = uri.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(format!("bad URI {uri:?}: file URIs need an absolute path, e.g. file:///data/train"));
+        }
+        let meta = std::fs::metadata(path).map_err(|e| format!("mount {uri}: {e}"))?;
+        if !meta.is_dir() {
+            return Err(format!("mount {uri}: not a directory"));
+        }
+        return Ok(Arc::new(local::LocalDir::new(path.into())));
+    }
+    if uri.starts_with('/') {
+        return Err(format!("bad URI {uri:?}: write it as file://{uri}"));
+    }
+    match uri.split_once("://") {
+        Some((scheme, _)) => Err(format!("bad URI {uri:?}: scheme {scheme:?} is not supported yet (supported: file://)")),
+        None => Err(format!("bad URI {uri:?}: expected SCHEME://..., e.g. file:///data/train")),
+    }
+}
+
+/// Timeout plus bounded retry with exponential backoff and jitter.
+pub struct Guarded {
+    inner: Arc<dyn Ufs>,
+    timeout: Duration,
+    attempts: u32,
+}
+
+impl Guarded {
+    pub fn new(inner: Arc<dyn Ufs>, timeout: Duration, attempts: u32) -> Guarded {
+        Guarded { inner, timeout, attempts: attempts.max(1) }
+    }
+
+    async fn run<T, F>(&self, mut call: F) -> UfsResult<T>
+    where
+        F: FnMut() -> BoxFut<'static, UfsResult<T>>,
+    {
+        let mut backoff = Duration::from_millis(20);
+        let mut attempt = 1;
+        loop {
+            let res = match tokio::time::timeout(self.timeout, call()).await {
+                Ok(r) => r,
+                Err(_) => Err(UfsError::Timeout(self.timeout)),
+            };
+            match res {
+                Err(e) if e.retryable() && attempt < self.attempts => {
+                    let jitter = Duration::from_micros(rand_u64() % (backoff.as_micros() as u64 + 1));
+                    tracing::debug!(attempt, error = %e, "under storage call failed, retrying");
+                    tokio::time::sleep(backoff / 2 + jitter).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn stat(&self, rel: &str) -> UfsResult<Attr> {
+        let rel = rel.to_string();
+        let inner = self.inner.clone();
+        self.run(move || {
+            let (inner, rel) = (inner.clone(), rel.clone());
+            Box::pin(async move { inner.stat(&rel).await })
+        })
+        .await
+    }
+
+    pub async fn read(&self, rel: &str, off: u64, len: u64) -> UfsResult<Vec<u8>> {
+        let rel = rel.to_string();
+        let inner = self.inner.clone();
+        self.run(move || {
+            let (inner, rel) = (inner.clone(), rel.clone());
+            Box::pin(async move { inner.read(&rel, off, len).await })
+        })
+        .await
+    }
+
+    pub async fn list(&self, rel: &str, token: Option<String>, max: usize) -> UfsResult<ListPage> {
+        let rel = rel.to_string();
+        let inner = self.inner.clone();
+        self.run(move || {
+            let (inner, rel, token) = (inner.clone(), rel.clone(), token.clone());
+            Box::pin(async move { inner.list(&rel, token, max).await })
+        })
+        .await
+    }
+}
+
+/// A cheap non-cryptographic random number for jitter.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Fails `fail_first` times with a retryable error, then answers.
+    struct Flaky {
+        calls: AtomicU32,
+        fail_first: u32,
+    }
+
+    impl Ufs for Flaky {
+        fn stat<'a>(&'a self, _rel: &'a str) -> BoxFut<'a, UfsResult<Attr>> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst);
+                if n < self.fail_first {
+                    Err(UfsError::Io { message: "reset".into(), retryable: true })
+                } else {
+                    Ok(Attr { kind: stoker_proto::control::Kind::File, size: 1, mtime_ns: 0, version: "v".into() })
+                }
+            })
+        }
+        fn read<'a>(&'a self, _: &'a str, _: u64, _: u64) -> BoxFut<'a, UfsResult<Vec<u8>>> {
+            Box::pin(async move { std::future::pending().await })
+        }
+        fn list<'a>(&'a self, _: &'a str, _: Option<String>, _: usize) -> BoxFut<'a, UfsResult<ListPage>> {
+            Box::pin(async move { Err(UfsError::NotFound) })
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_are_bounded_and_timeouts_fire() {
+        let flaky = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 2 });
+        let g = Guarded::new(flaky.clone(), Duration::from_millis(50), 3);
+        assert!(g.stat("a").await.is_ok());
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+
+        let flaky = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 10 });
+        let g = Guarded::new(flaky.clone(), Duration::from_millis(50), 3);
+        assert!(matches!(g.stat("a").await, Err(UfsError::Io { .. })));
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "must stop after 3 attempts");
+
+        // A read that never answers times out on every attempt, then gives up.
+        let g = Guarded::new(flaky, Duration::from_millis(20), 2);
+        assert_eq!(g.read("a", 0, 1).await, Err(UfsError::Timeout(Duration::from_millis(20))));
+        // NotFound is final: one call only.
+        let flaky = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 0 });
+        let g = Guarded::new(flaky.clone(), Duration::from_millis(50), 3);
+        assert_eq!(g.list("", None, 10).await.unwrap_err(), UfsError::NotFound);
+    }
+}

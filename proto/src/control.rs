@@ -1,0 +1,162 @@
+//! Control-socket messages: one JSON document per frame, each frame a
+//! little-endian u32 length followed by that many bytes.
+//!
+//! Control traffic is rare (handshake, stat, list, engine stats); the data
+//! path never goes through here.
+
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+
+/// Largest control frame accepted (a listing of ~100k entries fits).
+pub const FRAME_BYTES_MAX: usize = 256 << 20;
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Sent with the data-area memfd attached (SCM_RIGHTS).
+    Hello { version: u32, area_bytes: u64, ring_entries: u32 },
+    Stat { path: String },
+    List { path: String },
+    EngineStat,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    Welcome(Welcome),
+    Attr(Attr),
+    Entries { entries: Vec<DirEntry> },
+    Stats(EngineStats),
+    /// `errno` is a Linux errno (ENOENT, EIO, ...); `message` is one line for people.
+    Error { errno: i32, message: String },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Welcome {
+    pub session: u64,
+    pub shards: u32,
+    pub block_bytes: u64,
+    pub ring_entries: u32,
+    /// Socket paths, one per shard; the client connects to each and sends
+    /// its session id (u64 LE). The stream is then that shard's doorbell.
+    pub shard_sockets: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Version token: ETag, or size+mtime for file systems. Changes when the object changes.
+    pub version: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub shard: u32,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub blocks: u64,
+    pub segments: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub ufs_bytes_read: u64,
+    pub bytes_served: u64,
+    pub evicted_blocks: u64,
+    pub reinserted_blocks: u64,
+    pub corrupt_records: u64,
+    pub write_dropped: u64,
+    pub inflight_requests: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    pub sealed_segments: u64,
+    pub sealed_entries: u64,
+    pub open_segment_records: u64,
+    pub open_segment_bytes_scanned: u64,
+    pub torn_bytes_dropped: u64,
+    pub elapsed_us: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub blocks: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub ufs_bytes_read: u64,
+    pub bytes_served: u64,
+    pub sessions: u64,
+    pub shards: Vec<ShardStats>,
+    pub recovery: RecoveryStats,
+}
+
+/// Write one frame.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame)
+}
+
+/// Read one frame; `Ok(None)` on a clean end of stream before a frame starts.
+pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "control frame too large"));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    serde_json::from_slice(&body).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Decode a frame body already read by an async reader.
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Encode a frame (length prefix included) for an async writer.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = serde_json::to_vec(msg).expect("control messages always serialize");
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trip() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::Stat { path: "/m/a".into() }).unwrap();
+        let got: Request = read_frame(&mut buf.as_slice()).unwrap().unwrap();
+        assert!(matches!(got, Request::Stat { path } if path == "/m/a"));
+        let empty: Option<Request> = read_frame(&mut &[][..]).unwrap();
+        assert!(empty.is_none());
+    }
+}
