@@ -1,0 +1,334 @@
+//! The block store of one engine shard: cached blocks in append-only,
+//! 4 KiB-aligned segment files read and written with O_DIRECT (glommio
+//! DmaFile), an in-RAM index, rkyv index archives for fast restarts and
+//! segment-granularity FIFO eviction with second chance.
+//!
+//! A `Store` lives on one glommio executor (it is `!Send`); every method takes
+//! `&self`. It must never serve bytes that failed a check: every read verifies
+//! magic, version, key and crc32c, and a failure becomes a miss.
+//!
+//! Files: `format.rs` (record layout), `index.rs` (RAM index and `.idx`
+//! archives), `segment.rs` (segment files and the writer), `recover.rs`
+//! (start-up), `evict.rs` (capacity and reclaim). The format and the policy are
+//! documented in docs/FORMAT.md.
+
+pub mod format;
+pub mod index;
+
+mod evict;
+mod recover;
+mod segment;
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use futures::channel::{mpsc, oneshot};
+use glommio::io::ReadResult;
+use glommio::sync::Semaphore;
+
+use format::{check_record, RecordHeader, MAX_DATA_LEN, MAX_KEY_LEN};
+use index::{IndexMap, Location};
+use segment::{Pending, Segments, WriterMsg};
+
+/// Errors of the block store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store i/o: {0}")]
+    Glommio(String),
+    #[error("corrupt store data: {0}")]
+    Corruption(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("store full: {0}")]
+    Full(String),
+    #[error("store closed")]
+    Closed,
+}
+
+impl From<glommio::GlommioError<()>> for StoreError {
+    fn from(e: glommio::GlommioError<()>) -> Self {
+        match e {
+            glommio::GlommioError::IoError(io) => StoreError::Io(io),
+            glommio::GlommioError::EnhancedIoError { source, op, path, fd } => StoreError::Io(std::io::Error::new(
+                source.kind(),
+                format!("{op} {path:?} (fd {fd:?}): {source}"),
+            )),
+            other => StoreError::Glommio(other.to_string()),
+        }
+    }
+}
+
+impl StoreError {
+    /// A copy for fanning one failure out to every put of a batch.
+    fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Io(e) => StoreError::Io(std::io::Error::new(e.kind(), e.to_string())),
+            StoreError::Glommio(s) => StoreError::Glommio(s.clone()),
+            StoreError::Corruption(s) => StoreError::Corruption(s.clone()),
+            StoreError::InvalidArgument(s) => StoreError::InvalidArgument(s.clone()),
+            StoreError::Full(s) => StoreError::Full(s.clone()),
+            StoreError::Closed => StoreError::Closed,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Default segment size.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 256 << 20;
+/// Smallest segment the store will clamp to.
+pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
+/// Bytes of encoded records that may wait for the writer before `put` waits
+/// (backpressure bound on queued memory).
+const QUEUE_BYTES_MAX: u64 = 16 << 20;
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// This shard's directory, created if missing.
+    pub dir: PathBuf,
+    /// Size of one segment file (default 256 MiB). Clamped so that
+    /// capacity holds at least three segments (see docs/FORMAT.md).
+    pub segment_bytes: u64,
+    /// Total bytes of segment data files this store may keep on disk.
+    pub capacity_bytes: u64,
+}
+
+impl StoreConfig {
+    pub fn new(dir: impl Into<PathBuf>, capacity_bytes: u64) -> StoreConfig {
+        StoreConfig { dir: dir.into(), segment_bytes: DEFAULT_SEGMENT_BYTES, capacity_bytes }
+    }
+}
+
+/// What `open` found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub sealed_segments: u64,
+    pub sealed_entries: u64,
+    pub open_segment_records: u64,
+    pub open_segment_bytes_scanned: u64,
+    pub torn_bytes_dropped: u64,
+    pub elapsed_us: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes of segment data files (sealed sizes + open segment written end).
+    pub used_bytes: u64,
+    pub blocks: u64,
+    pub segments: u64,
+    pub evicted_blocks: u64,
+    pub reinserted_blocks: u64,
+    pub corrupt_records: u64,
+}
+
+/// A block read from the store; holds the read buffer.
+pub struct Block {
+    buf: ReadResult,
+    start: usize,
+    len: usize,
+}
+
+impl Block {
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block").field("len", &self.len).finish()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    evicted_blocks: Cell<u64>,
+    reinserted_blocks: Cell<u64>,
+    corrupt_records: Cell<u64>,
+}
+
+/// State shared by the `Store` handle and its writer task.
+struct Shared {
+    dir: PathBuf,
+    segment_bytes: u64,
+    capacity_bytes: u64,
+    index: RefCell<IndexMap>,
+    segs: RefCell<Segments>,
+    counters: Counters,
+}
+
+pub struct Store {
+    shared: Rc<Shared>,
+    tx: mpsc::UnboundedSender<WriterMsg>,
+    queue_bytes: Rc<Semaphore>,
+    /// The writer task; dropping the store cancels it (queued, unwritten
+    /// puts then fail with `Closed` — the "crash" the tests simulate).
+    _writer: glommio::Task<()>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `cfg.dir`: maps the sealed segments'
+    /// index archives, scans the open segment, truncates a torn tail and
+    /// enforces the capacity. Must run inside a glommio executor.
+    pub async fn open(cfg: StoreConfig) -> Result<(Store, RecoveryReport)> {
+        let (segment_bytes, capacity_bytes) = evict::clamp_config(&cfg)?;
+        let started = std::time::Instant::now();
+        std::fs::create_dir_all(&cfg.dir)?;
+        let (index, segs, mut report) = recover::recover(&cfg.dir, segment_bytes).await?;
+        let shared = Rc::new(Shared {
+            dir: cfg.dir.clone(),
+            segment_bytes,
+            capacity_bytes,
+            index: RefCell::new(index),
+            segs: RefCell::new(segs),
+            counters: Counters::default(),
+        });
+        evict::enforce_capacity(&shared).await?;
+        report.elapsed_us = started.elapsed().as_micros() as u64;
+        let (tx, rx) = mpsc::unbounded();
+        let writer = glommio::spawn_local(segment::run_writer(shared.clone(), rx));
+        let store = Store { shared, tx, queue_bytes: Rc::new(Semaphore::new(QUEUE_BYTES_MAX)), _writer: writer };
+        Ok((store, report))
+    }
+
+    /// Looks `key` up. `None` on a miss or when the record fails a check
+    /// (then the index entry is dropped and `corrupt_records` counted).
+    /// A key_hash collision (valid record, other key) is a plain miss.
+    pub async fn get(&self, key_hash: u64, key: &[u8]) -> Result<Option<Block>> {
+        let Some(packed) = self.shared.index.borrow().get(&key_hash).copied() else {
+            return Ok(None);
+        };
+        let loc = Location::unpack(packed);
+        let Some(file) = self.shared.segs.borrow().file(loc.seg_id) else {
+            // Should not happen: the segment went away under a live entry.
+            self.drop_corrupt(key_hash, packed, "segment file missing");
+            return Ok(None);
+        };
+        let buf = file.read_at_aligned(loc.offset_bytes(), loc.len_bytes() as usize).await?;
+        let view = match check_record(&buf) {
+            Ok(v) => v,
+            Err(e) => {
+                self.drop_corrupt(key_hash, packed, &e.to_string());
+                return Ok(None);
+            }
+        };
+        let h = view.header;
+        if h.is_tombstone() || h.key_hash != key_hash || h.record_len() != loc.len_bytes() {
+            self.drop_corrupt(key_hash, packed, "record does not match its index entry");
+            return Ok(None);
+        }
+        if view.key(&buf) != key {
+            // A different key with the same 64-bit hash: its record is fine.
+            return Ok(None);
+        }
+        if let Some(v) = self.shared.index.borrow_mut().get_mut(&key_hash) {
+            if Location::same_place(*v, packed) {
+                *v = Location::with_accessed(*v);
+            }
+        }
+        Ok(Some(Block { start: view.data_start, len: h.data_len as usize, buf }))
+    }
+
+    fn drop_corrupt(&self, key_hash: u64, packed: u64, why: &str) {
+        let mut index = self.shared.index.borrow_mut();
+        if index.get(&key_hash).is_some_and(|v| Location::same_place(*v, packed)) {
+            index.remove(&key_hash);
+        }
+        let c = &self.shared.counters.corrupt_records;
+        c.set(c.get() + 1);
+        tracing::warn!(key_hash, ?packed, why, "store: refusing a record that failed its checks");
+    }
+
+    /// Appends a block. Returns once the record is written (not fsynced) and
+    /// indexed. Safe to call from many tasks of the executor at once.
+    pub async fn put(&self, key_hash: u64, key: &[u8], data: &[u8]) -> Result<()> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(StoreError::InvalidArgument(format!("key of {} bytes > {MAX_KEY_LEN}", key.len())));
+        }
+        if data.len() > MAX_DATA_LEN {
+            return Err(StoreError::InvalidArgument(format!("block of {} bytes > {MAX_DATA_LEN}", data.len())));
+        }
+        let header = RecordHeader::for_block(key_hash, key, data);
+        let len = header.record_len();
+        if len > self.shared.segment_bytes {
+            return Err(StoreError::InvalidArgument(format!(
+                "record of {len} bytes does not fit a {} byte segment",
+                self.shared.segment_bytes
+            )));
+        }
+        let units = len.min(QUEUE_BYTES_MAX);
+        let permit = self
+            .queue_bytes
+            .acquire_static_permit(units)
+            .await
+            .map_err(|e| StoreError::Glommio(e.to_string()))?;
+        let mut bytes = vec![0u8; len as usize];
+        format::encode_record(&header, key, data, &mut bytes);
+        let (done_tx, done_rx) = oneshot::channel();
+        let pending = Pending { key_hash, flags: 0, bytes, done: Some(done_tx), _permit: Some(permit) };
+        self.tx.unbounded_send(WriterMsg::Put(pending)).map_err(|_| StoreError::Closed)?;
+        done_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn contains(&self, key_hash: u64) -> bool {
+        self.shared.index.borrow().contains_key(&key_hash)
+    }
+
+    /// Drops `key_hash` from the index at once and queues a tombstone record
+    /// so a restart does not bring it back (a crash before the tombstone is
+    /// written may). Space is reclaimed with the segment.
+    pub fn remove(&self, key_hash: u64) -> bool {
+        let found = self.shared.index.borrow_mut().remove(&key_hash).is_some();
+        if found {
+            let header = RecordHeader::tombstone(key_hash);
+            let mut bytes = vec![0u8; header.record_len() as usize];
+            format::encode_record(&header, &[], &[], &mut bytes);
+            let pending = Pending { key_hash, flags: format::FLAG_TOMBSTONE, bytes, done: None, _permit: None };
+            // A closed writer means the store is being dropped; nothing to do.
+            let _ = self.tx.unbounded_send(WriterMsg::Put(pending));
+        }
+        found
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let segs = self.shared.segs.borrow();
+        let c = &self.shared.counters;
+        StoreStats {
+            used_bytes: segs.used_bytes(),
+            blocks: self.shared.index.borrow().len() as u64,
+            segments: segs.count(),
+            evicted_blocks: c.evicted_blocks.get(),
+            reinserted_blocks: c.reinserted_blocks.get(),
+            corrupt_records: c.corrupt_records.get(),
+        }
+    }
+
+    /// Waits for every put queued before this call, then fdatasyncs the open
+    /// segment.
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.unbounded_send(WriterMsg::Flush(tx)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Effective segment size after clamping.
+    pub fn segment_bytes(&self) -> u64 {
+        self.shared.segment_bytes
+    }
+
+    /// Bytes the RAM index has allocated (hash table buckets and control bytes).
+    pub fn index_allocated_bytes(&self) -> u64 {
+        index::index_allocated_bytes(&self.shared.index.borrow())
+    }
+}
