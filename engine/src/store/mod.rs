@@ -185,6 +185,7 @@ impl Store {
         let (segment_bytes, capacity_bytes) = evict::clamp_config(&cfg)?;
         let started = std::time::Instant::now();
         std::fs::create_dir_all(&cfg.dir)?;
+        segment::probe_device(&cfg.dir).await?;
         let (index, segs, mut report) = recover::recover(&cfg.dir, segment_bytes).await?;
         let shared = Rc::new(Shared {
             dir: cfg.dir.clone(),
@@ -325,6 +326,23 @@ impl Store {
     /// Effective segment size after clamping.
     pub fn segment_bytes(&self) -> u64 {
         self.shared.segment_bytes
+    }
+
+    /// Index entries as `(key_hash, seg_id, offset_units, len_units)`, sorted,
+    /// accessed bit ignored. For tests and tools; O(blocks).
+    pub fn index_snapshot(&self) -> Vec<(u64, u32, u32, u32)> {
+        let mut v: Vec<_> = self
+            .shared
+            .index
+            .borrow()
+            .iter()
+            .map(|(&k, &p)| {
+                let l = Location::unpack(p);
+                (k, l.seg_id, l.offset_units, l.len_units)
+            })
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// Bytes the RAM index has allocated (hash table buckets and control bytes).

@@ -269,6 +269,22 @@ async fn roll(shared: &Rc<Shared>) -> Result<()> {
     evict::enforce_capacity(shared).await
 }
 
+/// Makes glommio decide about the io_uring poll ring on a file that has data.
+///
+/// glommio 0.9 probes poll support (once per device and thread) with a 4 KiB
+/// read of the first DmaFile opened; on an empty file that read returns 0 and
+/// "succeeds", so polled reads are enabled on devices that refuse them
+/// (EOPNOTSUPP, seen on virtio disks). Opening a non-empty file first gives a
+/// truthful probe. Must run before any segment file is opened.
+pub(super) async fn probe_device(dir: &Path) -> Result<()> {
+    let path = dir.join("iopoll-probe.tmp");
+    std::fs::write(&path, vec![0u8; ALIGN as usize])?;
+    let file = DmaFile::open(&path).await?;
+    file.close().await?;
+    std::fs::remove_file(&path)?;
+    Ok(())
+}
+
 /// Creates a new, empty segment data file opened for reading and appending.
 pub(super) async fn create_segment(dir: &Path, id: u32) -> Result<Rc<DmaFile>> {
     let file = OpenOptions::new().read(true).write(true).create_new(true).dma_open(dir.join(data_file_name(id))).await?;
