@@ -1,1 +1,111 @@
-fn main() {}
+//! The `stoker` command. Each subcommand is a thin shell over a crate:
+//! serve -> engine, cat/ls/stat/load -> client-lib, mount -> client-fuse,
+//! bench/demo -> bench. Errors print as one line and exit non-zero.
+
+mod commands;
+mod demo;
+mod mount;
+
+use clap::{Args, Parser, Subcommand};
+
+
+#[derive(Parser, Debug)]
+#[command(name = "stoker", version, about = "A data cache for machine-learning training: reads through to remote storage, keeps hot data on local NVMe")]
+struct Cli {
+    /// Log level: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(long, global = true, default_value = "warn", env = "STOKER_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Where the engine listens.
+#[derive(Args, Debug, Clone)]
+pub struct SocketArg {
+    /// Engine control socket [env: STOKER_SOCKET; default: /tmp/stoker.sock].
+    #[arg(long)]
+    pub socket: Option<String>,
+}
+
+impl SocketArg {
+    pub fn path(&self) -> String {
+        stoker_proto::socket_from_env(self.socket.as_deref())
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the cache engine in the foreground until SIGINT/SIGTERM.
+    Serve(commands::ServeArgs),
+    /// Print a file through the cache.
+    Cat {
+        path: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// List a directory of the namespace (`/` lists mounts).
+    Ls {
+        path: String,
+        /// Long format: kind, size, name.
+        #[arg(short, long)]
+        long: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Engine statistics, or the attributes of PATH.
+    Stat {
+        path: Option<String>,
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Preload a file or prefix into the cache, with progress.
+    Load {
+        prefix: String,
+        /// Files loaded at once.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Mount the cache as a file system (FUSE).
+    Mount(mount::MountArgs),
+    /// Unmount a stoker FUSE mount.
+    Umount(mount::UmountArgs),
+    /// Workloads and datasets for measuring a box.
+    #[command(subcommand)]
+    Bench(commands::BenchCmd),
+    /// Run the demo: synthetic dataset behind injected latency, read cold then warm.
+    Demo(demo::DemoArgs),
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let res = match cli.cmd {
+        Cmd::Serve(a) => commands::serve(a),
+        Cmd::Cat { path, socket } => commands::cat(&socket.path(), &path),
+        Cmd::Ls { path, long, socket } => commands::ls(&socket.path(), &path, long),
+        Cmd::Stat { path, json, socket } => commands::stat(&socket.path(), path.as_deref(), json),
+        Cmd::Load { prefix, parallel, socket } => commands::load(&socket.path(), &prefix, parallel),
+        Cmd::Mount(a) => mount::run_mount(a),
+        Cmd::Umount(a) => mount::run_umount(a),
+        Cmd::Bench(b) => commands::bench(b),
+        Cmd::Demo(a) => demo::run(a),
+    };
+    if let Err(e) = res {
+        // One line: the chain of causes joined, no backtrace.
+        let msg = format!("{e:#}").replace('\n', " ");
+        eprintln!("stoker: error: {msg}");
+        std::process::exit(1);
+    }
+}
+

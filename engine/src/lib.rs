@@ -1,4 +1,243 @@
-//! The stoker cache engine: shards that own NVMe segment stores, the under-storage
-//! layer, the namespace cache and the server that clients attach to.
+//! The stoker cache engine: shards that own NVMe segment stores, the
+//! under-storage layer, the namespace cache and the server clients attach to.
+//!
+//! Threads: one glommio executor per shard (the data path), a small tokio
+//! runtime for under-storage I/O, and one thread per control connection.
+//! `Engine::start` returns once every shard has recovered its store and all
+//! sockets listen, so "the socket answers" means "the cache is ready".
 
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod namespace;
+pub mod session;
+pub mod shard;
+pub mod stats;
 pub mod store;
+pub mod ufs;
+
+use crate::config::EngineConfig;
+use crate::error::{io_ctx, EngineError, Result};
+use futures::channel::oneshot;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub use config::{parse_duration, parse_size, MountSpec};
+
+/// On-disk layout version; part of the cache directory path.
+pub const CACHE_LAYOUT_DIR: &str = "stoker-v1";
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Eq, Debug)]
+struct LayoutFile {
+    shards: usize,
+    block_bytes: u64,
+}
+
+pub struct Engine {
+    socket: String,
+    stops: Vec<oneshot::Sender<()>>,
+    shards: Vec<glommio::ExecutorJoinHandle<()>>,
+    control: Option<std::thread::JoinHandle<()>>,
+    ctx: Arc<control::ControlCtx>,
+    rt: Option<tokio::runtime::Runtime>,
+    _lock: File,
+}
+
+/// Take the cache directory for this engine alone, and check that it was laid
+/// out with the same shard count and block size (keys depend on both).
+fn prepare_cache_dir(cfg: &EngineConfig) -> Result<(PathBuf, File)> {
+    let root = cfg.cache_dir.join(CACHE_LAYOUT_DIR);
+    std::fs::create_dir_all(&root).map_err(io_ctx(format!("creating cache dir {}", root.display())))?;
+    let lock = File::create(root.join("lock")).map_err(io_ctx("creating cache dir lock"))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(EngineError::InvalidArgument(format!(
+            "cache dir {} is in use by another stoker engine",
+            cfg.cache_dir.display()
+        )));
+    }
+    let want = LayoutFile { shards: cfg.shards, block_bytes: cfg.block_bytes };
+    let layout_path = root.join("layout.json");
+    match std::fs::read(&layout_path) {
+        Ok(bytes) => {
+            let have: LayoutFile = serde_json::from_slice(&bytes).map_err(|e| {
+                EngineError::Store(format!("{}: unreadable ({e}); remove the cache dir to start afresh", layout_path.display()))
+            })?;
+            if have != want {
+                return Err(EngineError::InvalidArgument(format!(
+                    "cache dir {} was created with --shards {} and block size {}; start with the same values or use a new cache dir",
+                    cfg.cache_dir.display(), have.shards, have.block_bytes
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = root.join("layout.json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&want).expect("layout serializes"))
+                .and_then(|_| File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &layout_path))
+                .map_err(io_ctx("writing cache layout"))?;
+        }
+        Err(e) => return Err(io_ctx("reading cache layout")(e)),
+    }
+    Ok((root, lock))
+}
+
+/// Refuse to steal the socket of a live engine; clear a stale one.
+fn claim_socket(path: &str) -> Result<std::os::unix::net::UnixListener> {
+    if Path::new(path).exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(EngineError::InvalidArgument(format!("another stoker engine is serving on {path}")));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = Path::new(path).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::os::unix::net::UnixListener::bind(path).map_err(io_ctx(format!("binding {path}")))
+}
+
+impl Engine {
+    pub fn start(mut cfg: EngineConfig) -> Result<Engine> {
+        cfg.validate()?;
+        let (root, lock) = prepare_cache_dir(&cfg)?;
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(64)
+            .thread_name("stoker-ufs")
+            .enable_all()
+            .build()
+            .map_err(io_ctx("starting the I/O runtime"))?;
+
+        let mut mounts = BTreeMap::new();
+        for m in &cfg.mounts {
+            let raw = ufs::open(&m.uri).map_err(EngineError::InvalidArgument)?;
+            let raw: Arc<dyn ufs::Ufs> = if cfg.ufs_latency.is_zero() && cfg.ufs_bandwidth.is_none() {
+                raw
+            } else {
+                Arc::new(ufs::throttle::Throttled::new(raw, cfg.ufs_latency, cfg.ufs_bandwidth))
+            };
+            mounts.insert(m.name.clone(), Arc::new(ufs::Guarded::new(raw, cfg.ufs_timeout, cfg.ufs_attempts)));
+        }
+        let ns = Arc::new(namespace::Namespace::new(mounts, cfg.metadata_sync));
+        let listener = claim_socket(&cfg.socket)?;
+
+        let registry: shard::Registry = Arc::default();
+        let counters: Vec<Arc<stats::ShardCounters>> = (0..cfg.shards).map(|_| Arc::default()).collect();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut stops = Vec::new();
+        let mut shards = Vec::new();
+        for id in 0..cfg.shards {
+            let (stop_tx, stop_rx) = oneshot::channel();
+            stops.push(stop_tx);
+            let setup = shard::ShardSetup {
+                id,
+                store: store::StoreConfig {
+                    dir: root.join(format!("shard-{id:03}")),
+                    segment_bytes: cfg.segment_bytes,
+                    capacity_bytes: cfg.per_shard_capacity(),
+                },
+                socket_path: stoker_proto::shard_socket_path(&cfg.socket, id),
+                block_bytes: cfg.block_bytes,
+                write_queue_bytes_max: cfg.write_queue_bytes_max,
+                ns: ns.clone(),
+                rt: rt.handle().clone(),
+                counters: counters[id].clone(),
+                registry: registry.clone(),
+            };
+            shards.push(shard::spawn(setup, ready_tx.clone(), stop_rx).map_err(io_ctx("starting shard"))?);
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..cfg.shards {
+            match ready_rx.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(m)) => failure = Some(m),
+                Err(_) => failure = Some("a shard exited during start-up".into()),
+            }
+        }
+        let ctx = Arc::new(control::ControlCtx {
+            ns,
+            rt: rt.handle().clone(),
+            registry,
+            counters,
+            block_bytes: cfg.block_bytes,
+            socket: cfg.socket.clone(),
+            stopping: AtomicBool::new(false),
+            next_session: AtomicU64::new(1),
+            sessions: AtomicU64::new(0),
+        });
+        let mut engine = Engine {
+            socket: cfg.socket.clone(),
+            stops,
+            shards,
+            control: None,
+            ctx: ctx.clone(),
+            rt: Some(rt),
+            _lock: lock,
+        };
+        if let Some(m) = failure {
+            engine.stop();
+            return Err(EngineError::Store(m));
+        }
+        engine.control = Some(
+            std::thread::Builder::new()
+                .name("stoker-accept".into())
+                .spawn(move || control::serve(listener, ctx))
+                .map_err(io_ctx("starting control thread"))?,
+        );
+        tracing::info!(socket = %cfg.socket, shards = cfg.shards, capacity = cfg.capacity_bytes, "engine ready");
+        Ok(engine)
+    }
+
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    pub fn stats(&self) -> stoker_proto::control::EngineStats {
+        control::engine_stats(&self.ctx)
+    }
+
+    /// Block until SIGINT or SIGTERM.
+    pub fn wait_for_signal(&self) {
+        if let Some(rt) = &self.rt {
+            rt.block_on(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            });
+        }
+    }
+
+    /// Stop accepting, flush every shard's store and join all threads.
+    pub fn stop(&mut self) {
+        self.ctx.stopping.store(true, Ordering::Release);
+        if let Some(h) = self.control.take() {
+            let _ = std::os::unix::net::UnixStream::connect(&self.socket);
+            let _ = h.join();
+        }
+        for s in self.stops.drain(..) {
+            let _ = s.send(());
+        }
+        for h in self.shards.drain(..) {
+            let _ = h.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,174 @@
+//! The control socket: handshake (the client's shared area arrives here as a
+//! memfd over SCM_RIGHTS), stat, list and engine statistics.
+//!
+//! Control traffic is rare, so each connection gets a plain thread with
+//! blocking I/O; namespace calls are run on the tokio runtime with
+//! `Handle::block_on`. The data path never comes through here.
+
+use crate::namespace::{normalise, Namespace, NsError};
+use crate::session::SessionArea;
+use crate::shard::Registry;
+use crate::stats::ShardCounters;
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use std::io::{IoSliceMut, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use stoker_proto::control::{
+    write_frame, EngineStats, Request, Response, Welcome, FRAME_BYTES_MAX,
+};
+
+pub struct ControlCtx {
+    pub ns: Arc<Namespace>,
+    pub rt: tokio::runtime::Handle,
+    pub registry: Registry,
+    pub counters: Vec<Arc<ShardCounters>>,
+    pub block_bytes: u64,
+    pub socket: String,
+    pub stopping: AtomicBool,
+    pub next_session: AtomicU64,
+    pub sessions: AtomicU64,
+}
+
+/// Accept control connections until `ctx.stopping` is set (the engine then
+/// connects once to wake the accept call).
+pub fn serve(listener: UnixListener, ctx: Arc<ControlCtx>) {
+    for conn in listener.incoming() {
+        if ctx.stopping.load(Ordering::Acquire) {
+            break;
+        }
+        let Ok(conn) = conn else { continue };
+        let ctx = ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("stoker-control".into())
+            .spawn(move || connection(conn, ctx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a control thread");
+        }
+    }
+}
+
+/// Read one frame, collecting any descriptors passed with its first bytes.
+fn recv_frame(conn: &mut UnixStream, fds: &mut Vec<OwnedFd>) -> std::io::Result<Option<Request>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+        let mut iov = [IoSliceMut::new(&mut len[got..])];
+        let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(std::io::Error::from)?;
+        if msg.bytes == 0 {
+            return if got == 0 { Ok(None) } else { Err(std::io::ErrorKind::UnexpectedEof.into()) };
+        }
+        for c in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these descriptors for us.
+                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        got += msg.bytes;
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "control frame too large"));
+    }
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body)?;
+    stoker_proto::control::decode(&body).map(Some)
+}
+
+fn error(e: NsError) -> Response {
+    Response::Error { errno: e.errno, message: e.message }
+}
+
+fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>) {
+    let mut fds = Vec::new();
+    let mut my_sessions = Vec::new();
+    loop {
+        let req = match recv_frame(&mut conn, &mut fds) {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = write_frame(&mut conn, &Response::Error { errno: libc::EINVAL, message: format!("bad request: {e}") });
+                break;
+            }
+        };
+        let resp = match req {
+            Request::Hello { version, .. } if version != stoker_proto::PROTOCOL_VERSION => Response::Error {
+                errno: libc::EPROTO,
+                message: format!("client speaks protocol {version}, engine {}", stoker_proto::PROTOCOL_VERSION),
+            },
+            Request::Hello { .. } => match fds.pop() {
+                None => Response::Error { errno: libc::EINVAL, message: "hello without a shared area".into() },
+                Some(fd) => {
+                    let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
+                    match SessionArea::from_fd(id, fd, ctx.counters.len() as u32) {
+                        Ok(area) => {
+                            let ring_entries = area.layout().ring_entries;
+                            ctx.registry.lock().insert(id, Arc::new(area));
+                            ctx.sessions.fetch_add(1, Ordering::Relaxed);
+                            my_sessions.push(id);
+                            Response::Welcome(Welcome {
+                                session: id,
+                                shards: ctx.counters.len() as u32,
+                                block_bytes: ctx.block_bytes,
+                                ring_entries,
+                                shard_sockets: (0..ctx.counters.len())
+                                    .map(|s| stoker_proto::shard_socket_path(&ctx.socket, s))
+                                    .collect(),
+                            })
+                        }
+                        Err(m) => Response::Error { errno: libc::EINVAL, message: m },
+                    }
+                }
+            },
+            Request::Stat { path } => match normalise(&path) {
+                None => error(NsError::new(libc::EINVAL, format!("bad path {path:?}: must start with /"))),
+                Some(p) => ctx.rt.block_on(ctx.ns.stat(&p)).map(Response::Attr).unwrap_or_else(error),
+            },
+            Request::List { path } => match normalise(&path) {
+                None => error(NsError::new(libc::EINVAL, format!("bad path {path:?}: must start with /"))),
+                Some(p) => ctx
+                    .rt
+                    .block_on(ctx.ns.list(&p))
+                    .map(|l| Response::Entries { entries: l.as_ref().clone() })
+                    .unwrap_or_else(error),
+            },
+            Request::EngineStat => Response::Stats(engine_stats(&ctx)),
+        };
+        if write_frame(&mut conn, &resp).is_err() {
+            break;
+        }
+    }
+    // The shards keep the areas alive until their own streams close.
+    let mut reg = ctx.registry.lock();
+    for id in my_sessions {
+        if reg.remove(&id).is_some() {
+            ctx.sessions.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub fn engine_stats(ctx: &ControlCtx) -> EngineStats {
+    let mut s = EngineStats { sessions: ctx.sessions.load(Ordering::Relaxed), ..Default::default() };
+    for (i, c) in ctx.counters.iter().enumerate() {
+        let sh = c.snapshot(i as u32);
+        s.capacity_bytes += sh.capacity_bytes;
+        s.used_bytes += sh.used_bytes;
+        s.blocks += sh.blocks;
+        s.hits += sh.hits;
+        s.misses += sh.misses;
+        s.ufs_bytes_read += sh.ufs_bytes_read;
+        s.bytes_served += sh.bytes_served;
+        let r = c.recovery.lock();
+        s.recovery.sealed_segments += r.sealed_segments;
+        s.recovery.sealed_entries += r.sealed_entries;
+        s.recovery.open_segment_records += r.open_segment_records;
+        s.recovery.open_segment_bytes_scanned += r.open_segment_bytes_scanned;
+        s.recovery.torn_bytes_dropped += r.torn_bytes_dropped;
+        s.recovery.elapsed_us = s.recovery.elapsed_us.max(r.elapsed_us);
+        s.shards.push(sh);
+    }
+    s
+}

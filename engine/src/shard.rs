@@ -1,0 +1,393 @@
+//! One shard: a glommio executor on its own thread that owns a block store,
+//! the in-flight fetch table and the rings of every attached client for this
+//! shard. Nothing in here is shared with other threads except the counters,
+//! the namespace (read-mostly) and the session registry (touched on attach).
+//!
+//! Read path for one SQ entry: check the request against the client's area,
+//! resolve the path's attribute (cached, or from under storage on tokio),
+//! look the block up in the store; a hit is one O_DIRECT read, a miss is one
+//! under-storage fetch shared by all concurrent misses of the key, answered
+//! at once and appended to the store in the background.
+
+use crate::namespace::{normalise, Namespace, NsError};
+use crate::session::SessionArea;
+use crate::stats::ShardCounters;
+use crate::store::{Store, StoreConfig};
+use futures::channel::{mpsc, oneshot};
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
+use glommio::net::{UnixListener, UnixStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use parking_lot::Mutex;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use stoker_proto::control::{Kind, RecoveryStats};
+use stoker_proto::key::BlockKey;
+use stoker_proto::ring::{CqEntry, Producer, SqEntry, FLAG_NO_DATA};
+
+pub type Registry = Arc<Mutex<HashMap<u64, Arc<SessionArea>>>>;
+
+/// What a shard needs from the engine to start.
+pub struct ShardSetup {
+    pub id: usize,
+    pub store: StoreConfig,
+    pub socket_path: String,
+    pub block_bytes: u64,
+    pub write_queue_bytes_max: u64,
+    pub ns: Arc<Namespace>,
+    pub rt: tokio::runtime::Handle,
+    pub counters: Arc<ShardCounters>,
+    pub registry: Registry,
+}
+
+type Fetched = Result<Rc<Vec<u8>>, NsError>;
+
+struct Shard {
+    id: u32,
+    store: Rc<Store>,
+    ns: Arc<Namespace>,
+    rt: tokio::runtime::Handle,
+    block_bytes: u64,
+    counters: Arc<ShardCounters>,
+    registry: Registry,
+    /// Misses being fetched, by full key: later misses of the key wait here.
+    inflight: RefCell<HashMap<Vec<u8>, Vec<oneshot::Sender<Fetched>>>>,
+    /// Bytes of fetched blocks waiting to be written to the store.
+    write_queue_bytes: Rc<Cell<u64>>,
+    write_queue_bytes_max: u64,
+}
+
+/// Start a shard thread. `ready` gets the recovery report once the store is
+/// open and the shard socket listens (or the reason it could not start);
+/// the shard stops, flushing its store, when `stop` fires or is dropped.
+pub fn spawn(
+    setup: ShardSetup,
+    ready: std::sync::mpsc::Sender<Result<RecoveryStats, String>>,
+    stop: oneshot::Receiver<()>,
+) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
+    let name = format!("stoker-shard-{}", setup.id);
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .name(&name)
+        // The memlock limit is small on many boxes; DMA buffers beyond this
+        // come from the heap, which O_DIRECT accepts just as well.
+        .io_memory(512 << 10)
+        .spawn(move || run(setup, ready, stop))
+        .map_err(|e| std::io::Error::other(format!("starting {name}: {e}")))
+}
+
+async fn run(
+    setup: ShardSetup,
+    ready: std::sync::mpsc::Sender<Result<RecoveryStats, String>>,
+    stop: oneshot::Receiver<()>,
+) {
+    let (store, report) = match Store::open(setup.store.clone()).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {}: opening {}: {e}", setup.id, setup.store.dir.display())));
+            return;
+        }
+    };
+    let _ = std::fs::remove_file(&setup.socket_path);
+    let listener = match UnixListener::bind(&setup.socket_path) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("binding {}: {e}", setup.socket_path)));
+            return;
+        }
+    };
+    let recovery = RecoveryStats {
+        sealed_segments: report.sealed_segments,
+        sealed_entries: report.sealed_entries,
+        open_segment_records: report.open_segment_records,
+        open_segment_bytes_scanned: report.open_segment_bytes_scanned,
+        torn_bytes_dropped: report.torn_bytes_dropped,
+        elapsed_us: report.elapsed_us,
+    };
+    *setup.counters.recovery.lock() = recovery.clone();
+    setup.counters.capacity_bytes.store(setup.store.capacity_bytes, Relaxed);
+    let shard = Rc::new(Shard {
+        id: setup.id as u32,
+        store: Rc::new(store),
+        ns: setup.ns,
+        rt: setup.rt,
+        block_bytes: setup.block_bytes,
+        counters: setup.counters,
+        registry: setup.registry,
+        inflight: RefCell::default(),
+        write_queue_bytes: Rc::new(Cell::new(0)),
+        write_queue_bytes_max: setup.write_queue_bytes_max,
+    });
+    shard.publish();
+    tracing::info!(shard = shard.id, ?recovery, "shard ready");
+    let _ = ready.send(Ok(recovery));
+
+    let accept = {
+        let shard = shard.clone();
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        glommio::spawn_local(attach(shard.clone(), stream)).detach();
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+    };
+    futures::select! {
+        _ = accept.fuse() => {},
+        _ = stop.fuse() => {},
+    }
+    if let Err(e) = shard.store.flush().await {
+        tracing::error!(shard = shard.id, error = %e, "flushing store at shutdown");
+    }
+    let _ = std::fs::remove_file(&setup.socket_path);
+}
+
+/// A client connected to this shard's socket: it sends its session id, and
+/// the stream becomes the doorbell in both directions.
+async fn attach(shard: Rc<Shard>, mut stream: UnixStream) {
+    let mut id = [0u8; 8];
+    if stream.read_exact(&mut id).await.is_err() {
+        return;
+    }
+    let id = u64::from_le_bytes(id);
+    let Some(area) = shard.registry.lock().get(&id).cloned() else {
+        tracing::warn!(shard = shard.id, session = id, "unknown session on shard socket");
+        return;
+    };
+    // SAFETY: one session stream per shard per session: this task is the only
+    // consumer of the SQ and (through `cq`) the only producer of the CQ.
+    let (mut sq, cq) = unsafe { (area.sq(shard.id), area.cq(shard.id)) };
+    let cq = Rc::new(RefCell::new(cq));
+    let (mut rd, mut wr) = stream.split();
+    // Completions ring the client's bell through one writer task; a full
+    // channel means a ring is already pending, which covers this completion.
+    let (bell, mut bells) = mpsc::channel::<()>(1);
+    glommio::spawn_local(async move {
+        while bells.next().await.is_some() {
+            if wr.write_all(&[1]).await.is_err() {
+                break;
+            }
+        }
+    })
+    .detach();
+    let mut buf = [0u8; 256];
+    'session: loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            match sq.pop() {
+                Ok(Some(req)) => {
+                    let task = serve(shard.clone(), area.clone(), req, cq.clone(), bell.clone());
+                    glommio::spawn_local(task).detach();
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(shard = shard.id, session = id, "client corrupted its ring; closing session");
+                    break 'session;
+                }
+            }
+        }
+    }
+    tracing::debug!(shard = shard.id, session = id, "session closed");
+}
+
+async fn serve(
+    shard: Rc<Shard>,
+    area: Arc<SessionArea>,
+    req: SqEntry,
+    cq: Rc<RefCell<Producer<CqEntry>>>,
+    mut bell: mpsc::Sender<()>,
+) {
+    shard.counters.inflight_requests.fetch_add(1, Relaxed);
+    let cqe = match shard.read(&area, &req).await {
+        Ok((len, object_size)) => {
+            CqEntry { req_id: req.req_id, result: len as i64, data_off: req.buf_off, object_size }
+        }
+        Err(e) => {
+            if e.errno != libc::ENOENT && e.errno != libc::EISDIR && e.errno != libc::EINVAL {
+                tracing::warn!(shard = shard.id, error = %e.message, "read failed");
+            }
+            CqEntry { req_id: req.req_id, result: -(e.errno as i64), data_off: 0, object_size: 0 }
+        }
+    };
+    shard.counters.inflight_requests.fetch_sub(1, Relaxed);
+    match cq.borrow_mut().push(cqe) {
+        Ok(true) => {}
+        // The client keeps at most ring_entries requests in flight per shard,
+        // so a full or corrupt CQ means it broke the protocol: drop the answer.
+        _ => tracing::warn!(shard = shard.id, session = area.id, "completion ring full or corrupt"),
+    }
+    let _ = bell.try_send(());
+}
+
+fn invalid(m: &str) -> NsError {
+    NsError::new(libc::EINVAL, m)
+}
+
+impl Shard {
+    /// Serve one request into the client's slot: (bytes placed, object size).
+    async fn read(&self, area: &SessionArea, req: &SqEntry) -> Result<(u64, u64), NsError> {
+        if req.path_len as u64 > req.buf_len || req.path_len == 0 || req.path_len > 4096 {
+            return Err(invalid("bad path length"));
+        }
+        if req.len > req.buf_len || req.off_in_block.saturating_add(req.len) > self.block_bytes {
+            return Err(invalid("range outside the block or the slot"));
+        }
+        if req.buf_off.checked_add(req.buf_len).is_none_or(|e| e > area.layout().data_bytes) {
+            return Err(invalid("slot outside the shared area"));
+        }
+        let raw = area.read_data(req.buf_off, req.path_len as u64).ok_or_else(|| invalid("bad slot"))?;
+        let path = String::from_utf8(raw).map_err(|_| invalid("path is not UTF-8"))?;
+        let path = normalise(&path).ok_or_else(|| NsError::new(libc::EINVAL, format!("bad path {path:?}")))?;
+
+        let attr = match self.ns.cached_attr(&path) {
+            Some(a) => a,
+            None => {
+                let (ns, p) = (self.ns.clone(), path.clone());
+                self.on_tokio(async move { ns.stat(&p).await }).await?
+            }
+        };
+        if attr.kind == Kind::Dir {
+            return Err(NsError::new(libc::EISDIR, format!("{path}: is a directory")));
+        }
+        let block_start = req.block.saturating_mul(self.block_bytes);
+        if block_start >= attr.size {
+            return Ok((0, attr.size));
+        }
+        let block_len = (attr.size - block_start).min(self.block_bytes);
+        let start = req.off_in_block.min(block_len);
+        let end = (req.off_in_block + req.len).min(block_len);
+        let want = end - start;
+        let copy = req.flags & FLAG_NO_DATA == 0;
+        let key = BlockKey::new(&path, &attr.version, req.block);
+
+        match self.store.get(key.hash, &key.bytes).await {
+            Ok(Some(block)) if block.data().len() as u64 == block_len => {
+                self.counters.hits.fetch_add(1, Relaxed);
+                if copy {
+                    area.write_data(req.buf_off, &block.data()[start as usize..end as usize]);
+                    self.counters.bytes_served.fetch_add(want, Relaxed);
+                }
+                return Ok((want, attr.size));
+            }
+            Ok(Some(_)) => {
+                // Same key, different length: cannot be the block we want.
+                self.store.remove(key.hash);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(shard = self.id, error = %e, "store read failed; refetching"),
+        }
+        self.counters.misses.fetch_add(1, Relaxed);
+        let data = self.fetch(&path, key, block_start, block_len).await?;
+        if copy {
+            area.write_data(req.buf_off, &data[start as usize..end as usize]);
+            self.counters.bytes_served.fetch_add(want, Relaxed);
+        }
+        Ok((want, attr.size))
+    }
+
+    /// Fetch a block from under storage once, however many ask at the same time.
+    async fn fetch(&self, path: &str, key: BlockKey, off: u64, len: u64) -> Fetched {
+        let waiter = {
+            let mut inflight = self.inflight.borrow_mut();
+            match inflight.get_mut(&key.bytes) {
+                Some(waiters) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    inflight.insert(key.bytes.clone(), Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(rx) = waiter {
+            return rx.await.unwrap_or_else(|_| Err(NsError::new(libc::EIO, format!("{path}: fetch abandoned"))));
+        }
+        let (ns, p) = (self.ns.clone(), path.to_string());
+        let p2 = p.clone();
+        let res = self
+            .on_tokio(async move {
+                ns.read(&p, off, len)
+                    .await
+                    .map_err(|e| NsError::new(e.errno(), format!("{p2}: under storage: {e}")))
+            })
+            .await;
+        let res: Fetched = match res {
+            Ok(d) if d.len() as u64 == len => Ok(Rc::new(d)),
+            Ok(d) => {
+                // The object changed under us: forget its attribute so the next
+                // read sees the new version, and fail this one cleanly.
+                self.ns.invalidate(path);
+                Err(NsError::new(
+                    libc::EIO,
+                    format!("{path}: object changed while reading (got {} of {len} bytes)", d.len()),
+                ))
+            }
+            Err(e) => Err(e),
+        };
+        let waiters = self.inflight.borrow_mut().remove(&key.bytes).unwrap_or_default();
+        for w in waiters {
+            let _ = w.send(res.clone());
+        }
+        if let Ok(data) = &res {
+            self.counters.ufs_bytes_read.fetch_add(len, Relaxed);
+            self.cache_in_background(key, data.clone());
+        }
+        res
+    }
+
+    fn cache_in_background(&self, key: BlockKey, data: Rc<Vec<u8>>) {
+        let len = data.len() as u64;
+        let queued = &self.write_queue_bytes;
+        if queued.get() + len > self.write_queue_bytes_max {
+            // The disk is behind: serve without caching rather than queue without bound.
+            self.counters.write_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        queued.set(queued.get() + len);
+        let (store, counters, queued) = (self.store.clone(), self.counters.clone(), queued.clone());
+        glommio::spawn_local(async move {
+            if let Err(e) = store.put(key.hash, &key.bytes, &data).await {
+                tracing::warn!(error = %e, "caching a block failed");
+            }
+            queued.set(queued.get() - len);
+            publish_store(&store, &counters);
+        })
+        .detach();
+    }
+
+    fn publish(&self) {
+        publish_store(&self.store, &self.counters);
+    }
+
+    /// Run a future on the tokio runtime and await its result here.
+    async fn on_tokio<T: Send + 'static>(&self, f: impl Future<Output = Result<T, NsError>> + Send + 'static) -> Result<T, NsError> {
+        let (tx, rx) = oneshot::channel();
+        self.rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.await.unwrap_or_else(|_| Err(NsError::new(libc::EIO, "engine is shutting down")))
+    }
+}
+
+fn publish_store(store: &Store, c: &ShardCounters) {
+    let s = store.stats();
+    c.used_bytes.store(s.used_bytes, Relaxed);
+    c.blocks.store(s.blocks, Relaxed);
+    c.segments.store(s.segments, Relaxed);
+    c.evicted_blocks.store(s.evicted_blocks, Relaxed);
+    c.reinserted_blocks.store(s.reinserted_blocks, Relaxed);
+    c.corrupt_records.store(s.corrupt_records, Relaxed);
+}

@@ -1,0 +1,44 @@
+//! Counters a shard publishes for `stoker stat`: plain atomics written by the
+//! shard's thread and read by the control server, never locked.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use stoker_proto::control::{RecoveryStats, ShardStats};
+
+#[derive(Default)]
+pub struct ShardCounters {
+    pub capacity_bytes: AtomicU64,
+    pub used_bytes: AtomicU64,
+    pub blocks: AtomicU64,
+    pub segments: AtomicU64,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub ufs_bytes_read: AtomicU64,
+    pub bytes_served: AtomicU64,
+    pub evicted_blocks: AtomicU64,
+    pub reinserted_blocks: AtomicU64,
+    pub corrupt_records: AtomicU64,
+    pub write_dropped: AtomicU64,
+    pub inflight_requests: AtomicU64,
+    pub recovery: parking_lot::Mutex<RecoveryStats>,
+}
+
+impl ShardCounters {
+    pub fn snapshot(&self, shard: u32) -> ShardStats {
+        ShardStats {
+            shard,
+            capacity_bytes: self.capacity_bytes.load(Relaxed),
+            used_bytes: self.used_bytes.load(Relaxed),
+            blocks: self.blocks.load(Relaxed),
+            segments: self.segments.load(Relaxed),
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            ufs_bytes_read: self.ufs_bytes_read.load(Relaxed),
+            bytes_served: self.bytes_served.load(Relaxed),
+            evicted_blocks: self.evicted_blocks.load(Relaxed),
+            reinserted_blocks: self.reinserted_blocks.load(Relaxed),
+            corrupt_records: self.corrupt_records.load(Relaxed),
+            write_dropped: self.write_dropped.load(Relaxed),
+            inflight_requests: self.inflight_requests.load(Relaxed),
+        }
+    }
+}
