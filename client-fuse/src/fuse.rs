@@ -1,0 +1,382 @@
+//! The fuser adapter: one kernel request -> one [`StokerFs`] call -> one reply.
+//!
+//! No filesystem logic lives here. This is the only place an [`FsError`]
+//! becomes an errno; failures are logged here (unexpected ones at warn level,
+//! naming the path and cause) and counted. Write-type operations are all
+//! answered with EROFS through [`StokerFs::refuse`].
+
+use crate::attr::{file_type, to_file_attr};
+use crate::backend::Backend;
+use crate::error::FsError;
+use crate::fs::StokerFs;
+use fuser::{
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Kernel-side tuning the adapter applies at `init`.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelTuning {
+    /// Largest readahead asked of the kernel (it may cap it lower; see
+    /// `session::set_bdi_readahead` for raising the cap after mount).
+    pub readahead_bytes: u32,
+    /// Background requests (readahead, async reads) in flight.
+    pub max_background: u16,
+}
+
+pub struct FuseFs<B: Backend> {
+    fs: Arc<StokerFs<B>>,
+    ttl: Duration,
+    tuning: KernelTuning,
+}
+
+impl<B: Backend> FuseFs<B> {
+    pub fn new(fs: Arc<StokerFs<B>>, tuning: KernelTuning) -> FuseFs<B> {
+        let ttl = fs.config().metadata_ttl;
+        FuseFs { fs, ttl, tuning }
+    }
+
+    fn errno(&self, op: &str, e: FsError) -> Errno {
+        if !e.is_expected() && e.errno() != libc::EROFS {
+            self.fs.counters.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(op, errno = e.errno(), "{e}");
+        } else {
+            tracing::debug!(op, errno = e.errno(), "{e}");
+        }
+        Errno::from_i32(e.errno())
+    }
+
+    fn attr(&self, ino: u64, a: &stoker_proto::control::Attr) -> fuser::FileAttr {
+        to_file_attr(ino, a, &self.fs.config().owner)
+    }
+}
+
+thread_local! {
+    /// One read buffer per session thread: a read needs no allocation.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Largest read served in one call; the kernel never asks for more than
+/// max_pages (<= 16 MiB), this only bounds a corrupt request.
+const READ_BYTES_MAX: usize = 32 << 20;
+
+impl<B: Backend> Filesystem for FuseFs<B> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(max) = config.set_max_readahead(self.tuning.readahead_bytes) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(self.tuning.max_background);
+        let _ = config.set_congestion_threshold(self.tuning.max_background / 4 * 3);
+        // Lookups in one directory run in parallel; readdirplus fills the
+        // kernel's entry and attr caches while listing.
+        let want = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_ASYNC_READ;
+        let have = config.capabilities() & want;
+        if let Err(missing) = config.add_capabilities(have) {
+            tracing::debug!(?missing, "kernel lacks some FUSE capabilities");
+        }
+        tracing::debug!(abi = ?config.kernel_abi(), "FUSE session initialised");
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name) {
+            Ok(e) => reply.entry(&self.ttl, &self.attr(e.ino, &e.attr), Generation(0)),
+            Err(e) => reply.error(self.errno("lookup", e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(e) => reply.attr(&self.ttl, &self.attr(e.ino, &e.attr)),
+            Err(e) => reply.error(self.errno("getattr", e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0, flags.0) {
+            Ok(o) => {
+                let f = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                reply.opened(FileHandle(o.fh), f)
+            }
+            Err(e) => reply.error(self.errno("open", e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let size = (size as usize).min(READ_BYTES_MAX);
+        READ_BUF.with_borrow_mut(|buf| {
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            match self.fs.read(fh.0, offset, &mut buf[..size]) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(self.errno("read", e)),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Nothing is ever dirty on a read-only mount.
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            // KEEP_CACHE + CACHE_DIR: the kernel may cache this listing.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            Err(e) => reply.error(self.errno("opendir", e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let l = match self.fs.dir_listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(self.errno("readdir", e)),
+        };
+        for item in l.items_from(offset) {
+            let ino = self.fs.dir_item_ino(&l, &item);
+            if reply.add(INodeNo(ino), item.next_offset, file_type(item.attr.kind), item.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let l = match self.fs.dir_listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(self.errno("readdirplus", e)),
+        };
+        for item in l.items_from(offset) {
+            let ino = self.fs.remember_item(&l, &item);
+            let attr = self.attr(ino, item.attr);
+            if reply.add(INodeNo(ino), item.next_offset, item.name, &self.ttl, &attr, Generation(0)) {
+                // Not sent: give back the reference taken for it.
+                if !item.is_dot() {
+                    self.fs.forget(ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.fs.access(ino.0, mask.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.errno("access", e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
+        // There are no symbolic links in a stoker namespace.
+        reply.error(Errno::EINVAL);
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(self.errno("getxattr", FsError::Unsupported { op: "getxattr" }));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(self.errno("listxattr", FsError::Unsupported { op: "listxattr" }));
+    }
+
+    // ---- write-type operations: all EROFS ----
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(self.errno("setattr", self.fs.refuse("setattr (chmod/chown/truncate/utimes)", ino.0, None)));
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(self.errno("mknod", self.fs.refuse("mknod", parent.0, Some(name))));
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        reply.error(self.errno("mkdir", self.fs.refuse("mkdir", parent.0, Some(name))));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.error(self.errno("unlink", self.fs.refuse("unlink", parent.0, Some(name))));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.error(self.errno("rmdir", self.fs.refuse("rmdir", parent.0, Some(name))));
+    }
+
+    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, _target: &Path, reply: ReplyEntry) {
+        reply.error(self.errno("symlink", self.fs.refuse("symlink", parent.0, Some(link_name))));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(self.errno("rename", self.fs.refuse("rename", parent.0, Some(name))));
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        reply.error(self.errno("link", self.fs.refuse("link", ino.0, None)));
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(self.errno("write", self.fs.refuse("write", ino.0, None)));
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(self.errno("create", self.fs.refuse("create", parent.0, Some(name))));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(self.errno("setxattr", self.fs.refuse("setxattr", ino.0, None)));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(self.errno("removexattr", self.fs.refuse("removexattr", ino.0, None)));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(self.errno("fallocate", self.fs.refuse("fallocate", ino.0, None)));
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(self.errno("copy_file_range", self.fs.refuse("copy_file_range", ino_out.0, None)));
+    }
+}

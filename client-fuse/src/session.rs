@@ -1,0 +1,216 @@
+//! Mounting: fuser session options (threads, max_read, auto_unmount), the
+//! kernel readahead knob, and finding/unmounting stoker mounts.
+//!
+//! A session runs `threads` event loops, each with its own /dev/fuse clone
+//! (FUSE_DEV_IOC_CLONE), so requests are served concurrently. With
+//! `auto_unmount` (needs `fusermount3`, package fuse3), fusermount watches the
+//! process and unmounts if it dies, so a crashed mount never leaves a dead
+//! mountpoint behind; without it, see docs/SEMANTICS.md ("Recovery").
+
+use crate::backend::Backend;
+use crate::fs::StokerFs;
+use crate::fuse::{FuseFs, KernelTuning};
+use fuser::{Config, MountOption, SessionACL};
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Session threads serving requests. Default 16.
+    pub threads: usize,
+    /// Largest read the kernel sends (`max_read`). Default 1 MiB; the kernel
+    /// caps it at its `max_pages` limit (1 MiB on most kernels).
+    pub max_read_bytes: u32,
+    /// Kernel readahead per file. Default 1 MiB (the kernel's FUSE default is 128 KiB).
+    pub readahead_bytes: u32,
+    /// Background requests (readahead) in flight. Default 64.
+    pub max_background: u16,
+    /// Have fusermount3 unmount when this process dies. Default on when
+    /// fusermount3 is installed.
+    pub auto_unmount: bool,
+    /// Let other users read the mount (`allow_other`). Default off.
+    pub allow_other: bool,
+    /// Shown as the source in /proc/mounts, e.g. `stoker:/train`.
+    pub fsname: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> MountOptions {
+        MountOptions {
+            threads: 16,
+            max_read_bytes: 1 << 20,
+            readahead_bytes: 1 << 20,
+            max_background: 64,
+            auto_unmount: fusermount_path().is_some(),
+            allow_other: false,
+            fsname: "stoker".into(),
+        }
+    }
+}
+
+/// The fuser session type for a stoker mount.
+pub type StokerSession<B> = fuser::Session<FuseFs<B>>;
+
+/// Mount `fs` at `mountpoint`. Returns once the kernel has accepted the
+/// mount; call `run()` on the session to serve requests (until unmounted).
+pub fn mount<B: Backend>(fs: Arc<StokerFs<B>>, mountpoint: &Path, opts: &MountOptions) -> io::Result<StokerSession<B>> {
+    let mut options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("stoker".into()),
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::CUSTOM(format!("max_read={}", opts.max_read_bytes.max(4096))),
+    ];
+    if opts.auto_unmount {
+        options.push(MountOption::AutoUnmount);
+    }
+    let mut cfg = Config::default();
+    cfg.mount_options = options;
+    cfg.acl = if opts.allow_other {
+        SessionACL::All
+    } else if opts.auto_unmount {
+        // auto_unmount needs allow_other in the kernel; fuser then admits only root and us.
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    cfg.n_threads = Some(opts.threads.clamp(1, 256));
+    cfg.clone_fd = true;
+    let tuning = KernelTuning { readahead_bytes: opts.readahead_bytes, max_background: opts.max_background };
+    fuser::Session::new(FuseFs::new(fs, tuning), mountpoint, &cfg)
+}
+
+/// `fusermount3` (or `fusermount`) on PATH, if any.
+pub fn fusermount_path() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    for name in ["fusermount3", "fusermount"] {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mountpoint: PathBuf,
+    /// "major:minor" of the mount's device (its backing-dev-info name).
+    pub dev: String,
+    pub fstype: String,
+    pub source: String,
+}
+
+fn unescape(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parse mountinfo text.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let f: Vec<&str> = pre.split(' ').collect();
+            let g: Vec<&str> = post.split(' ').collect();
+            Some(MountEntry {
+                mountpoint: PathBuf::from(unescape(f.get(4)?)),
+                dev: f.get(2)?.to_string(),
+                fstype: g.first()?.to_string(),
+                source: g.get(1).map(|s| unescape(s)).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The last (topmost) mount at `mountpoint`, if any. Reads only
+/// /proc/self/mountinfo, never the mountpoint itself (which may be dead).
+pub fn find_mount(mountpoint: &Path) -> io::Result<Option<MountEntry>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let want = absolute(mountpoint);
+    Ok(parse_mountinfo(&text).into_iter().rev().find(|m| m.mountpoint == want))
+}
+
+/// Absolute path without touching the (possibly dead) mountpoint itself:
+/// canonicalise the parent only.
+pub fn absolute(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => parent.canonicalize().unwrap_or_else(|_| parent.to_path_buf()).join(name),
+        _ => abs,
+    }
+}
+
+/// Raise the kernel readahead of a FUSE mount (the FUSE init reply can only
+/// lower it below the 128 KiB default). Needs root.
+pub fn set_bdi_readahead(mountpoint: &Path, bytes: u32) -> io::Result<()> {
+    let m = find_mount(mountpoint)?.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not mounted"))?;
+    let knob = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
+    std::fs::write(&knob, format!("{}", bytes.div_ceil(1024)))
+        .map_err(|e| io::Error::new(e.kind(), format!("{knob}: {e}")))
+}
+
+/// Unmount `mountpoint`: umount2 as root (MNT_DETACH when `lazy`),
+/// otherwise `fusermount3 -u [-z]`.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
+    let abs = absolute(mountpoint);
+    let c = CString::new(abs.as_os_str().as_bytes())?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: c is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    let bin = fusermount_path().ok_or(err)?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg(&abs).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines() {
+        let text = "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
+                    99 36 0:52 / /tmp/a\\040b rw,nosuid,nodev,noatime shared:5 - fuse.stoker stoker:/train rw,user_id=0\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].mountpoint, PathBuf::from("/tmp/a b"));
+        assert_eq!(m[1].dev, "0:52");
+        assert_eq!(m[1].fstype, "fuse.stoker");
+        assert_eq!(m[1].source, "stoker:/train");
+        assert_eq!(m[0].fstype, "ext3");
+    }
+}
