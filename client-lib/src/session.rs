@@ -403,6 +403,12 @@ pub(crate) fn errno_message(path: &str, errno: i32) -> String {
     format!("{path}: {what}")
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("session", &self.welcome.session).field("shards", &self.shards.len()).finish()
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         if std::process::id() != self.pid {

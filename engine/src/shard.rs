@@ -57,6 +57,9 @@ struct Shard {
     inflight: RefCell<HashMap<Vec<u8>, Vec<oneshot::Sender<Fetched>>>>,
     /// Bytes of fetched blocks waiting to be written to the store.
     write_queue_bytes: Rc<Cell<u64>>,
+    /// Fetched blocks until their background write lands: a read in that
+    /// window is served from here instead of fetching the block again.
+    unwritten: Rc<RefCell<HashMap<Vec<u8>, Rc<Vec<u8>>>>>,
     write_queue_bytes_max: u64,
 }
 
@@ -118,6 +121,7 @@ async fn run(
         registry: setup.registry,
         inflight: RefCell::default(),
         write_queue_bytes: Rc::new(Cell::new(0)),
+        unwritten: Rc::default(),
         write_queue_bytes_max: setup.write_queue_bytes_max,
     });
     shard.publish();
@@ -271,6 +275,15 @@ impl Shard {
         let copy = req.flags & FLAG_NO_DATA == 0;
         let key = BlockKey::new(&path, &attr.version, req.block);
 
+        let unwritten = self.unwritten.borrow().get(&key.bytes).cloned();
+        if let Some(data) = unwritten {
+            self.counters.hits.fetch_add(1, Relaxed);
+            if copy {
+                area.write_data(req.buf_off, &data[start as usize..end as usize]);
+                self.counters.bytes_served.fetch_add(want, Relaxed);
+            }
+            return Ok((want, attr.size));
+        }
         match self.store.get(key.hash, &key.bytes).await {
             Ok(Some(block)) if block.data().len() as u64 == block_len => {
                 self.counters.hits.fetch_add(1, Relaxed);
@@ -357,11 +370,14 @@ impl Shard {
             return;
         }
         queued.set(queued.get() + len);
+        self.unwritten.borrow_mut().insert(key.bytes.clone(), data.clone());
         let (store, counters, queued) = (self.store.clone(), self.counters.clone(), queued.clone());
+        let unwritten = self.unwritten.clone();
         glommio::spawn_local(async move {
             if let Err(e) = store.put(key.hash, &key.bytes, &data).await {
                 tracing::warn!(error = %e, "caching a block failed");
             }
+            unwritten.borrow_mut().remove(&key.bytes);
             queued.set(queued.get() - len);
             publish_store(&store, &counters);
         })
