@@ -10,13 +10,14 @@ use stoker_engine::store::StoreConfig;
 
 /// Runs `f` on a fresh glommio executor with a small io_memory (the memlock
 /// limit here is 8 MiB; glommio then uses heap DMA buffers).
-pub fn run<T: 'static, F: Future<Output = T> + 'static>(f: impl FnOnce() -> F + Send + 'static) -> T
+pub fn run<T, F>(f: impl FnOnce() -> F + Send + 'static) -> T
 where
-    T: Send,
+    T: Send + 'static,
+    F: Future<Output = T> + 'static,
 {
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(1 << 20)
-        .spawn(move || f())
+        .spawn(f)
         .expect("spawn executor")
         .join()
         .expect("executor thread")
