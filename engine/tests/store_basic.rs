@@ -127,3 +127,16 @@ fn key_hash_collision_never_serves_the_other_key() {
         assert_eq!(store.stats().corrupt_records, 0);
     });
 }
+
+#[test]
+fn a_directory_is_opened_by_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (store, _) = Store::open(cfg(&path, 1 << 20, 8 << 20)).await.unwrap();
+        let second = Store::open(cfg(&path, 1 << 20, 8 << 20)).await;
+        assert!(matches!(second, Err(StoreError::InvalidArgument(_))), "second open of a locked dir not refused");
+        drop(store);
+        let (_store, _) = Store::open(cfg(&path, 1 << 20, 8 << 20)).await.unwrap();
+    });
+}

@@ -172,9 +172,29 @@ pub struct Store {
     shared: Rc<Shared>,
     tx: mpsc::UnboundedSender<WriterMsg>,
     queue_bytes: Rc<Semaphore>,
+    /// `dir/LOCK`, flock'ed exclusively for the store's lifetime.
+    _lock: std::fs::File,
     /// The writer task; dropping the store cancels it (queued, unwritten
     /// puts then fail with `Closed` — the "crash" the tests simulate).
     _writer: glommio::Task<()>,
+}
+
+/// Takes an exclusive, non-blocking flock on `dir/LOCK` so two stores (in
+/// this process or another) never append to the same segments.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
+    // SAFETY: flock only takes a file descriptor, which `file` owns and keeps
+    // open for the duration of the call; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::InvalidArgument(format!("{} is in use by another store", dir.display())));
+        }
+        return Err(err.into());
+    }
+    Ok(file)
 }
 
 impl Store {
@@ -185,6 +205,7 @@ impl Store {
         let (segment_bytes, capacity_bytes) = evict::clamp_config(&cfg)?;
         let started = std::time::Instant::now();
         std::fs::create_dir_all(&cfg.dir)?;
+        let lock = lock_dir(&cfg.dir)?;
         segment::probe_device(&cfg.dir).await?;
         let (index, segs, mut report) = recover::recover(&cfg.dir, segment_bytes).await?;
         let shared = Rc::new(Shared {
@@ -199,7 +220,8 @@ impl Store {
         report.elapsed_us = started.elapsed().as_micros() as u64;
         let (tx, rx) = mpsc::unbounded();
         let writer = glommio::spawn_local(segment::run_writer(shared.clone(), rx));
-        let store = Store { shared, tx, queue_bytes: Rc::new(Semaphore::new(QUEUE_BYTES_MAX)), _writer: writer };
+        let queue_bytes = Rc::new(Semaphore::new(QUEUE_BYTES_MAX));
+        let store = Store { shared, tx, queue_bytes, _lock: lock, _writer: writer };
         Ok((store, report))
     }
 
