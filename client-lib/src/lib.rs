@@ -66,6 +66,9 @@ impl Default for Options {
     }
 }
 
+/// Size of the first request of `read_file`, before the file's size is known.
+const FIRST_PIECE_BYTES: u64 = 256 << 10;
+
 impl Client {
     /// Attach to the engine on `socket` with default options.
     pub fn connect(socket: &str) -> Result<Client> {
@@ -106,8 +109,10 @@ impl Client {
 
     /// Read a whole file.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        // The first piece tells the object's size; small files need nothing more.
-        let first = self.chunk_bytes();
+        // The first piece tells the object's size; small files (the common
+        // case in training sets) need nothing more. It is kept small because
+        // a slot reserves its whole length in the shared area while in flight.
+        let first = self.chunk_bytes().min(FIRST_PIECE_BYTES);
         let mut buf = vec![0u8; first as usize];
         let (n, size) = self.read_at(path, 0, &mut buf)?;
         buf.truncate(n);

@@ -171,6 +171,18 @@ impl Namespace {
         Ok(entries)
     }
 
+    /// Read a range and the object's attributes in one under-storage call,
+    /// caching the attributes.
+    pub async fn read_versioned(&self, norm: &str, off: u64, len: u64) -> UfsResult<(Attr, Vec<u8>)> {
+        let (attr, data) = match self.mount(norm) {
+            Ok(Some((ufs, rel))) => ufs.read_versioned(rel, off, len).await?,
+            Ok(None) => return Err(UfsError::IsDir),
+            Err(_) => return Err(UfsError::NotFound),
+        };
+        self.attrs.write().insert(norm.to_string(), (attr.clone(), Instant::now()));
+        Ok((attr, data))
+    }
+
     /// Read a range of a file from under storage.
     pub async fn read(&self, norm: &str, off: u64, len: u64) -> UfsResult<Vec<u8>> {
         match self.mount(norm) {

@@ -24,7 +24,7 @@ use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use stoker_proto::control::{Kind, RecoveryStats};
+use stoker_proto::control::{Attr, Kind, RecoveryStats};
 use stoker_proto::key::BlockKey;
 use stoker_proto::ring::{CqEntry, Producer, SqEntry, FLAG_NO_DATA};
 
@@ -43,7 +43,13 @@ pub struct ShardSetup {
     pub registry: Registry,
 }
 
-type Fetched = Result<Rc<Vec<u8>>, NsError>;
+/// A block fetched from under storage, with the attributes it was read under.
+struct Fetch {
+    attr: Attr,
+    data: Rc<Vec<u8>>,
+}
+
+type Fetched = Result<Rc<Fetch>, NsError>;
 
 struct Shard {
     id: u32,
@@ -254,11 +260,14 @@ impl Shard {
         let path = String::from_utf8(raw).map_err(|_| invalid("path is not UTF-8"))?;
         let path = normalise(&path).ok_or_else(|| NsError::new(libc::EINVAL, format!("bad path {path:?}")))?;
 
-        let attr = match self.ns.cached_attr(&path) {
-            Some(a) => a,
+        let (attr, fetched) = match self.ns.cached_attr(&path) {
+            Some(a) => (a, None),
+            // An object not seen yet: one under-storage call brings its
+            // attributes and this block (a stat, then a read, would pay the
+            // round trip twice on every cold file).
             None => {
-                let (ns, p) = (self.ns.clone(), path.clone());
-                self.on_tokio(async move { ns.stat(&p).await }).await?
+                let f = self.fetch(&path, req.block, None).await?;
+                (f.attr.clone(), Some(f))
             }
         };
         if attr.kind == Kind::Dir {
@@ -269,29 +278,28 @@ impl Shard {
             return Ok((0, attr.size));
         }
         let block_len = (attr.size - block_start).min(self.block_bytes);
-        let start = req.off_in_block.min(block_len);
-        let end = (req.off_in_block + req.len).min(block_len);
-        let want = end - start;
-        let copy = req.flags & FLAG_NO_DATA == 0;
+        let start = req.off_in_block.min(block_len) as usize;
+        let end = (req.off_in_block + req.len).min(block_len) as usize;
+        let serve = |data: &[u8]| {
+            if req.flags & FLAG_NO_DATA == 0 {
+                area.write_data(req.buf_off, &data[start..end]);
+                self.counters.bytes_served.fetch_add((end - start) as u64, Relaxed);
+            }
+            Ok(((end - start) as u64, attr.size))
+        };
+        if let Some(f) = fetched {
+            return serve(&f.data);
+        }
         let key = BlockKey::new(&path, &attr.version, req.block);
-
         let unwritten = self.unwritten.borrow().get(&key.bytes).cloned();
         if let Some(data) = unwritten {
             self.counters.hits.fetch_add(1, Relaxed);
-            if copy {
-                area.write_data(req.buf_off, &data[start as usize..end as usize]);
-                self.counters.bytes_served.fetch_add(want, Relaxed);
-            }
-            return Ok((want, attr.size));
+            return serve(&data);
         }
         match self.store.get(key.hash, &key.bytes).await {
             Ok(Some(block)) if block.data().len() as u64 == block_len => {
                 self.counters.hits.fetch_add(1, Relaxed);
-                if copy {
-                    area.write_data(req.buf_off, &block.data()[start as usize..end as usize]);
-                    self.counters.bytes_served.fetch_add(want, Relaxed);
-                }
-                return Ok((want, attr.size));
+                return serve(block.data());
             }
             Ok(Some(_)) => {
                 // Same key, different length: cannot be the block we want.
@@ -300,27 +308,25 @@ impl Shard {
             Ok(None) => {}
             Err(e) => tracing::warn!(shard = self.id, error = %e, "store read failed; refetching"),
         }
-        self.counters.misses.fetch_add(1, Relaxed);
-        let data = self.fetch(&path, key, block_start, block_len).await?;
-        if copy {
-            area.write_data(req.buf_off, &data[start as usize..end as usize]);
-            self.counters.bytes_served.fetch_add(want, Relaxed);
-        }
-        Ok((want, attr.size))
+        let f = self.fetch(&path, req.block, Some(&attr)).await?;
+        serve(&f.data)
     }
 
-    /// Fetch a block from under storage once, however many ask at the same time.
-    async fn fetch(&self, path: &str, key: BlockKey, off: u64, len: u64) -> Fetched {
+    /// Fetch block `block` of `path` from under storage once, however many
+    /// ask for it at the same time. With `attr` unknown, the attributes come
+    /// back with the data. The block is then cached in the background.
+    async fn fetch(&self, path: &str, block: u64, attr: Option<&Attr>) -> Fetched {
+        let flight_key = BlockKey::new(path, attr.map_or("\0unknown", |a| a.version.as_str()), block).bytes;
         let waiter = {
             let mut inflight = self.inflight.borrow_mut();
-            match inflight.get_mut(&key.bytes) {
+            match inflight.get_mut(&flight_key) {
                 Some(waiters) => {
                     let (tx, rx) = oneshot::channel();
                     waiters.push(tx);
                     Some(rx)
                 }
                 None => {
-                    inflight.insert(key.bytes.clone(), Vec::new());
+                    inflight.insert(flight_key.clone(), Vec::new());
                     None
                 }
             }
@@ -328,37 +334,55 @@ impl Shard {
         if let Some(rx) = waiter {
             return rx.await.unwrap_or_else(|_| Err(NsError::new(libc::EIO, format!("{path}: fetch abandoned"))));
         }
-        let (ns, p) = (self.ns.clone(), path.to_string());
-        let p2 = p.clone();
-        let res = self
-            .on_tokio(async move {
-                ns.read(&p, off, len)
-                    .await
-                    .map_err(|e| NsError::new(e.errno(), format!("{p2}: under storage: {e}")))
-            })
-            .await;
-        let res: Fetched = match res {
-            Ok(d) if d.len() as u64 == len => Ok(Rc::new(d)),
-            Ok(d) => {
-                // The object changed under us: forget its attribute so the next
-                // read sees the new version, and fail this one cleanly.
-                self.ns.invalidate(path);
-                Err(NsError::new(
-                    libc::EIO,
-                    format!("{path}: object changed while reading (got {} of {len} bytes)", d.len()),
-                ))
-            }
-            Err(e) => Err(e),
-        };
-        let waiters = self.inflight.borrow_mut().remove(&key.bytes).unwrap_or_default();
+        self.counters.misses.fetch_add(1, Relaxed);
+        let res = self.fetch_from_ufs(path, block, attr.cloned()).await;
+        let waiters = self.inflight.borrow_mut().remove(&flight_key).unwrap_or_default();
         for w in waiters {
             let _ = w.send(res.clone());
         }
-        if let Ok(data) = &res {
-            self.counters.ufs_bytes_read.fetch_add(len, Relaxed);
-            self.cache_in_background(key, data.clone());
+        if let Ok(f) = &res {
+            self.counters.ufs_bytes_read.fetch_add(f.data.len() as u64, Relaxed);
+            let key = BlockKey::new(path, &f.attr.version, block);
+            let known = self.store.contains(key.hash) || self.unwritten.borrow().contains_key(&key.bytes);
+            if f.attr.kind == Kind::File && !f.data.is_empty() && !known {
+                self.cache_in_background(key, f.data.clone());
+            }
         }
         res
+    }
+
+    async fn fetch_from_ufs(&self, path: &str, block: u64, attr: Option<Attr>) -> Fetched {
+        let bs = self.block_bytes;
+        let off = block.saturating_mul(bs);
+        let (ns, p) = (self.ns.clone(), path.to_string());
+        let known = attr.is_some();
+        let (attr, data) = self
+            .on_tokio(async move {
+                let res = match attr {
+                    Some(a) => {
+                        let len = a.size.saturating_sub(off).min(bs);
+                        ns.read(&p, off, len).await.map(|d| (a, d))
+                    }
+                    None => ns.read_versioned(&p, off, bs).await,
+                };
+                res.map_err(|e| NsError::new(e.errno(), format!("{p}: under storage: {e}")))
+            })
+            .await?;
+        let expected = attr.size.saturating_sub(off).min(bs);
+        if attr.kind == Kind::File && data.len() as u64 != expected {
+            // The object changed under us: forget its attribute so the next
+            // read sees the new version, and fail this one cleanly.
+            self.ns.invalidate(path);
+            return Err(NsError::new(
+                libc::EIO,
+                format!(
+                    "{path}: object changed while reading (got {} of {expected} bytes{})",
+                    data.len(),
+                    if known { "" } else { " with its attributes" }
+                ),
+            ));
+        }
+        Ok(Rc::new(Fetch { attr, data: Rc::new(data) }))
     }
 
     fn cache_in_background(&self, key: BlockKey, data: Rc<Vec<u8>>) {

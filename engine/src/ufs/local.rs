@@ -83,6 +83,26 @@ impl Ufs for LocalDir {
         })
     }
 
+    fn read_versioned<'a>(&'a self, rel: &'a str, off: u64, len: u64) -> BoxFut<'a, UfsResult<(Attr, Vec<u8>)>> {
+        Box::pin(async move {
+            let p = self.resolve(rel)?;
+            blocking(move || {
+                let f = std::fs::File::open(&p).map_err(map_err)?;
+                let attr = attr_of(&f.metadata().map_err(map_err)?);
+                if attr.kind == Kind::Dir {
+                    return Err(UfsError::IsDir);
+                }
+                // Attributes and bytes come from one open file, so they agree.
+                let mut buf = Vec::with_capacity(len.min(attr.size.saturating_sub(off)) as usize);
+                let mut f = f;
+                f.seek(SeekFrom::Start(off)).map_err(map_err)?;
+                f.take(len).read_to_end(&mut buf).map_err(map_err)?;
+                Ok((attr, buf))
+            })
+            .await
+        })
+    }
+
     fn list<'a>(&'a self, rel: &'a str, token: Option<String>, max: usize) -> BoxFut<'a, UfsResult<ListPage>> {
         Box::pin(async move {
             let p = self.resolve(rel)?;

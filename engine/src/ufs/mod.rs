@@ -68,6 +68,18 @@ pub trait Ufs: Send + Sync + 'static {
     fn read<'a>(&'a self, rel: &'a str, off: u64, len: u64) -> BoxFut<'a, UfsResult<Vec<u8>>>;
     fn list<'a>(&'a self, rel: &'a str, token: Option<String>, max: usize)
         -> BoxFut<'a, UfsResult<ListPage>>;
+    /// Attributes and bytes `[off, off+len)` together. Backends whose read
+    /// returns metadata (an object GET does) answer in one round trip.
+    fn read_versioned<'a>(&'a self, rel: &'a str, off: u64, len: u64) -> BoxFut<'a, UfsResult<(Attr, Vec<u8>)>> {
+        Box::pin(async move {
+            let attr = self.stat(rel).await?;
+            if attr.kind == stoker_proto::control::Kind::Dir {
+                return Err(UfsError::IsDir);
+            }
+            let data = self.read(rel, off, len).await?;
+            Ok((attr, data))
+        })
+    }
 }
 
 /// Build the under storage for a mount URI.
@@ -143,6 +155,16 @@ impl Guarded {
         self.run(move || {
             let (inner, rel) = (inner.clone(), rel.clone());
             Box::pin(async move { inner.read(&rel, off, len).await })
+        })
+        .await
+    }
+
+    pub async fn read_versioned(&self, rel: &str, off: u64, len: u64) -> UfsResult<(Attr, Vec<u8>)> {
+        let rel = rel.to_string();
+        let inner = self.inner.clone();
+        self.run(move || {
+            let (inner, rel) = (inner.clone(), rel.clone());
+            Box::pin(async move { inner.read_versioned(&rel, off, len).await })
         })
         .await
     }

@@ -53,6 +53,14 @@ impl Ufs for Throttled {
         })
     }
 
+    fn read_versioned<'a>(&'a self, rel: &'a str, off: u64, len: u64) -> BoxFut<'a, UfsResult<(Attr, Vec<u8>)>> {
+        Box::pin(async move {
+            let (attr, data) = self.inner.read_versioned(rel, off, len).await?;
+            self.pay(data.len() as u64).await;
+            Ok((attr, data))
+        })
+    }
+
     fn list<'a>(&'a self, rel: &'a str, token: Option<String>, max: usize) -> BoxFut<'a, UfsResult<ListPage>> {
         Box::pin(async move {
             self.pay(0).await;
