@@ -88,7 +88,17 @@ fn init_logging(level: &str) {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // Usage errors as one line, like every other error.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            eprintln!("stoker: error: {first} (see --help)");
+            std::process::exit(2);
+        }
+    };
     init_logging(&cli.log_level);
     let res = match cli.cmd {
         Cmd::Serve(a) => commands::serve(a),

@@ -273,33 +273,39 @@ impl Shard {
         if attr.kind == Kind::Dir {
             return Err(NsError::new(libc::EISDIR, format!("{path}: is a directory")));
         }
-        let block_start = req.block.saturating_mul(self.block_bytes);
-        if block_start >= attr.size {
-            return Ok((0, attr.size));
-        }
-        let block_len = (attr.size - block_start).min(self.block_bytes);
-        let start = req.off_in_block.min(block_len) as usize;
-        let end = (req.off_in_block + req.len).min(block_len) as usize;
-        let serve = |data: &[u8]| {
+        // The part of the block the request wants, for an object of `size`.
+        let want = |size: u64| {
+            let block_start = req.block.saturating_mul(self.block_bytes);
+            let block_len = size.saturating_sub(block_start).min(self.block_bytes);
+            let start = req.off_in_block.min(block_len) as usize;
+            let end = (req.off_in_block + req.len).min(block_len) as usize;
+            (block_len, start, end)
+        };
+        let serve = |data: &[u8], size: u64| {
+            let (_, start, end) = want(size);
             if req.flags & FLAG_NO_DATA == 0 {
                 area.write_data(req.buf_off, &data[start..end]);
                 self.counters.bytes_served.fetch_add((end - start) as u64, Relaxed);
             }
-            Ok(((end - start) as u64, attr.size))
+            Ok(((end - start) as u64, size))
         };
+        let (block_len, _, _) = want(attr.size);
+        if block_len == 0 {
+            return Ok((0, attr.size));
+        }
         if let Some(f) = fetched {
-            return serve(&f.data);
+            return serve(&f.data, f.attr.size);
         }
         let key = BlockKey::new(&path, &attr.version, req.block);
         let unwritten = self.unwritten.borrow().get(&key.bytes).cloned();
         if let Some(data) = unwritten {
             self.counters.hits.fetch_add(1, Relaxed);
-            return serve(&data);
+            return serve(&data, attr.size);
         }
         match self.store.get(key.hash, &key.bytes).await {
             Ok(Some(block)) if block.data().len() as u64 == block_len => {
                 self.counters.hits.fetch_add(1, Relaxed);
-                return serve(block.data());
+                return serve(block.data(), attr.size);
             }
             Ok(Some(_)) => {
                 // Same key, different length: cannot be the block we want.
@@ -308,15 +314,22 @@ impl Shard {
             Ok(None) => {}
             Err(e) => tracing::warn!(shard = self.id, error = %e, "store read failed; refetching"),
         }
+        // The fetch may have been started by a request that saw another
+        // version; its data and attributes agree with each other, so serve by them.
         let f = self.fetch(&path, req.block, Some(&attr)).await?;
-        serve(&f.data)
+        if f.attr.kind == Kind::Dir {
+            return Err(NsError::new(libc::EISDIR, format!("{path}: is a directory")));
+        }
+        serve(&f.data, f.attr.size)
     }
 
     /// Fetch block `block` of `path` from under storage once, however many
     /// ask for it at the same time. With `attr` unknown, the attributes come
     /// back with the data. The block is then cached in the background.
     async fn fetch(&self, path: &str, block: u64, attr: Option<&Attr>) -> Fetched {
-        let flight_key = BlockKey::new(path, attr.map_or("\0unknown", |a| a.version.as_str()), block).bytes;
+        // Keyed by (path, block) whatever the version: a fetch brings the
+        // attributes it read under, so every waiter gets a consistent answer.
+        let flight_key = BlockKey::new(path, "", block).bytes;
         let waiter = {
             let mut inflight = self.inflight.borrow_mut();
             match inflight.get_mut(&flight_key) {

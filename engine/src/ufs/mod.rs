@@ -21,11 +21,11 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum UfsError {
-    #[error("not found")]
+    #[error("No such file or directory")]
     NotFound,
-    #[error("is a directory")]
+    #[error("Is a directory")]
     IsDir,
-    #[error("not a directory")]
+    #[error("Not a directory")]
     NotDir,
     #[error("timed out after {0:?}")]
     Timeout(Duration),

@@ -1,0 +1,94 @@
+//! Shared helpers for the CLI integration tests: generated trees and a
+//! `stoker serve` child process that is killed when dropped.
+
+#![allow(dead_code)]
+
+use rand::{RngCore, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn stoker() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stoker"))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    stoker().args(args).stdin(Stdio::null()).output().expect("running stoker")
+}
+
+/// Write files of the given sizes under `root` in nested directories;
+/// returns (relative path, bytes).
+pub fn make_tree(root: &Path, sizes: &[usize], seed: u64) -> Vec<(String, Vec<u8>)> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let rel = format!("c{}/d{}/f{i:05}.bin", i % 7, i % 3);
+        let mut data = vec![0u8; size];
+        rng.fill_bytes(&mut data);
+        let p = root.join(&rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &data).unwrap();
+        out.push((rel, data));
+    }
+    out
+}
+
+/// Poll `cond` until it holds or `limit` passes (then panic with `what`).
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub socket: String,
+    pub cache: PathBuf,
+}
+
+impl Server {
+    pub fn start(cache: &Path, socket: &str, extra: &[&str]) -> Server {
+        let mut cmd = stoker();
+        cmd.args(["serve", "--cache-dir", cache.to_str().unwrap(), "--socket", socket]);
+        cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawning stoker serve");
+        let t0 = Instant::now();
+        loop {
+            if stoker_client::Client::connect(socket).is_ok() {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("stoker serve exited early: {status}");
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "stoker serve did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child, socket: socket.to_string(), cache: cache.to_path_buf() }
+    }
+
+    pub fn client(&self) -> stoker_client::Client {
+        stoker_client::Client::connect(&self.socket).expect("connecting to stoker serve")
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "stoker serve exited with {status} on SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
