@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what stoker's build, demo and tests need on a Debian machine, only
+# when it is missing. Sourced by demo.sh and test.sh.
+set -euo pipefail
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+if [ "${STOKER_NEED_FUSE:-0}" = 1 ]; then
+  command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+fi
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+  need_apt+=(cargo rustc)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+# Build outputs live outside the clone so a fresh checkout reuses them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/stoker-target}"
+mkdir -p "$CARGO_TARGET_DIR"
