@@ -94,6 +94,8 @@ async fn reclaim(shared: &Rc<Shared>, seg_id: u32) -> Result<()> {
             }
         }
     }
+    // copy_hot reads spans in file order.
+    hot.sort_unstable_by_key(|(e, _)| e.offset_units);
     let copied = copy_hot(shared, seg_id, &file, &hot).await;
 
     // Whatever hot record was not moved (no room, bad record, I/O error)
