@@ -32,6 +32,24 @@ impl Target for LocalTarget {
     }
 }
 
+/// Direct reads of the under storage, standing in for a remote store: a local
+/// directory where every request first pays `latency` (the same knob as the
+/// engine's `--ufs-latency`), so "direct" and "through stoker" pay the same.
+pub struct RemoteTarget {
+    pub root: PathBuf,
+    pub latency: std::time::Duration,
+}
+
+impl Target for RemoteTarget {
+    fn name(&self) -> String {
+        format!("direct ({:?}/request)", self.latency)
+    }
+    fn read_file(&self, rel: &str) -> std::io::Result<Vec<u8>> {
+        std::thread::sleep(self.latency);
+        std::fs::read(self.root.join(rel))
+    }
+}
+
 /// Reads through a stoker engine with client-lib (shared memory).
 pub struct StokerTarget {
     pub name: String,

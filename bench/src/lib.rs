@@ -9,7 +9,7 @@ pub mod epoch;
 pub mod gen;
 pub mod report;
 
-pub use epoch::{epoch, list_files, LocalTarget, StokerTarget, Target};
+pub use epoch::{epoch, list_files, LocalTarget, RemoteTarget, StokerTarget, Target};
 pub use gen::{generate, GenSpec};
 pub use report::{markdown_table, Report};
 

@@ -310,7 +310,9 @@ pub struct EpochArgs {
     /// Namespace prefix of the same dataset in stoker, e.g. /data (the `stoker` target).
     #[arg(long)]
     pub prefix: Option<String>,
-    /// Targets to run, in order: local, stoker, or a directory path (e.g. a FUSE mount).
+    /// Targets to run, in order: local, stoker, direct:LATENCY (the source
+    /// read with injected latency per file, like remote storage), or a
+    /// directory path (e.g. a FUSE mount).
     #[arg(long, value_delimiter = ',', default_value = "local")]
     pub targets: Vec<String>,
     #[arg(long, default_value_t = 32)]
@@ -362,8 +364,14 @@ fn epoch(a: EpochArgs) -> Result<()> {
                     prefix: prefix.trim_end_matches('/').to_string(),
                 })
             }
+            direct if direct.starts_with("direct:") => {
+                let latency = stoker_engine::parse_duration(&direct["direct:".len()..])
+                    .map_err(anyhow::Error::msg)?
+                    .unwrap_or_default();
+                Box::new(stoker_bench::RemoteTarget { root: a.source.clone(), latency })
+            }
             dir if dir.starts_with('/') => Box::new(stoker_bench::LocalTarget { name: dir.into(), root: dir.into() }),
-            other => bail!("unknown target {other:?}: use local, stoker or a directory path"),
+            other => bail!("unknown target {other:?}: use local, stoker, direct:20ms or a directory path"),
         };
         for p in 0..a.passes {
             if a.cold {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use stoker_bench::{Report, Target};
+use stoker_bench::Report;
 use stoker_engine::config::EngineConfig;
 use stoker_engine::{Engine, MountSpec};
 
@@ -25,22 +25,6 @@ pub struct DemoArgs {
     /// Reader threads.
     #[arg(long, default_value_t = 32)]
     pub threads: usize,
-}
-
-/// Reading the "remote" storage directly: the same injected latency per file.
-struct Remote {
-    root: PathBuf,
-    latency: Duration,
-}
-
-impl Target for Remote {
-    fn name(&self) -> String {
-        format!("direct from remote ({:?}/request)", self.latency)
-    }
-    fn read_file(&self, rel: &str) -> std::io::Result<Vec<u8>> {
-        std::thread::sleep(self.latency);
-        std::fs::read(self.root.join(rel))
-    }
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -72,7 +56,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     eprintln!("demo: engine ready in {:.0} ms on {socket}", t0.elapsed().as_secs_f64() * 1e3);
 
     let mut reports: Vec<Report> = Vec::new();
-    let remote = Remote { root: data.clone(), latency };
+    let remote = stoker_bench::RemoteTarget { root: data.clone(), latency };
     eprintln!("demo: pass 1/3: direct reads from remote storage");
     reports.push(stoker_bench::epoch(&remote, "direct", &files, a.threads, 1, Some(&data)));
     let stoker = stoker_bench::StokerTarget {

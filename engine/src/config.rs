@@ -68,8 +68,9 @@ impl EngineConfig {
         if self.shards == 0 || self.shards > 256 {
             return bad(format!("--shards must be 1..=256, got {}", self.shards));
         }
-        if self.block_bytes < 4096 || self.block_bytes > (64 << 20) || !self.block_bytes.is_power_of_two() {
-            return bad(format!("block size must be a power of two in 4KiB..=64MiB, got {}", self.block_bytes));
+        // The store's records hold at most one 4 MiB block (format.rs).
+        if self.block_bytes < 4096 || self.block_bytes > (4 << 20) || !self.block_bytes.is_power_of_two() {
+            return bad(format!("block size must be a power of two in 4KiB..=4MiB, got {}", self.block_bytes));
         }
         let per_shard = self.capacity_bytes / self.shards as u64;
         // A shard needs room for a few segments, and a segment for a few blocks.
