@@ -72,6 +72,10 @@ pub struct MountArgs {
     /// the default is long; `never` = until unmount.
     #[arg(long, value_parser = ttl_arg, default_value = "1h")]
     pub metadata_ttl: Duration,
+    /// Answer a lookup with one stat of the file instead of fetching (once)
+    /// the listing of its directory. For very large directories read sparsely.
+    #[arg(long)]
+    pub no_list_on_lookup: bool,
     /// Longest wait for one answer from the engine before the read fails with EIO.
     #[arg(long, value_parser = duration_arg, default_value = "60s")]
     pub request_timeout: Duration,
@@ -196,7 +200,7 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
                 cfg.shards = n;
             }
             cfg.socket = socket.clone();
-            cfg.mounts = vec![MountSpec { name: a.name.clone(), uri }];
+            cfg.mounts = vec![MountSpec { name: a.name.clone(), uri, ..Default::default() }];
             cfg.block_bytes = a.block_size;
             cfg.ufs_latency = a.ufs_latency;
             cfg.ufs_timeout = a.ufs_timeout;
@@ -208,7 +212,7 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
 
     let opts = stoker_client::Options { timeout: a.request_timeout, ..Default::default() };
     let client = stoker_client::Client::connect_with(&socket, opts)?;
-    let mut cfg = FsConfig { metadata_ttl: a.metadata_ttl, ..FsConfig::default() };
+    let mut cfg = FsConfig { metadata_ttl: a.metadata_ttl, list_on_lookup: !a.no_list_on_lookup, ..FsConfig::default() };
     cfg.owner.blksize = a.max_read.clamp(4096, 16 << 20) as u32;
     let fs = Arc::new(StokerFs::new(client, &root, cfg).with_context(|| format!("cannot mount {root}"))?);
     let mopts = MountOptions {

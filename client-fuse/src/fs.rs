@@ -37,6 +37,12 @@ pub struct FsConfig {
     /// kernel. Default 1 h: training data does not change under a job.
     pub metadata_ttl: Duration,
     pub owner: Owner,
+    /// A lookup in a directory whose listing is not cached fetches the whole
+    /// listing (once, shared by concurrent lookups) instead of one stat: a
+    /// trainer opening every file of a directory costs one engine call, not
+    /// one per file. Off = one stat per lookup (very large directories read
+    /// sparsely). Default on.
+    pub list_on_lookup: bool,
 }
 
 impl Default for FsConfig {
@@ -45,6 +51,7 @@ impl Default for FsConfig {
             metadata_ttl: Duration::from_secs(3600),
             // SAFETY: getuid/getgid cannot fail and touch no memory.
             owner: Owner { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() }, blksize: 1 << 20 },
+            list_on_lookup: true,
         }
     }
 }
@@ -154,6 +161,9 @@ pub struct StokerFs<B: Backend> {
     inodes: InodeTable,
     listings: Mutex<HashMap<u64, Arc<Listing>>>,
     listing_entries: AtomicU64,
+    /// One lock per directory being listed, so concurrent lookups wait for
+    /// one fetch instead of each listing it.
+    listing_fetches: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
     files: RwLock<HashMap<u64, OpenFile>>,
     dirs: RwLock<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
@@ -197,6 +207,7 @@ impl<B: Backend> StokerFs<B> {
             inodes,
             listings: Mutex::new(HashMap::new()),
             listing_entries: AtomicU64::new(0),
+            listing_fetches: Mutex::new(HashMap::new()),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -250,7 +261,12 @@ impl<B: Backend> StokerFs<B> {
         }
         let name = self.child_name(&p, name)?;
         let path = join(&p.path, name);
-        let attr = match self.fresh_listing(parent) {
+        let listing = match self.fresh_listing(parent) {
+            Some(l) => Some(l),
+            None if self.cfg.list_on_lookup => Some(self.listing_once(parent, p)?),
+            None => None,
+        };
+        let attr = match listing {
             Some(l) => l.find(name).cloned().ok_or_else(|| FsError::NotFound { path: path.clone() })?,
             None => self.stat(&path)?,
         };
@@ -287,11 +303,24 @@ impl<B: Backend> StokerFs<B> {
         }
         let listing = match self.fresh_listing(ino) {
             Some(l) => l,
-            None => self.fetch_listing(ino, n)?,
+            None => self.listing_once(ino, n)?,
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs.write().insert(fh, listing);
         Ok(fh)
+    }
+
+    /// The cached listing of `dir`, fetching it if needed; concurrent
+    /// callers for one directory share a single fetch.
+    fn listing_once(&self, dir: u64, n: NodeView) -> Result<Arc<Listing>> {
+        let lock = self.listing_fetches.lock().entry(dir).or_default().clone();
+        let _g = lock.lock();
+        let res = match self.fresh_listing(dir) {
+            Some(l) => Ok(l),
+            None => self.fetch_listing(dir, n),
+        };
+        self.listing_fetches.lock().remove(&dir);
+        res
     }
 
     fn fetch_listing(&self, ino: u64, n: NodeView) -> Result<Arc<Listing>> {

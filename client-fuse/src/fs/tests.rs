@@ -151,3 +151,36 @@ fn statfs_reports_cache_capacity() {
     assert_eq!(s.bfree, ((1 << 30) - (1 << 20)) / 4096);
     assert_eq!(s.namelen, 255);
 }
+
+#[test]
+fn concurrent_lookups_share_one_listing() {
+    let files: Vec<(String, Vec<u8>)> = (0..64).map(|i| (format!("/m/d/f{i}"), vec![i as u8; i])).collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, v)| (p.as_str(), v.as_slice())).collect();
+    let fs = Arc::new(fs_with(&refs));
+    let d = fs.lookup(ROOT_INO, os("d")).unwrap();
+    let lists = fs.backend().lists.load(Relaxed);
+    let stats = fs.backend().stats.load(Relaxed);
+    let threads: Vec<_> = (0..32)
+        .map(|t| {
+            let fs = fs.clone();
+            std::thread::spawn(move || {
+                for i in (t..64).step_by(32) {
+                    assert_eq!(fs.lookup(d.ino, os(&format!("f{i}"))).unwrap().attr.size, i as u64);
+                }
+                assert_eq!(fs.lookup(d.ino, os("absent")).unwrap_err().errno(), libc::ENOENT);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(fs.backend().lists.load(Relaxed), lists + 1, "one listing for the directory");
+    assert_eq!(fs.backend().stats.load(Relaxed), stats, "no per-file stats");
+
+    let m = Arc::new(MockBackend::with_files(&refs));
+    let fs = StokerFs::new(m, "/m", FsConfig { list_on_lookup: false, ..FsConfig::default() }).unwrap();
+    let d = fs.lookup(ROOT_INO, os("d")).unwrap();
+    fs.lookup(d.ino, os("f3")).unwrap();
+    assert_eq!(fs.backend().lists.load(Relaxed), 0);
+    assert_eq!(fs.backend().stats.load(Relaxed), 3, "root, d, f3");
+}
