@@ -1,71 +1,11 @@
 //! The `epoch` workload: every file once, in a seeded shuffled order, read by
-//! T threads that take the next file from a shared cursor.
+//! T threads that take the next file from a shared cursor; and the dataset
+//! listing every workload starts from.
 
-use crate::report::{cpu_secs, Report};
-use hdrhistogram::Histogram;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use crate::report::Report;
+use crate::target::Target;
+use crate::workload::Workload;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
-
-/// Something files can be read from.
-pub trait Target: Sync {
-    fn name(&self) -> String;
-    /// Read the whole file `rel` (relative path); returns its bytes.
-    fn read_file(&self, rel: &str) -> std::io::Result<Vec<u8>>;
-}
-
-/// Plain reads of a local directory (ext4, NFS, or a FUSE mount).
-pub struct LocalTarget {
-    pub name: String,
-    pub root: PathBuf,
-}
-
-impl Target for LocalTarget {
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn read_file(&self, rel: &str) -> std::io::Result<Vec<u8>> {
-        std::fs::read(self.root.join(rel))
-    }
-}
-
-/// Direct reads of the under storage, standing in for a remote store: a local
-/// directory where every request first pays `latency` (the same knob as the
-/// engine's `--ufs-latency`), so "direct" and "through stoker" pay the same.
-pub struct RemoteTarget {
-    pub root: PathBuf,
-    pub latency: std::time::Duration,
-}
-
-impl Target for RemoteTarget {
-    fn name(&self) -> String {
-        format!("direct ({:?}/request)", self.latency)
-    }
-    fn read_file(&self, rel: &str) -> std::io::Result<Vec<u8>> {
-        std::thread::sleep(self.latency);
-        std::fs::read(self.root.join(rel))
-    }
-}
-
-/// Reads through a stoker engine with client-lib (shared memory).
-pub struct StokerTarget {
-    pub name: String,
-    pub client: stoker_client::Client,
-    /// Namespace prefix, e.g. `/data`.
-    pub prefix: String,
-}
-
-impl Target for StokerTarget {
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn read_file(&self, rel: &str) -> std::io::Result<Vec<u8>> {
-        Ok(self.client.read_file(&format!("{}/{rel}", self.prefix))?)
-    }
-}
 
 /// Relative paths of all regular files under `root`, sorted.
 pub fn list_files(root: &Path) -> std::io::Result<Vec<String>> {
@@ -87,69 +27,28 @@ pub fn list_files(root: &Path) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
-/// One pass over `files`. With `verify`, every file is also compared with the
-/// same file under that directory and a mismatch counts as an error.
+/// (relative path, size) of all regular files under `root`, sorted by path.
+pub fn list_files_sized(root: &Path) -> std::io::Result<Vec<(String, u64)>> {
+    list_files(root)?
+        .into_iter()
+        .map(|f| {
+            let len = std::fs::metadata(root.join(&f))?.len();
+            Ok((f, len))
+        })
+        .collect()
+}
+
+/// One `epoch` pass over `files` (see `workload::run`); sizes are looked up
+/// only when a file is read, so this is what the demo and older callers use.
 pub fn epoch(target: &dyn Target, pass: &str, files: &[String], threads: usize, seed: u64, verify: Option<&Path>) -> Report {
-    let mut order: Vec<usize> = (0..files.len()).collect();
-    order.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(seed));
-    let next = AtomicUsize::new(0);
-    let bytes = AtomicU64::new(0);
-    let errors = AtomicU64::new(0);
-    let hist = Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"));
-    let cpu0 = cpu_secs();
-    let t0 = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| {
-                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&f) = order.get(i) else { break };
-                    let t = Instant::now();
-                    match target.read_file(&files[f]) {
-                        Ok(data) => {
-                            let _ = local.record((t.elapsed().as_micros() as u64).max(1));
-                            bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            if let Some(src) = verify {
-                                if std::fs::read(src.join(&files[f])).ok().as_deref() != Some(&data[..]) {
-                                    eprintln!("MISMATCH {}", files[f]);
-                                    errors.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            eprintln!("error reading {}: {e}", files[f]);
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                hist.lock().unwrap().add(&local).expect("same histogram bounds");
-            });
-        }
-    });
-    let secs = t0.elapsed().as_secs_f64();
-    let h = hist.into_inner().unwrap();
-    let bytes = bytes.into_inner();
-    Report {
-        target: target.name(),
-        pass: pass.to_string(),
-        files: files.len() as u64,
-        bytes,
-        errors: errors.into_inner(),
-        secs,
-        files_per_s: files.len() as f64 / secs,
-        mib_per_s: bytes as f64 / (1 << 20) as f64 / secs,
-        p50_us: h.value_at_quantile(0.50),
-        p90_us: h.value_at_quantile(0.90),
-        p99_us: h.value_at_quantile(0.99),
-        p999_us: h.value_at_quantile(0.999),
-        cpu_secs: cpu_secs() - cpu0,
-    }
+    let sized: Vec<(String, u64)> = files.iter().map(|f| (f.clone(), 0)).collect();
+    crate::workload::run(target, &Workload::Epoch, pass, &sized, threads, seed, verify)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::LocalTarget;
 
     #[test]
     fn epoch_reads_every_file_and_counts_mismatches() {

@@ -60,6 +60,33 @@ pub fn generate(dir: &Path, spec: &GenSpec) -> Result<GenSummary> {
     Ok(sum)
 }
 
+/// The `--large` dataset: `count` files of `bytes` each (`large/blobN.bin`),
+/// written in 1 MiB chunks so memory stays small; deterministic for a seed.
+pub fn generate_large(dir: &Path, count: usize, bytes: u64, seed: u64) -> Result<GenSummary> {
+    anyhow::ensure!(count > 0, "--large-files must be at least 1");
+    let sub = dir.join("large");
+    std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut sum = GenSummary::default();
+    for i in 0..count {
+        let path = sub.join(format!("blob{i:03}.bin"));
+        let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            rng.fill_bytes(&mut buf[..n]);
+            w.write_all(&buf[..n]).with_context(|| format!("writing {}", path.display()))?;
+            left -= n as u64;
+        }
+        w.flush().with_context(|| format!("writing {}", path.display()))?;
+        sum.files += 1;
+        sum.bytes += bytes;
+    }
+    Ok(sum)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +115,17 @@ mod tests {
         assert_ne!(da, dc);
         let mean = sa.bytes / 50;
         assert!((1500..6000).contains(&mean), "mean size {mean} far from 3000");
+    }
+
+    #[test]
+    fn large_files_have_the_asked_size_and_repeat_for_a_seed() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s = generate_large(a.path(), 2, (3 << 20) + 5, 9).unwrap();
+        generate_large(b.path(), 2, (3 << 20) + 5, 9).unwrap();
+        assert_eq!(s, GenSummary { files: 2, bytes: 2 * ((3 << 20) + 5) });
+        let (da, db) = (digest(a.path()), digest(b.path()));
+        assert_eq!(da.iter().map(|d| d.1).collect::<Vec<_>>(), vec![(3 << 20) + 5; 2]);
+        assert_eq!(da, db);
+        assert_ne!(da[0].2, da[1].2, "two blobs with the same bytes");
     }
 }
