@@ -22,7 +22,7 @@ fn mount_arg(s: &str) -> Result<MountSpec, String> {
     let (name, uri) = s
         .split_once('=')
         .ok_or_else(|| format!("bad --mount {s:?}: expected NAME=URI, e.g. train=file:///data/train"))?;
-    Ok(MountSpec { name: name.to_string(), uri: uri.to_string() })
+    Ok(MountSpec { name: name.to_string(), uri: uri.to_string(), ..Default::default() })
 }
 
 #[derive(Args, Debug)]
@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// A namespace mount NAME=URI, served at /NAME (repeatable).
     #[arg(long = "mount", value_parser = mount_arg)]
     pub mounts: Vec<MountSpec>,
+    /// An under-storage option for one mount, NAME:key=value (repeatable),
+    /// e.g. data:endpoint=http://127.0.0.1:9000 (docs/STORAGE.md).
+    #[arg(long = "mount-opt", value_name = "NAME:KEY=VALUE")]
+    pub mount_opts: Vec<String>,
     /// Cache block size for large files.
     #[arg(long, value_parser = size_arg, default_value = "4M")]
     pub block_size: u64,
@@ -69,6 +73,19 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     cfg.socket = a.socket.path();
     cfg.mounts = a.mounts;
+    for opt in &a.mount_opts {
+        // The value is never echoed back: it may be a secret.
+        let Some((name, kv)) = opt.split_once(':') else {
+            bail!("bad --mount-opt: expected NAME:key=value, e.g. data:region=us-east-1");
+        };
+        let Some((key, value)) = kv.split_once('=') else {
+            bail!("bad --mount-opt for {name:?}: expected NAME:key=value, e.g. data:region=us-east-1");
+        };
+        let Some(m) = cfg.mounts.iter_mut().find(|m| m.name == name) else {
+            bail!("--mount-opt {name}:{key}=…: no --mount named {name:?}");
+        };
+        m.options.push((key.trim().to_string(), value.to_string()));
+    }
     cfg.block_bytes = a.block_size;
     cfg.segment_bytes = a.segment_size;
     cfg.ufs_latency = a.ufs_latency;

@@ -50,7 +50,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     cfg.capacity_bytes = 4 << 30;
     cfg.socket = socket.clone();
     cfg.ufs_latency = latency;
-    cfg.mounts = vec![MountSpec { name: "data".into(), uri: format!("file://{}", std::fs::canonicalize(&data)?.display()) }];
+    cfg.mounts = vec![MountSpec { name: "data".into(), uri: format!("file://{}", std::fs::canonicalize(&data)?.display()), ..Default::default() }];
     let t0 = Instant::now();
     let mut engine = Engine::start(cfg)?;
     eprintln!("demo: engine ready in {:.0} ms on {socket}", t0.elapsed().as_secs_f64() * 1e3);

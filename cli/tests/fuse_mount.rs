@@ -398,7 +398,7 @@ fn fuse_attach_to_running_engine_and_daemon_umount() {
     cfg.socket = s.socket().to_str().unwrap().to_string();
     cfg.capacity_bytes = 256 << 20;
     cfg.block_bytes = BLOCK as u64;
-    cfg.mounts = vec![stoker_engine::MountSpec { name: "train".into(), uri: s.tree.uri() }];
+    cfg.mounts = vec![stoker_engine::MountSpec { name: "train".into(), uri: s.tree.uri(), ..Default::default() }];
     let engine = stoker_engine::Engine::start(cfg).unwrap();
     let mp = s.mp();
     std::fs::create_dir_all(&mp).unwrap();

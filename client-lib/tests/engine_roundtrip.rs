@@ -29,7 +29,7 @@ fn start(src: &Path, cache: &Path, sock: &str) -> Engine {
     cfg.block_bytes = 64 << 10; // small blocks: multi-block files are exercised
     cfg.segment_bytes = 1 << 20;
     cfg.socket = sock.to_string();
-    cfg.mounts = vec![MountSpec { name: "m".into(), uri: format!("file://{}", src.display()) }];
+    cfg.mounts = vec![MountSpec { name: "m".into(), uri: format!("file://{}", src.display()), ..Default::default() }];
     Engine::start(cfg).expect("engine starts")
 }
 

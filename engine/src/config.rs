@@ -5,12 +5,28 @@ use crate::error::{EngineError, Result};
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Default)]
 pub struct MountSpec {
     /// Namespace name: the mount is served at `/NAME/...`.
     pub name: String,
-    /// `file:///abs/dir` (more schemes come with the under-storage layer).
+    /// `file:///abs/dir`, `s3://bucket/prefix`, `gs://`, `az://`, `oss://`,
+    /// `cos://`, `webhdfs://`, `http(s)://` (docs/STORAGE.md).
     pub uri: String,
+    /// Per-mount under-storage options (`--mount-opt NAME:key=value`, or a
+    /// `[mounts.options]` table), e.g. endpoint, region, access_key_id.
+    /// Values of secret keys never appear in logs or errors. Default none.
+    pub options: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for MountSpec {
+    /// Secret option values are masked: configs get logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountSpec")
+            .field("name", &self.name)
+            .field("uri", &self.uri)
+            .field("options", &crate::ufs::opendal_ufs::redacted(&self.options))
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -174,7 +190,7 @@ mod tests {
     #[test]
     fn validate_clamps_segments_and_rejects_tiny_capacity() {
         let mut c = EngineConfig::new("/tmp/x".into());
-        c.mounts.push(MountSpec { name: "m".into(), uri: "file:///tmp".into() });
+        c.mounts.push(MountSpec { name: "m".into(), uri: "file:///tmp".into(), ..Default::default() });
         c.shards = 2;
         c.capacity_bytes = 1 << 30;
         c.validate().unwrap();

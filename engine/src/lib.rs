@@ -115,7 +115,7 @@ impl Engine {
 
         let mut mounts = BTreeMap::new();
         for m in &cfg.mounts {
-            let raw = ufs::open(&m.uri).map_err(EngineError::InvalidArgument)?;
+            let raw = ufs::open_with(&m.uri, &m.options).map_err(EngineError::InvalidArgument)?;
             let raw: Arc<dyn ufs::Ufs> = if cfg.ufs_latency.is_zero() && cfg.ufs_bandwidth.is_none() {
                 raw
             } else {
