@@ -1,0 +1,567 @@
+//! The sweep: coordinate descent over the knobs, one at a time, each trial a
+//! `stoker serve` child with a trial config and a fresh cache dir, scored by
+//! the files/s of a warm `epoch` pass through the shared-memory client.
+//!
+//! Bounded: a trial starts only if the time spent plus the mean trial time
+//! fits the budget (the baseline always runs, so a config is always written).
+//! Resumable: every finished trial is saved in `work_dir/tune-state.json`; a
+//! rerun with the same dataset reuses them instead of measuring again.
+
+use crate::config::ConfigFile;
+use crate::fmt_size;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use stoker_bench::{StokerTarget, Workload};
+
+/// A candidate must beat the current value by this factor to replace it:
+/// short runs on a shared box are noisy, and ties keep the default.
+pub const NOISE_MARGIN: f64 = 1.03;
+/// Longest wait for a trial engine to answer on its socket.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct TuneSpec {
+    /// The `stoker` binary: trials run `stoker serve --config`.
+    pub exe: PathBuf,
+    /// Dataset, trial cache dirs, trial configs and the state file.
+    pub work_dir: PathBuf,
+    /// Where the tuned config is written.
+    pub out: PathBuf,
+    pub budget: Duration,
+    pub files: usize,
+    pub mean_size: u64,
+    /// Large files added to the dataset (block size matters only for them).
+    pub large_files: usize,
+    pub large_bytes: u64,
+    pub seed: u64,
+    /// Warm passes per trial; the best one scores (load from other work on
+    /// the box only ever slows a pass down).
+    pub passes: usize,
+    /// Cache capacity of each trial engine.
+    pub capacity_bytes: u64,
+    /// Ignore a saved state and measure everything again.
+    pub fresh: bool,
+}
+
+/// One point in the space: what a trial runs with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub shards: usize,
+    pub block_bytes: u64,
+    pub segment_bytes: u64,
+    /// Reads in flight from the client: the queue depth the engine and its
+    /// io_uring rings see (the engine has no ring-depth knob of its own).
+    pub readers: usize,
+}
+
+impl Settings {
+    /// What `stoker serve` and `stoker bench epoch` use without flags.
+    pub fn defaults() -> Settings {
+        Settings {
+            shards: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            block_bytes: 4 << 20,
+            segment_bytes: 256 << 20,
+            readers: 32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Trial {
+    pub settings: Settings,
+    pub files_per_s: f64,
+    pub mib_per_s: f64,
+    pub p99_us: u64,
+    /// Wall time of the whole trial (start, fill, passes, stop).
+    pub secs: f64,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    fingerprint: String,
+    trials: Vec<Trial>,
+}
+
+struct Knob {
+    name: &'static str,
+    what: &'static str,
+    candidates: Vec<u64>,
+    get: fn(&Settings) -> u64,
+    set: fn(&mut Settings, u64),
+    size: bool,
+}
+
+fn knobs(cores: usize) -> Vec<Knob> {
+    let mut shards: Vec<u64> = vec![1, 2, 4, 8].into_iter().filter(|&s| s <= 2 * cores as u64).collect();
+    if !shards.contains(&(cores as u64)) {
+        shards.push(cores as u64);
+    }
+    shards.sort();
+    vec![
+        Knob {
+            name: "shards",
+            what: "glommio executors, one thread each",
+            candidates: shards,
+            get: |s| s.shards as u64,
+            set: |s, v| s.shards = v as usize,
+            size: false,
+        },
+        Knob {
+            name: "readers",
+            what: "reads in flight from the client = the queue depth the engine's io_uring rings see",
+            candidates: vec![4, 8, 16, 32, 64],
+            get: |s| s.readers as u64,
+            set: |s, v| s.readers = v as usize,
+            size: false,
+        },
+        Knob {
+            name: "block_size",
+            what: "cache block of a large file (a small file is one block)",
+            candidates: vec![1 << 20, 2 << 20, 4 << 20],
+            get: |s| s.block_bytes,
+            set: |s, v| s.block_bytes = v,
+            size: true,
+        },
+        Knob {
+            name: "segment_size",
+            what: "segment file size (clamped so a shard holds at least 4)",
+            candidates: vec![32 << 20, 64 << 20, 256 << 20],
+            get: |s| s.segment_bytes,
+            set: |s, v| s.segment_bytes = v,
+            size: true,
+        },
+    ]
+}
+
+/// What one knob's sweep found.
+#[derive(Clone, Debug, Serialize)]
+pub struct KnobResult {
+    pub name: String,
+    pub chosen: u64,
+    /// (value, files/s) of every candidate measured, in order.
+    pub tried: Vec<(u64, f64)>,
+    /// Why candidates were left out, if any were.
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    pub default_trial: Trial,
+    pub best_trial: Trial,
+    pub knobs: Vec<KnobResult>,
+    pub trials_run: usize,
+    pub trials_reused: usize,
+    pub toml: String,
+}
+
+/// Progress: a bar on a terminal, one plain line per trial otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("tune [{bar:30}] {pos}/{len} trials {elapsed} {msg}")
+                    .expect("progress template")
+                    .progress_chars("=> "),
+            );
+            b
+        });
+        Progress { bar }
+    }
+    fn line(&self, msg: String) {
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+    fn step(&self, msg: String) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+            b.set_message(msg);
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// A `stoker serve` child, stopped with SIGTERM (killed if that fails).
+struct ServeChild {
+    child: Child,
+}
+
+impl ServeChild {
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn trial_config(s: &Settings) -> String {
+    format!(
+        "[serve]\nshards = {}\nblock_size = \"{}\"\nsegment_size = \"{}\"\n[client]\nreaders = {}\n",
+        s.shards,
+        fmt_size(s.block_bytes),
+        fmt_size(s.segment_bytes),
+        s.readers
+    )
+}
+
+fn run_trial(spec: &TuneSpec, data: &Path, files: &[(String, u64)], s: &Settings) -> Result<Trial> {
+    let t0 = Instant::now();
+    let cache = spec.work_dir.join("trial-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let conf = spec.work_dir.join("trial.toml");
+    std::fs::write(&conf, trial_config(s))?;
+    // The trial config must be one the operator's `serve --config` accepts.
+    ConfigFile::load(&conf)?;
+    let socket = spec.work_dir.join("trial.sock").display().to_string();
+    let log = std::fs::File::create(spec.work_dir.join("trial-serve.log"))?;
+    let child = Command::new(&spec.exe)
+        .arg("serve")
+        .arg("--config")
+        .arg(&conf)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("--mount")
+        .arg(format!("data=file://{}", data.display()))
+        .args(["--socket", &socket, "--capacity", &spec.capacity_bytes.to_string(), "--metadata-sync", "never"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {} serve", spec.exe.display()))?;
+    let mut child = ServeChild { child };
+    let client = loop {
+        if let Ok(c) = stoker_client::Client::connect(&socket) {
+            break c;
+        }
+        if let Some(status) = child.child.try_wait()? {
+            let log = std::fs::read_to_string(spec.work_dir.join("trial-serve.log")).unwrap_or_default();
+            bail!("trial engine exited ({status}): {}", log.trim());
+        }
+        if t0.elapsed() > START_LIMIT {
+            bail!("trial engine did not answer on {socket} within {START_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let target = StokerTarget { name: "stoker".into(), client, prefix: "/data".into() };
+    // Fill the cache (the cold pass), then score the warm passes.
+    let fill = stoker_bench::run(&target, &Workload::Epoch, "fill", files, s.readers, spec.seed, None);
+    if fill.errors > 0 {
+        bail!("{} read errors while filling the trial cache", fill.errors);
+    }
+    let mut best: Option<stoker_bench::Report> = None;
+    for p in 0..spec.passes.max(1) {
+        let r = stoker_bench::run(&target, &Workload::Epoch, "warm", files, s.readers, spec.seed + 1 + p as u64, Some(data));
+        if r.errors > 0 {
+            bail!("{} read errors or mismatches in a warm pass", r.errors);
+        }
+        if best.as_ref().is_none_or(|b| r.files_per_s > b.files_per_s) {
+            best = Some(r);
+        }
+    }
+    drop(target);
+    child.stop();
+    let _ = std::fs::remove_dir_all(&cache);
+    let best = best.expect("at least one pass");
+    Ok(Trial {
+        settings: s.clone(),
+        files_per_s: best.files_per_s,
+        mib_per_s: best.mib_per_s,
+        p99_us: best.p99_us,
+        secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn fingerprint(spec: &TuneSpec) -> String {
+    format!(
+        "v1 files={} mean={} large={}x{} seed={} passes={} capacity={} cores={}",
+        spec.files,
+        spec.mean_size,
+        spec.large_files,
+        spec.large_bytes,
+        spec.seed,
+        spec.passes,
+        spec.capacity_bytes,
+        Settings::defaults().shards
+    )
+}
+
+fn save_state(path: &Path, st: &State) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Make (or reuse) the tuning dataset under `work_dir/data`.
+fn dataset(spec: &TuneSpec) -> Result<PathBuf> {
+    let data = spec.work_dir.join("data");
+    let marker = spec.work_dir.join("data.done");
+    let want = fingerprint(spec);
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(want.as_str()) {
+        let _ = std::fs::remove_dir_all(&data);
+        let gen = stoker_bench::GenSpec { files: spec.files, mean_size: spec.mean_size, dirs: 20, seed: spec.seed };
+        stoker_bench::generate(&data, &gen)?;
+        if spec.large_files > 0 {
+            stoker_bench::generate_large(&data, spec.large_files, spec.large_bytes, spec.seed)?;
+        }
+        std::fs::write(&marker, &want)?;
+    }
+    Ok(data)
+}
+
+/// Sweep, write `spec.out`, return what was found.
+pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&spec.work_dir).with_context(|| format!("creating {}", spec.work_dir.display()))?;
+    let data = dataset(spec)?;
+    let files = stoker_bench::list_files_sized(&data)?;
+    let state_path = spec.work_dir.join("tune-state.json");
+    let fp = fingerprint(spec);
+    let mut state: State = match std::fs::read(&state_path) {
+        Ok(b) if !spec.fresh => serde_json::from_slice(&b).unwrap_or_default(),
+        _ => State::default(),
+    };
+    if state.fingerprint != fp {
+        state = State { fingerprint: fp, trials: Vec::new() };
+    }
+    let cores = Settings::defaults().shards;
+    let knobs = knobs(cores);
+    let total: u64 = 1 + knobs.iter().map(|k| k.candidates.len() as u64 - 1).sum::<u64>();
+    let progress = Progress::new(total);
+    progress.line(format!(
+        "tune: {} files ({:.0} MiB) in {}, budget {:?}, {} saved trials",
+        files.len(),
+        files.iter().map(|f| f.1).sum::<u64>() as f64 / (1 << 20) as f64,
+        data.display(),
+        spec.budget,
+        state.trials.len()
+    ));
+    let (mut run, mut reused, mut run_secs) = (0usize, 0usize, 0.0f64);
+    let mut budget_hit = false;
+    // Measure `s` (or reuse a saved trial). None when the budget is spent.
+    let mut measure = |s: &Settings, force: bool, state: &mut State| -> Result<Option<Trial>> {
+        if let Some(t) = state.trials.iter().find(|t| &t.settings == s) {
+            reused += 1;
+            progress.step(format!("reused {s:?}"));
+            return Ok(Some(t.clone()));
+        }
+        let mean = if run > 0 { run_secs / run as f64 } else { 0.0 };
+        if !force && started.elapsed().as_secs_f64() + mean > spec.budget.as_secs_f64() {
+            budget_hit = true;
+            return Ok(None);
+        }
+        let t = run_trial(spec, &data, &files, s)?;
+        run += 1;
+        run_secs += t.secs;
+        progress.step(format!("{:.0} files/s", t.files_per_s));
+        progress.line(format!(
+            "tune: shards={} readers={} block={} segment={}: {:.0} files/s, {:.1} MiB/s, p99 {:.2} ms ({:.1}s)",
+            s.shards,
+            s.readers,
+            fmt_size(s.block_bytes),
+            fmt_size(s.segment_bytes),
+            t.files_per_s,
+            t.mib_per_s,
+            t.p99_us as f64 / 1000.0,
+            t.secs
+        ));
+        state.trials.push(t.clone());
+        save_state(&state_path, state)?;
+        Ok(Some(t))
+    };
+    let mut current = Settings::defaults();
+    let default_trial = measure(&current, true, &mut state)?.expect("forced trial");
+    let mut best_trial = default_trial.clone();
+    let mut results = Vec::new();
+    for k in &knobs {
+        let mut tried = vec![((k.get)(&current), best_trial.files_per_s)];
+        let mut skipped = 0;
+        for &v in &k.candidates {
+            if v == (k.get)(&current) {
+                continue;
+            }
+            let mut s = current.clone();
+            (k.set)(&mut s, v);
+            match measure(&s, false, &mut state)? {
+                Some(t) => {
+                    tried.push((v, t.files_per_s));
+                    if t.files_per_s > best_trial.files_per_s * NOISE_MARGIN {
+                        best_trial = t;
+                    }
+                }
+                None => skipped += 1,
+            }
+        }
+        current = best_trial.settings.clone();
+        tried.sort_by_key(|t| t.0);
+        let note = (skipped > 0).then(|| format!("{skipped} candidate(s) not measured: budget spent"));
+        results.push(KnobResult { name: k.name.into(), chosen: (k.get)(&current), tried, note });
+    }
+    progress.finish();
+    let toml = render(spec, &files, &default_trial, &best_trial, &knobs, &results, budget_hit);
+    if let Some(dir) = spec.out.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::File::create(&spec.out)
+        .and_then(|mut f| f.write_all(toml.as_bytes()))
+        .with_context(|| format!("writing {}", spec.out.display()))?;
+    Ok(Outcome { default_trial, best_trial, knobs: results, trials_run: run, trials_reused: reused, toml })
+}
+
+fn render(
+    spec: &TuneSpec,
+    files: &[(String, u64)],
+    default: &Trial,
+    best: &Trial,
+    knobs: &[Knob],
+    results: &[KnobResult],
+    budget_hit: bool,
+) -> String {
+    let mut o = String::new();
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    o += "# stoker tuned config, written by `stoker tune`.\n";
+    o += &format!(
+        "# box: {} cores; dataset: {} files, {:.0} MiB (mean {} + {} x {}), seed {}\n",
+        Settings::defaults().shards,
+        files.len(),
+        total as f64 / (1 << 20) as f64,
+        fmt_size(spec.mean_size),
+        spec.large_files,
+        fmt_size(spec.large_bytes),
+        spec.seed
+    );
+    o += &format!(
+        "# score: files/s of a warm `epoch` pass through the shared-memory client, best of {} passes\n",
+        spec.passes.max(1)
+    );
+    o += &format!("# a value replaces the current one only when it is more than {:.0}% faster\n", (NOISE_MARGIN - 1.0) * 100.0);
+    o += &format!(
+        "# default settings: {:.0} files/s; these settings: {:.0} files/s ({:.2}x)\n",
+        default.files_per_s,
+        best.files_per_s,
+        best.files_per_s / default.files_per_s.max(1e-9)
+    );
+    if budget_hit {
+        o += "# the budget ran out before every candidate was measured (see the notes below);\n";
+        o += "# rerun with the same --work-dir and a larger --budget to resume.\n";
+    }
+    o += "#\n# use: stoker serve --config THIS_FILE --cache-dir DIR --mount NAME=URI\n";
+    o += "# (flags given on the command line override values here)\n\n";
+    let mut section = "";
+    let section_of = |k: &Knob| if k.name == "readers" { "client" } else { "serve" };
+    let mut order: Vec<(&Knob, &KnobResult)> = knobs.iter().zip(results).collect();
+    order.sort_by_key(|(k, _)| section_of(k) == "client"); // stable: [serve] first, then [client]
+    for (k, r) in order {
+        let want = section_of(k);
+        if want != section {
+            if !section.is_empty() {
+                o += "\n";
+            }
+            o += &format!("[{want}]\n");
+            section = want;
+        }
+        let show = |v: u64| if k.size { fmt_size(v) } else { v.to_string() };
+        o += &format!("# {}: {}\n", k.name, k.what);
+        let tried: Vec<String> = r
+            .tried
+            .iter()
+            .map(|(v, fps)| format!("{} -> {:.0} files/s{}", show(*v), fps, if *v == r.chosen { " (chosen)" } else { "" }))
+            .collect();
+        o += &format!("#   {}\n", tried.join(", "));
+        if let Some(n) = &r.note {
+            o += &format!("#   {n}\n");
+        }
+        if k.size {
+            o += &format!("{} = \"{}\"\n", k.name, show(r.chosen));
+        } else {
+            o += &format!("{} = {}\n", k.name, r.chosen);
+        }
+    }
+    o += "\n[mount]\n";
+    o += "# FUSE threads and readahead (`stoker mount --threads N --readahead SIZE`) are not swept\n";
+    o += "# by this version and `stoker mount` does not read this file: the values below are the\n";
+    o += "# mount's defaults, left commented out.\n";
+    o += "# threads = 16\n# readahead = \"1M\"\n";
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_config_parses_and_records_each_choice() {
+        let spec = TuneSpec {
+            exe: "stoker".into(),
+            work_dir: "/tmp".into(),
+            out: "/tmp/x.toml".into(),
+            budget: Duration::from_secs(1),
+            files: 3,
+            mean_size: 1000,
+            large_files: 0,
+            large_bytes: 0,
+            seed: 1,
+            passes: 1,
+            capacity_bytes: 1 << 30,
+            fresh: false,
+        };
+        let t = |shards, fps| Trial {
+            settings: Settings { shards, ..Settings::defaults() },
+            files_per_s: fps,
+            mib_per_s: 1.0,
+            p99_us: 10,
+            secs: 1.0,
+        };
+        let ks = knobs(2);
+        let results: Vec<KnobResult> = ks
+            .iter()
+            .map(|k| KnobResult {
+                name: k.name.into(),
+                chosen: if k.name == "shards" { 1 } else { (k.get)(&Settings::defaults()) },
+                tried: if k.name == "shards" { vec![(1, 200.0), (2, 100.0)] } else { vec![] },
+                note: (k.name == "segment_size").then(|| "budget".to_string()),
+            })
+            .collect();
+        let files = vec![("a".to_string(), 10u64)];
+        let text = render(&spec, &files, &t(2, 100.0), &t(1, 200.0), &ks, &results, true);
+        let f = ConfigFile::parse(&text).unwrap();
+        assert_eq!(f.serve.shards, Some(1));
+        assert_eq!(f.client.readers, Some(32));
+        let c = f.engine_config(Some("/tmp/c".into())).unwrap();
+        assert_eq!((c.block_bytes, c.segment_bytes), (4 << 20, 256 << 20));
+        assert!(text.contains("1 -> 200 files/s (chosen), 2 -> 100 files/s"), "{text}");
+        assert!(text.contains("(2.00x)"), "{text}");
+        assert!(text.contains("budget ran out"), "{text}");
+    }
+
+    #[test]
+    fn sizes_print_in_the_largest_exact_unit() {
+        assert_eq!(fmt_size(4 << 20), "4M");
+        assert_eq!(fmt_size(128 << 10), "128K");
+        assert_eq!(fmt_size(1 << 30), "1G");
+        assert_eq!(fmt_size(1000), "1000");
+    }
+}
