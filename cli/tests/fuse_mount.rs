@@ -436,3 +436,44 @@ fn fuse_attach_to_running_engine_and_daemon_umount() {
     assert!(!out.status.success());
     assert!(!is_mounted(&mp));
 }
+
+/// SIGKILL the mount process: with auto_unmount (fusermount3) the mount
+/// disappears by itself; without it, callers get ENOTCONN at once (no hang)
+/// and `stoker umount` clears the dead mountpoint. Either way a remount on
+/// the same cache dir works.
+#[test]
+fn fuse_killed_mount_never_hangs_callers() {
+    let s = Setup::new(7);
+    let mp = s.mp();
+    let uri = s.tree.uri();
+    let cache = s.cache();
+    let socket = s.socket();
+    for auto in [true, false] {
+        let mut args = vec!["--cache-dir", cache.to_str().unwrap(), "--capacity", "256M", "--block-size", "64K"];
+        args.extend(["--socket", socket.to_str().unwrap()]);
+        if !auto {
+            args.push("--no-auto-unmount");
+        }
+        args.push(&uri);
+        let mut m = spawn_mount(&args, &mp);
+        assert_eq!(std::fs::read(mp.join("one.bin")).unwrap(), s.tree.files["one.bin"]);
+        let mut child = m.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if auto && stoker_fuse::session::fusermount_path().is_some() {
+            wait_until("fusermount3 to unmount the dead mount", Duration::from_secs(20), || !is_mounted(&mp));
+        } else {
+            assert!(is_mounted(&mp), "without auto_unmount the dead mount stays until cleared");
+            let t0 = Instant::now();
+            assert_eq!(errno_of(std::fs::metadata(mp.join("one.bin"))), libc::ENOTCONN);
+            assert!(t0.elapsed() < Duration::from_secs(5), "a dead mount must fail fast, not hang");
+            let st = Command::new(BIN).arg("umount").arg(&mp).status().unwrap();
+            assert!(st.success(), "stoker umount clears a dead mount");
+            assert!(!is_mounted(&mp));
+        }
+        let _ = std::fs::remove_file(&socket);
+    }
+    // The cache dir is free again (its lock died with the process).
+    let _m = s.mount();
+    assert_eq!(std::fs::read(mp.join("page.bin")).unwrap(), s.tree.files["page.bin"]);
+}
