@@ -1,13 +1,12 @@
-//! serve, cat, ls, stat, load and bench.
+//! serve, cat, ls, stat and load (bench and tune live in bench_cmd.rs).
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use stoker_client::{Client, Kind};
-use stoker_engine::config::EngineConfig;
 use stoker_engine::{parse_duration, parse_size, Engine, MountSpec};
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -27,12 +26,16 @@ fn mount_arg(s: &str) -> Result<MountSpec, String> {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Directory for cached segments (local NVMe).
+    /// A TOML config file (e.g. written by `stoker tune`); flags given here
+    /// override its values (docs/CONFIGURATION.md).
     #[arg(long)]
-    pub cache_dir: PathBuf,
-    /// Most bytes the cache may use on disk, e.g. 100G.
-    #[arg(long, value_parser = size_arg, default_value = "10G")]
-    pub capacity: u64,
+    pub config: Option<PathBuf>,
+    /// Directory for cached segments (local NVMe) [required here or in --config].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes the cache may use on disk, e.g. 100G [default: 10G].
+    #[arg(long, value_parser = size_arg)]
+    pub capacity: Option<u64>,
     /// Shards (one thread each) [default: number of cores].
     #[arg(long)]
     pub shards: Option<usize>,
@@ -43,36 +46,50 @@ pub struct ServeArgs {
     /// e.g. data:endpoint=http://127.0.0.1:9000 (docs/STORAGE.md).
     #[arg(long = "mount-opt", value_name = "NAME:KEY=VALUE")]
     pub mount_opts: Vec<String>,
-    /// Cache block size for large files.
-    #[arg(long, value_parser = size_arg, default_value = "4M")]
-    pub block_size: u64,
-    /// Segment file size.
-    #[arg(long, value_parser = size_arg, default_value = "256M")]
-    pub segment_size: u64,
-    /// Inject this latency into every under-storage request (demos, tests), e.g. 20ms.
-    #[arg(long, value_parser = duration_arg, default_value = "0ms")]
-    pub ufs_latency: Duration,
+    /// Cache block size for large files [default: 4M].
+    #[arg(long, value_parser = size_arg)]
+    pub block_size: Option<u64>,
+    /// Segment file size [default: 256M].
+    #[arg(long, value_parser = size_arg)]
+    pub segment_size: Option<u64>,
+    /// Inject this latency into every under-storage request (demos, tests), e.g. 20ms [default: 0ms].
+    #[arg(long, value_parser = duration_arg)]
+    pub ufs_latency: Option<Duration>,
     /// Cap under-storage reads at this many bytes per second (demos, tests).
     #[arg(long, value_parser = size_arg)]
     pub ufs_bandwidth: Option<u64>,
-    /// Timeout of one under-storage call.
-    #[arg(long, value_parser = duration_arg, default_value = "30s")]
-    pub ufs_timeout: Duration,
-    /// How long attributes and listings are trusted (`never` re-checks for immutable data).
-    #[arg(long, default_value = "60s")]
-    pub metadata_sync: String,
+    /// Timeout of one under-storage call [default: 30s].
+    #[arg(long, value_parser = duration_arg)]
+    pub ufs_timeout: Option<Duration>,
+    /// How long attributes and listings are trusted (`never` re-checks for immutable data) [default: 60s].
+    #[arg(long)]
+    pub metadata_sync: Option<String>,
     #[command(flatten)]
     pub socket: crate::SocketArg,
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
-    let mut cfg = EngineConfig::new(a.cache_dir);
-    cfg.capacity_bytes = a.capacity;
+    // Defaults, then the config file, then flags given on the command line.
+    let file = match &a.config {
+        Some(p) => stoker_tuning::ConfigFile::load(p)?,
+        None => stoker_tuning::ConfigFile::default(),
+    };
+    let mut cfg = file.engine_config(a.cache_dir)?;
+    for (name, uri) in file.mounts()? {
+        cfg.mounts.push(mount_arg(&format!("{name}={uri}")).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(v) = a.capacity {
+        cfg.capacity_bytes = v;
+    }
     if let Some(n) = a.shards {
         cfg.shards = n;
     }
-    cfg.socket = a.socket.path();
-    cfg.mounts = a.mounts;
+    if a.socket.socket.is_some() || file.serve.socket.is_none() {
+        cfg.socket = a.socket.path();
+    }
+    if !a.mounts.is_empty() {
+        cfg.mounts = a.mounts;
+    }
     for opt in &a.mount_opts {
         // The value is never echoed back: it may be a secret.
         let Some((name, kv)) = opt.split_once(':') else {
@@ -86,12 +103,24 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         };
         m.options.push((key.trim().to_string(), value.to_string()));
     }
-    cfg.block_bytes = a.block_size;
-    cfg.segment_bytes = a.segment_size;
-    cfg.ufs_latency = a.ufs_latency;
-    cfg.ufs_bandwidth = a.ufs_bandwidth;
-    cfg.ufs_timeout = a.ufs_timeout;
-    cfg.metadata_sync = parse_duration(&a.metadata_sync).map_err(anyhow::Error::msg)?;
+    if let Some(v) = a.block_size {
+        cfg.block_bytes = v;
+    }
+    if let Some(v) = a.segment_size {
+        cfg.segment_bytes = v;
+    }
+    if let Some(v) = a.ufs_latency {
+        cfg.ufs_latency = v;
+    }
+    if a.ufs_bandwidth.is_some() {
+        cfg.ufs_bandwidth = a.ufs_bandwidth;
+    }
+    if let Some(v) = a.ufs_timeout {
+        cfg.ufs_timeout = v;
+    }
+    if let Some(v) = &a.metadata_sync {
+        cfg.metadata_sync = parse_duration(v).map_err(anyhow::Error::msg)?;
+    }
     let mut engine = Engine::start(cfg)?;
     eprintln!("stoker: serving on {} (Ctrl-C to stop)", engine.socket());
     engine.wait_for_signal();
@@ -297,116 +326,6 @@ pub fn load(socket: &str, prefix: &str, parallel: usize) -> Result<()> {
             eprintln!("load: failed: {f}");
         }
         bail!("{} of {} files failed to load", failed.len(), files.len());
-    }
-    Ok(())
-}
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCmd {
-    /// Make a synthetic dataset (deterministic for a seed).
-    Gen {
-        dir: PathBuf,
-        #[arg(long, default_value_t = 20_000)]
-        files: usize,
-        #[arg(long, value_parser = size_arg, default_value = "110K")]
-        mean_size: u64,
-        #[arg(long, default_value_t = 100)]
-        dirs: usize,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-    },
-    /// Read every file once in a shuffled order with T threads, per target.
-    Epoch(EpochArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct EpochArgs {
-    /// The dataset as a local directory (the `local` target, and what --verify compares with).
-    #[arg(long)]
-    pub source: PathBuf,
-    /// Namespace prefix of the same dataset in stoker, e.g. /data (the `stoker` target).
-    #[arg(long)]
-    pub prefix: Option<String>,
-    /// Targets to run, in order: local, stoker, direct:LATENCY (the source
-    /// read with injected latency per file, like remote storage), or a
-    /// directory path (e.g. a FUSE mount).
-    #[arg(long, value_delimiter = ',', default_value = "local")]
-    pub targets: Vec<String>,
-    #[arg(long, default_value_t = 32)]
-    pub threads: usize,
-    /// Passes per target.
-    #[arg(long, default_value_t = 1)]
-    pub passes: usize,
-    /// Drop the page cache before every pass (needs root).
-    #[arg(long)]
-    pub cold: bool,
-    /// Compare every byte read with the source.
-    #[arg(long)]
-    pub verify: bool,
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Print JSON instead of a Markdown table.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub socket: crate::SocketArg,
-}
-
-pub fn bench(cmd: BenchCmd) -> Result<()> {
-    match cmd {
-        BenchCmd::Gen { dir, files, mean_size, dirs, seed } => {
-            let sum = stoker_bench::generate(&dir, &stoker_bench::GenSpec { files, mean_size, dirs, seed })?;
-            eprintln!("bench gen: {} files, {} in {}", sum.files, human(sum.bytes), dir.display());
-            Ok(())
-        }
-        BenchCmd::Epoch(a) => epoch(a),
-    }
-}
-
-fn epoch(a: EpochArgs) -> Result<()> {
-    let files = stoker_bench::list_files(&a.source).with_context(|| format!("listing {}", a.source.display()))?;
-    if files.is_empty() {
-        bail!("{}: no files", a.source.display());
-    }
-    let mut reports = Vec::new();
-    let mut errors = 0;
-    for t in &a.targets {
-        let target: Box<dyn stoker_bench::Target> = match t.as_str() {
-            "local" => Box::new(stoker_bench::LocalTarget { name: "local".into(), root: a.source.clone() }),
-            "stoker" => {
-                let Some(prefix) = &a.prefix else { bail!("target stoker needs --prefix /NAME") };
-                Box::new(stoker_bench::StokerTarget {
-                    name: "stoker (client-lib)".into(),
-                    client: Client::connect(&a.socket.path())?,
-                    prefix: prefix.trim_end_matches('/').to_string(),
-                })
-            }
-            direct if direct.starts_with("direct:") => {
-                let latency = stoker_engine::parse_duration(&direct["direct:".len()..])
-                    .map_err(anyhow::Error::msg)?
-                    .unwrap_or_default();
-                Box::new(stoker_bench::RemoteTarget { root: a.source.clone(), latency })
-            }
-            dir if dir.starts_with('/') => Box::new(stoker_bench::LocalTarget { name: dir.into(), root: dir.into() }),
-            other => bail!("unknown target {other:?}: use local, stoker, direct:20ms or a directory path"),
-        };
-        for p in 0..a.passes {
-            if a.cold {
-                stoker_bench::drop_page_cache().context("dropping the page cache (needs root)")?;
-            }
-            let verify = a.verify.then_some(a.source.as_path());
-            let r = stoker_bench::epoch(target.as_ref(), &format!("{}", p + 1), &files, a.threads, a.seed + p as u64, verify);
-            errors += r.errors;
-            reports.push(r);
-        }
-    }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-    } else {
-        print!("{}", stoker_bench::markdown_table(&reports));
-    }
-    if errors > 0 {
-        bail!("{errors} read errors or mismatches");
     }
     Ok(())
 }

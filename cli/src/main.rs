@@ -1,7 +1,8 @@
 //! The `stoker` command. Each subcommand is a thin shell over a crate:
 //! serve -> engine, cat/ls/stat/load -> client-lib, mount -> client-fuse,
-//! bench/demo -> bench. Errors print as one line and exit non-zero.
+//! bench/demo -> bench, tune -> tuning. Errors print as one line and exit non-zero.
 
+mod bench_cmd;
 mod commands;
 mod demo;
 mod mount;
@@ -76,7 +77,9 @@ enum Cmd {
     Umount(mount::UmountArgs),
     /// Workloads and datasets for measuring a box.
     #[command(subcommand)]
-    Bench(commands::BenchCmd),
+    Bench(bench_cmd::BenchCmd),
+    /// Sweep this box with short runs and write a tuned config for `serve --config`.
+    Tune(bench_cmd::TuneArgs),
     /// Run the demo: synthetic dataset behind injected latency, read cold then warm.
     Demo(demo::DemoArgs),
 }
@@ -108,7 +111,8 @@ fn main() {
         Cmd::Load { prefix, parallel, socket } => commands::load(&socket.path(), &prefix, parallel),
         Cmd::Mount(a) => mount::run_mount(a),
         Cmd::Umount(a) => mount::run_umount(a),
-        Cmd::Bench(b) => commands::bench(b),
+        Cmd::Bench(b) => bench_cmd::bench(b),
+        Cmd::Tune(a) => bench_cmd::tune(a),
         Cmd::Demo(a) => demo::run(a),
     };
     if let Err(e) = res {
