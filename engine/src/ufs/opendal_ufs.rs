@@ -215,6 +215,7 @@ fn init_opendal() {
     INIT.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
         opendal::install_default();
+        opendal_http_transport_reqwest::install_default();
     });
 }
 
@@ -312,6 +313,56 @@ impl OpendalUfs {
     }
 }
 
+impl OpendalUfs {
+    /// One ranged GET. OpenDAL's reader insists on exactly the bytes of the
+    /// range asked, but a block read may run past the end of the object, so
+    /// the stream is opened for `[off, off+len)`, the response's metadata
+    /// (ETag, Last-Modified, full length from Content-Range) tells how many
+    /// bytes will come, and exactly those are taken.
+    async fn get(&self, rel: &str, off: u64, len: u64) -> opendal::Result<(Attr, Vec<u8>)> {
+        use futures::TryStreamExt;
+        let reader = self.op.reader(rel).await?;
+        let mut stream = reader.into_stream(off..off.saturating_add(len)).await?;
+        let meta = stream.metadata().await?;
+        let attr = attr_of(&meta);
+        let want = len.min(attr.size.saturating_sub(off));
+        // A plain HTTP server may ignore Range and send the whole object:
+        // read such a body to its end and cut the range out of it.
+        let to_end = self.scheme.starts_with("http");
+        let mut data = Vec::with_capacity(want as usize);
+        loop {
+            match stream.try_next().await {
+                Ok(Some(buf)) => {
+                    for chunk in buf {
+                        data.extend_from_slice(&chunk);
+                    }
+                    if !to_end && data.len() as u64 >= want {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                // The completeness check of a range that ran past the end
+                // of the object (the body itself was complete: the HTTP
+                // layer checks Content-Length with its own message).
+                Err(e)
+                    if matches!(e.message(), "reader got too little data" | "reader got too much data")
+                        && (data.len() as u64 == want || data.len() as u64 == attr.size) =>
+                {
+                    break
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match self.fit(rel, &attr, off, len, data) {
+            Ok(data) => Ok((attr, data)),
+            Err(UfsError::Io { message, retryable }) => {
+                Err(opendal::Error::new(ErrorKind::Unexpected, message).with_temporary(retryable))
+            }
+            Err(_) => unreachable!("fit only fails with Io"),
+        }
+    }
+}
+
 impl Ufs for OpendalUfs {
     fn stat<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<Attr>> {
         Box::pin(async move {
@@ -350,23 +401,23 @@ impl Ufs for OpendalUfs {
                 return Err(UfsError::IsDir);
             }
             if len > 0 {
-                let reader = self.op.reader(rel).await.map_err(|e| self.map_err(e))?;
-                match reader.read(off..off.saturating_add(len)).await {
-                    Ok(buf) => {
-                        if let Some(meta) = reader.metadata() {
-                            let attr = attr_of(meta);
-                            let data = self.fit(rel, &attr, off, len, buf.to_vec())?;
-                            return Ok((attr, data));
-                        }
-                        // No metadata from this service's GET: stat below
-                        // (two calls; the attr may be a newer version).
-                        let attr = self.stat(rel).await?;
-                        return Ok((attr, buf.to_vec()));
-                    }
+                match self.get(rel, off, len).await {
+                    Ok(v) => return Ok(v),
                     // Past the end (e.g. an empty object): answer from stat.
                     Err(e) if e.kind() == ErrorKind::RangeNotSatisfied => {}
                     Err(e) if e.kind() == ErrorKind::NotFound && self.dir_exists(rel).await? => {
                         return Err(UfsError::IsDir);
+                    }
+                    Err(e) if e.kind() == ErrorKind::Unsupported => {
+                        // No metadata from this service's GET: stat, then
+                        // read (two calls; documented in docs/STORAGE.md).
+                        let attr = self.stat(rel).await?;
+                        let want = len.min(attr.size.saturating_sub(off));
+                        if want == 0 {
+                            return Ok((attr, Vec::new()));
+                        }
+                        let buf = self.op.read_with(rel).range(off..off + want).await.map_err(|e| self.map_err(e))?;
+                        return Ok((attr, buf.to_vec()));
                     }
                     Err(e) => return Err(self.map_err(e)),
                 }
