@@ -23,3 +23,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # Build outputs live outside the clone so a fresh checkout reuses them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/stoker-target}"
 mkdir -p "$CARGO_TARGET_DIR"
+# The S3 tests run a real S3-compatible server on 127.0.0.1: moto's server
+# (pure Python, installs in seconds from PyPI; cached in the user site).
+if [ "${STOKER_NEED_S3:-0}" = 1 ]; then
+  if ! python3 -c "import moto.server, flask_cors" >/dev/null 2>&1; then
+    echo "setup: installing moto[server] for the S3 tests" >&2
+    python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5,<6' >&2
+  fi
+  export STOKER_REQUIRE_S3=1
+fi
