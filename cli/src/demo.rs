@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use stoker_bench::Report;
 use stoker_engine::config::EngineConfig;
 use stoker_engine::{Engine, MountSpec};

@@ -6,6 +6,7 @@
 //! `Engine::start` returns once every shard has recovered its store and all
 //! sockets listen, so "the socket answers" means "the cache is ready".
 
+pub mod attrlog;
 pub mod config;
 pub mod control;
 pub mod error;
@@ -123,7 +124,13 @@ impl Engine {
             };
             mounts.insert(m.name.clone(), Arc::new(ufs::Guarded::new(raw, cfg.ufs_timeout, cfg.ufs_attempts)));
         }
-        let ns = Arc::new(namespace::Namespace::new(mounts, cfg.metadata_sync));
+        let fingerprint: Vec<String> =
+            cfg.mounts.iter().map(|m| format!("{}={} {:?}", m.name, m.uri, m.options)).collect();
+        let ns = namespace::Namespace::new(mounts, cfg.metadata_sync)
+            // Only a hash of the mount list is kept on disk: URIs may carry secrets.
+            .with_attr_log(&root.join("attrs.log"), &format!("{:016x}", xxhash_rust::xxh3::xxh3_64(fingerprint.join(";").as_bytes())))
+            .map_err(io_ctx("opening the attribute log"))?;
+        let ns = Arc::new(ns);
         let listener = claim_socket(&cfg.socket)?;
 
         let registry: shard::Registry = Arc::default();

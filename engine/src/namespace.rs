@@ -9,6 +9,7 @@
 //! Callable from any thread; under-storage calls must be awaited on the
 //! engine's tokio runtime.
 
+use crate::attrlog::AttrLog;
 use crate::ufs::{Guarded, UfsError, UfsResult};
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +41,7 @@ const LIST_ENTRIES_MAX: usize = 10_000_000;
 
 pub struct Namespace {
     mounts: BTreeMap<String, Arc<Guarded>>,
+    log: Option<AttrLog>,
     attrs: RwLock<HashMap<String, (Attr, Instant)>>,
     lists: RwLock<HashMap<String, (Arc<Vec<DirEntry>>, Instant)>>,
     sync: Option<Duration>,
@@ -90,7 +92,28 @@ fn dir_attr() -> Attr {
 
 impl Namespace {
     pub fn new(mounts: BTreeMap<String, Arc<Guarded>>, sync: Option<Duration>) -> Namespace {
-        Namespace { mounts, attrs: RwLock::default(), lists: RwLock::default(), sync }
+        Namespace { mounts, log: None, attrs: RwLock::default(), lists: RwLock::default(), sync }
+    }
+
+    /// Persist file attributes in `path` and load what an earlier run kept
+    /// there (if it served the same mounts). Loaded attributes count as synced
+    /// now: they are trusted for one more sync interval.
+    pub fn with_attr_log(mut self, path: &std::path::Path, fingerprint: &str) -> std::io::Result<Namespace> {
+        let (log, loaded) = AttrLog::open(path, fingerprint)?;
+        let now = Instant::now();
+        self.attrs.get_mut().extend(loaded.into_iter().map(|(p, a)| (p, (a, now))));
+        self.log = Some(log);
+        Ok(self)
+    }
+
+    /// Cache `attr` for `norm`, and log it if it is news.
+    fn remember(&self, norm: &str, attr: &Attr) {
+        let old = self.attrs.write().insert(norm.to_string(), (attr.clone(), Instant::now()));
+        if let Some(log) = &self.log {
+            if attr.kind == Kind::File && old.is_none_or(|(o, _)| o != *attr) {
+                log.append(norm, Some(attr));
+            }
+        }
     }
 
     fn fresh(&self, at: Instant) -> bool {
@@ -119,7 +142,11 @@ impl Namespace {
 
     /// Forget what is cached about `norm` (after a read found it changed).
     pub fn invalidate(&self, norm: &str) {
-        self.attrs.write().remove(norm);
+        if self.attrs.write().remove(norm).is_some() {
+            if let Some(log) = &self.log {
+                log.append(norm, None);
+            }
+        }
     }
 
     pub async fn stat(&self, norm: &str) -> Result<Attr, NsError> {
@@ -130,7 +157,7 @@ impl Namespace {
             return Ok(dir_attr());
         };
         let attr = ufs.stat(rel).await.map_err(|e| NsError::ufs(norm, e))?;
-        self.attrs.write().insert(norm.to_string(), (attr.clone(), Instant::now()));
+        self.remember(norm, &attr);
         Ok(attr)
     }
 
@@ -159,12 +186,19 @@ impl Namespace {
         }
         // Listing attributes warm the attribute cache: a walk then stats nothing.
         let now = Instant::now();
+        let mut news = Vec::new();
         {
             let mut attrs = self.attrs.write();
             for e in &entries {
                 let child = if norm == "/" { format!("/{}", e.name) } else { format!("{norm}/{}", e.name) };
-                attrs.insert(child, (e.attr.clone(), now));
+                let old = attrs.insert(child.clone(), (e.attr.clone(), now));
+                if e.attr.kind == Kind::File && old.is_none_or(|(o, _)| o != e.attr) {
+                    news.push((child, &e.attr));
+                }
             }
+        }
+        if let Some(log) = &self.log {
+            log.append_many(news.into_iter());
         }
         let entries = Arc::new(entries);
         self.lists.write().insert(norm.to_string(), (entries.clone(), now));
@@ -179,7 +213,7 @@ impl Namespace {
             Ok(None) => return Err(UfsError::IsDir),
             Err(_) => return Err(UfsError::NotFound),
         };
-        self.attrs.write().insert(norm.to_string(), (attr.clone(), Instant::now()));
+        self.remember(norm, &attr);
         Ok((attr, data))
     }
 

@@ -1,0 +1,175 @@
+//! The persisted half of the namespace cache: an append-only log of file
+//! attributes (path → kind, size, mtime, version token), so a restarted
+//! engine knows which version of each object its cached blocks belong to
+//! without asking under storage again.
+//!
+//! Record: `len: u32 LE | crc32c(payload): u32 LE | payload` (JSON). The first
+//! record names the mounts (`name=uri;...`); a log written for other mounts is
+//! discarded whole, never trusted. A torn or corrupt tail ends the load (the
+//! rest is cut off). The log is rewritten compactly at start-up when more than
+//! half of it is superseded. Writes are not fsynced: after a power loss the
+//! cache simply re-learns attributes from under storage.
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use stoker_proto::control::Attr;
+
+#[derive(Serialize, Deserialize)]
+struct Rec {
+    /// Path, or for the first record, empty.
+    p: String,
+    /// The attribute; None removes the path.
+    a: Option<Attr>,
+    /// Only in the first record: the mount fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<String>,
+}
+
+pub struct AttrLog {
+    file: Mutex<File>,
+}
+
+fn encode(rec: &Rec) -> Vec<u8> {
+    let payload = serde_json::to_vec(rec).expect("attribute records serialize");
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Parse records until the end or the first bad one; returns them and the
+/// byte length of the good prefix.
+fn decode_all(bytes: &[u8]) -> (Vec<Rec>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= 8 {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let Some(payload) = bytes.get(at + 8..at + 8 + len) else { break };
+        if crc32c::crc32c(payload) != crc {
+            break;
+        }
+        let Ok(rec) = serde_json::from_slice::<Rec>(payload) else { break };
+        out.push(rec);
+        at += 8 + len;
+    }
+    (out, at)
+}
+
+impl AttrLog {
+    /// Open (or create) the log at `path` for the mounts named by
+    /// `fingerprint`; returns the log and the attributes it holds.
+    pub fn open(path: &Path, fingerprint: &str) -> io::Result<(AttrLog, HashMap<String, Attr>)> {
+        let mut bytes = Vec::new();
+        match File::open(path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let (recs, good) = decode_all(&bytes);
+        let mut attrs = HashMap::new();
+        let ours = recs.first().and_then(|r| r.m.as_deref()) == Some(fingerprint);
+        if ours {
+            for r in recs.iter().skip(1) {
+                match &r.a {
+                    Some(a) => attrs.insert(r.p.clone(), a.clone()),
+                    None => attrs.remove(&r.p),
+                };
+            }
+        } else if !recs.is_empty() {
+            tracing::info!(path = %path.display(), "attribute log was written for other mounts; starting afresh");
+        }
+        let superseded = recs.len().saturating_sub(1 + attrs.len());
+        let file = if ours && good == bytes.len() && superseded <= attrs.len() {
+            OpenOptions::new().append(true).open(path)?
+        } else {
+            Self::rewrite(path, fingerprint, &attrs)?
+        };
+        Ok((AttrLog { file: Mutex::new(file) }, attrs))
+    }
+
+    fn rewrite(path: &Path, fingerprint: &str, attrs: &HashMap<String, Attr>) -> io::Result<File> {
+        let tmp: PathBuf = path.with_extension("tmp");
+        let mut buf = encode(&Rec { p: String::new(), a: None, m: Some(fingerprint.to_string()) });
+        for (p, a) in attrs {
+            buf.extend_from_slice(&encode(&Rec { p: p.clone(), a: Some(a.clone()), m: None }));
+        }
+        let mut f = File::create(&tmp)?;
+        f.write_all(&buf)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        OpenOptions::new().append(true).open(path)
+    }
+
+    /// Record `attr` for `path` (None forgets it).
+    pub fn append(&self, path: &str, attr: Option<&Attr>) {
+        let rec = encode(&Rec { p: path.to_string(), a: attr.cloned(), m: None });
+        if let Err(e) = self.file.lock().write_all(&rec) {
+            tracing::warn!(error = %e, "attribute log write failed; attributes will be re-learned after a restart");
+        }
+    }
+
+    /// Record many at once (a listing) with one write.
+    pub fn append_many<'a>(&self, items: impl Iterator<Item = (String, &'a Attr)>) {
+        let mut buf = Vec::new();
+        for (p, a) in items {
+            buf.extend_from_slice(&encode(&Rec { p, a: Some(a.clone()), m: None }));
+        }
+        if buf.is_empty() {
+            return;
+        }
+        if let Err(e) = self.file.lock().write_all(&buf) {
+            tracing::warn!(error = %e, "attribute log write failed; attributes will be re-learned after a restart");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stoker_proto::control::Kind;
+
+    fn attr(v: &str) -> Attr {
+        Attr { kind: Kind::File, size: 3, mtime_ns: 1, version: v.into() }
+    }
+
+    #[test]
+    fn survives_reopen_drops_torn_tail_and_foreign_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attrs.log");
+        {
+            let (log, got) = AttrLog::open(&path, "m=file:///a").unwrap();
+            assert!(got.is_empty());
+            log.append("/m/x", Some(&attr("v1")));
+            log.append("/m/y", Some(&attr("v1")));
+            log.append("/m/x", Some(&attr("v2")));
+            log.append("/m/y", None);
+        }
+        let (_, got) = AttrLog::open(&path, "m=file:///a").unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got["/m/x"].version, "v2");
+
+        // A torn tail: the last record cut in half is dropped, the rest kept.
+        {
+            let (log, _) = AttrLog::open(&path, "m=file:///a").unwrap();
+            log.append("/m/z", Some(&attr("v9")));
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 5).unwrap();
+        let (_, got) = AttrLog::open(&path, "m=file:///a").unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(!got.contains_key("/m/z"));
+
+        // Other mounts: nothing is trusted.
+        let (_, got) = AttrLog::open(&path, "m=file:///b").unwrap();
+        assert!(got.is_empty());
+    }
+}
