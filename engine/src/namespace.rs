@@ -140,6 +140,16 @@ impl Namespace {
         self.fresh(*at).then(|| a.clone())
     }
 
+    /// Files at or under `prefix` whose attributes are cached (fresh or not).
+    pub fn known_files_under(&self, prefix: &str) -> Vec<(String, Attr)> {
+        self.attrs
+            .read()
+            .iter()
+            .filter(|(p, (a, _))| a.kind == Kind::File && crate::policy::covers(prefix, p))
+            .map(|(p, (a, _))| (p.clone(), a.clone()))
+            .collect()
+    }
+
     /// Forget what is cached about `norm` (after a read found it changed).
     pub fn invalidate(&self, norm: &str) {
         if self.attrs.write().remove(norm).is_some() {

@@ -19,7 +19,10 @@ pub struct ShardCounters {
     pub corrupt_records: AtomicU64,
     pub write_dropped: AtomicU64,
     pub inflight_requests: AtomicU64,
+    pub expired_blocks: AtomicU64,
     pub recovery: parking_lot::Mutex<RecoveryStats>,
+    /// Read latencies, published by the shard every second (metrics::latency).
+    pub read_latency: crate::metrics::latency::ReadLatency,
 }
 
 impl ShardCounters {
@@ -39,6 +42,7 @@ impl ShardCounters {
             corrupt_records: self.corrupt_records.load(Relaxed),
             write_dropped: self.write_dropped.load(Relaxed),
             inflight_requests: self.inflight_requests.load(Relaxed),
+            expired_blocks: self.expired_blocks.load(Relaxed),
         }
     }
 }

@@ -18,6 +18,15 @@ pub enum Request {
     Stat { path: String },
     List { path: String },
     EngineStat,
+    /// Keep the blocks under a path cached through eviction.
+    Pin { path: String },
+    Unpin { path: String },
+    /// Drop the cached blocks under a path now.
+    Free { path: String },
+    /// Cached blocks under a path expire `secs` after they were cached; None clears it.
+    Ttl { path: String, secs: Option<u64> },
+    /// Cached fraction and policies of a file or prefix.
+    PathStat { path: String },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -27,6 +36,9 @@ pub enum Response {
     Attr(Attr),
     Entries { entries: Vec<DirEntry> },
     Stats(EngineStats),
+    /// A policy or free command done: how many files and blocks it touched.
+    Done { files: u64, blocks: u64 },
+    PathStats(PathStats),
     /// `errno` is a Linux errno (ENOENT, EIO, ...); `message` is one line for people.
     Error { errno: i32, message: String },
 }
@@ -80,6 +92,9 @@ pub struct ShardStats {
     pub corrupt_records: u64,
     pub write_dropped: u64,
     pub inflight_requests: u64,
+    /// Blocks dropped because their TTL passed.
+    #[serde(default)]
+    pub expired_blocks: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
@@ -90,6 +105,19 @@ pub struct RecoveryStats {
     pub open_segment_bytes_scanned: u64,
     pub torn_bytes_dropped: u64,
     pub elapsed_us: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct PathStats {
+    pub path: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub blocks: u64,
+    pub cached_blocks: u64,
+    /// cached_blocks / blocks (1.0 for a prefix with nothing to cache).
+    pub cached_fraction: f64,
+    pub pinned: bool,
+    pub ttl_secs: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]

@@ -53,9 +53,16 @@ pub(super) async fn enforce_capacity(shared: &Rc<Shared>) -> Result<()> {
             if segs.sealed_bytes + shared.segment_bytes + reserve <= shared.capacity_bytes {
                 return Ok(());
             }
-            match segs.sealed.keys().next() {
+            // The oldest segment whose pinned blocks fit in the reinsertion
+            // reserve; segments holding more pinned data than that stay put
+            // (the engine caps pins at half the capacity).
+            let pinned = pinned_bytes_by_segment(shared);
+            match segs.sealed.keys().find(|id| pinned.get(id).copied().unwrap_or(0) <= reserve) {
                 Some(&id) => id,
-                None => return Ok(()),
+                None => {
+                    tracing::warn!("store: every sealed segment is mostly pinned; nothing to reclaim");
+                    return Ok(());
+                }
             }
         };
         reclaim(shared, oldest).await?;
@@ -71,13 +78,16 @@ async fn reclaim(shared: &Rc<Shared>, seg_id: u32) -> Result<()> {
     };
     let entries = recover::load_entries(&shared.dir, seg_id).unwrap_or_else(|| entries_from_index(shared, seg_id));
 
-    // Split live records into hot (copy) and cold (drop).
-    let budget = bytes / 2;
+    // Split live records into pinned and hot (copy) and cold (drop). Pinned
+    // blocks come out of the reserve first; second chances get the rest.
+    let pinned_here = pinned_bytes_by_segment(shared).get(&seg_id).copied().unwrap_or(0);
+    let budget = (bytes / 2).min((shared.segment_bytes / 2).saturating_sub(pinned_here));
     let mut hot: Vec<(IdxEntry, u64)> = Vec::new();
     let mut hot_bytes = 0;
     let mut evicted = 0;
     {
         let mut index = shared.index.borrow_mut();
+        let pinned = shared.pinned.borrow();
         for e in entries.iter().filter(|e| e.flags & FLAG_TOMBSTONE == 0) {
             let Some(&packed) = index.get(&e.key_hash) else { continue };
             let loc = Location::unpack(packed);
@@ -85,7 +95,11 @@ async fn reclaim(shared: &Rc<Shared>, seg_id: u32) -> Result<()> {
                 continue;
             }
             let len = loc.len_bytes();
-            if loc.accessed && hot_bytes + len <= budget {
+            // Pinned blocks always move forward (the engine refuses pins that
+            // would not fit); read blocks get their second chance within budget.
+            if pinned.contains(&e.key_hash) {
+                hot.push((*e, packed));
+            } else if loc.accessed && hot_bytes + len <= budget {
                 hot.push((*e, packed));
                 hot_bytes += len;
             } else {
@@ -128,6 +142,19 @@ async fn reclaim(shared: &Rc<Shared>, seg_id: u32) -> Result<()> {
     remove_if_exists(&shared.dir.join(format::data_file_name(seg_id)))?;
     tracing::debug!(seg_id, evicted, copied, "store: reclaimed segment");
     Ok(())
+}
+
+/// Live pinned bytes per segment (walks the pinned set, usually small).
+fn pinned_bytes_by_segment(shared: &Shared) -> std::collections::HashMap<u32, u64> {
+    let index = shared.index.borrow();
+    let mut out = std::collections::HashMap::new();
+    for k in shared.pinned.borrow().iter() {
+        if let Some(&packed) = index.get(k) {
+            let loc = Location::unpack(packed);
+            *out.entry(loc.seg_id).or_insert(0) += loc.len_bytes();
+        }
+    }
+    out
 }
 
 fn remove_if_exists(path: &std::path::Path) -> Result<()> {

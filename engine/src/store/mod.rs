@@ -166,6 +166,8 @@ struct Shared {
     index: RefCell<IndexMap>,
     segs: RefCell<Segments>,
     counters: Counters,
+    /// Key hashes that reclaim must keep (copied forward, never dropped).
+    pinned: RefCell<std::collections::HashSet<u64>>,
 }
 
 pub struct Store {
@@ -215,6 +217,7 @@ impl Store {
             index: RefCell::new(index),
             segs: RefCell::new(segs),
             counters: Counters::default(),
+            pinned: RefCell::default(),
         });
         evict::enforce_capacity(&shared).await?;
         report.elapsed_us = started.elapsed().as_micros() as u64;
@@ -302,6 +305,18 @@ impl Store {
         let pending = Pending { key_hash, flags: 0, bytes, done: Some(done_tx), _permit: Some(permit) };
         self.tx.unbounded_send(WriterMsg::Put(pending)).map_err(|_| StoreError::Closed)?;
         done_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Keep (or stop keeping) a key through reclaims: a pinned block is
+    /// copied forward when its segment is reclaimed, whether read or not.
+    /// The set lives in RAM; the engine re-derives it from its policies.
+    pub fn set_pinned(&self, key_hash: u64, pinned: bool) {
+        let mut set = self.shared.pinned.borrow_mut();
+        if pinned {
+            set.insert(key_hash);
+        } else {
+            set.remove(&key_hash);
+        }
     }
 
     pub fn contains(&self, key_hash: u64) -> bool {

@@ -1,0 +1,187 @@
+//! Policy and cache-management commands (pin, unpin, free, ttl, per-path
+//! stats), run on a control thread: walk the namespace under a path, name
+//! every block of every file, and hand each shard the keys it owns.
+
+use crate::control::ControlCtx;
+use crate::namespace::{normalise, NsError};
+use crate::policy::covers;
+use crate::shard::ShardCmd;
+use futures::channel::oneshot;
+use std::time::Duration;
+use stoker_proto::control::{Attr, Kind, PathStats, Request, Response};
+use stoker_proto::key::{shard_for, BlockKey};
+
+/// Files walked per command at most; past this the command is refused.
+const FILES_MAX: usize = 10_000_000;
+/// Longest wait for a shard to answer a command.
+const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn err(e: NsError) -> Response {
+    Response::Error { errno: e.errno, message: e.message }
+}
+
+pub fn handle(ctx: &ControlCtx, req: Request) -> Response {
+    let path = match &req {
+        Request::Pin { path } | Request::Unpin { path } | Request::Free { path } => path,
+        Request::Ttl { path, .. } | Request::PathStat { path } => path,
+        _ => return err(NsError::new(libc::EINVAL, "not a policy command")),
+    };
+    let Some(norm) = normalise(path) else {
+        return err(NsError::new(libc::EINVAL, format!("bad path {path:?}: must start with /")));
+    };
+    let res = match req {
+        Request::Pin { .. } => pin(ctx, &norm, true),
+        Request::Unpin { .. } => pin(ctx, &norm, false),
+        Request::Free { .. } => free(ctx, &norm),
+        Request::Ttl { secs, .. } => ttl(ctx, &norm, secs),
+        Request::PathStat { .. } => path_stat(ctx, &norm).map(Response::PathStats),
+        _ => unreachable!("filtered above"),
+    };
+    res.unwrap_or_else(err)
+}
+
+/// Every file at or under `norm`, with its attributes.
+fn files_under(ctx: &ControlCtx, norm: &str) -> Result<Vec<(String, Attr)>, NsError> {
+    let attr = ctx.rt.block_on(ctx.ns.stat(norm))?;
+    if attr.kind == Kind::File {
+        return Ok(vec![(norm.to_string(), attr)]);
+    }
+    let mut out = Vec::new();
+    let mut dirs = vec![norm.to_string()];
+    while let Some(dir) = dirs.pop() {
+        for e in ctx.rt.block_on(ctx.ns.list(&dir))?.iter() {
+            let p = if dir == "/" { format!("/{}", e.name) } else { format!("{dir}/{}", e.name) };
+            match e.attr.kind {
+                Kind::Dir => dirs.push(p),
+                Kind::File => out.push((p, e.attr.clone())),
+            }
+        }
+        if out.len() > FILES_MAX {
+            return Err(NsError::new(libc::E2BIG, format!("{norm}: more than {FILES_MAX} files")));
+        }
+    }
+    Ok(out)
+}
+
+/// Block key hashes of `files`, grouped by owning shard.
+pub(crate) fn keys_by_shard(files: &[(String, Attr)], block_bytes: u64, shards: usize) -> Vec<Vec<u64>> {
+    let mut out = vec![Vec::new(); shards];
+    for (path, attr) in files {
+        for block in 0..attr.size.div_ceil(block_bytes) {
+            out[shard_for(path, block, shards)].push(BlockKey::new(path, &attr.version, block).hash);
+        }
+    }
+    out
+}
+
+/// Send one command per shard and add up the replies.
+fn ask(ctx: &ControlCtx, keys: Vec<Vec<u64>>, make: impl Fn(Vec<u64>, oneshot::Sender<u64>) -> ShardCmd) -> Result<u64, NsError> {
+    let mut replies = Vec::new();
+    for (shard, k) in keys.into_iter().enumerate() {
+        if k.is_empty() {
+            continue;
+        }
+        let (tx, rx) = oneshot::channel();
+        ctx.shard_cmds[shard]
+            .unbounded_send(make(k, tx))
+            .map_err(|_| NsError::new(libc::EIO, format!("shard {shard} is not running")))?;
+        replies.push((shard, rx));
+    }
+    let mut total = 0;
+    for (shard, rx) in replies {
+        match ctx.rt.block_on(async { tokio::time::timeout(SHARD_REPLY_TIMEOUT, rx).await }) {
+            Ok(Ok(n)) => total += n,
+            _ => return Err(NsError::new(libc::EIO, format!("shard {shard} did not answer"))),
+        }
+    }
+    Ok(total)
+}
+
+fn persist(ctx: &ControlCtx, norm: &str, f: impl FnOnce(&mut crate::policy::Rule)) -> Result<(), NsError> {
+    ctx.policies
+        .update(norm, f)
+        .map_err(|e| NsError::new(libc::EIO, format!("saving policies: {e}")))
+}
+
+fn pin(ctx: &ControlCtx, norm: &str, pinned: bool) -> Result<Response, NsError> {
+    let files = files_under(ctx, norm)?;
+    if pinned {
+        // Everything already pinned elsewhere plus this prefix must leave room
+        // for the cache to work: at most half of the capacity.
+        let mut bytes: u64 = files.iter().map(|(_, a)| a.size).sum();
+        for r in ctx.policies.rules().iter().filter(|r| r.pinned && !covers(&r.prefix, norm) && !covers(norm, &r.prefix)) {
+            bytes += ctx.ns.known_files_under(&r.prefix).iter().map(|(_, a)| a.size).sum::<u64>();
+        }
+        let limit = ctx.capacity_bytes / 2;
+        if bytes > limit {
+            return Err(NsError::new(
+                libc::ENOSPC,
+                format!("pinning {norm} would pin {bytes} bytes, more than half the cache capacity ({limit} bytes)"),
+            ));
+        }
+    }
+    persist(ctx, norm, |r| r.pinned = pinned)?;
+    // Unpinning a path still covered by a wider pinned prefix keeps its blocks pinned.
+    let still = !pinned && ctx.policies.effective(norm).pinned;
+    let keys = keys_by_shard(&files, ctx.block_bytes, ctx.shard_cmds.len());
+    let blocks = ask(ctx, keys, |keys, reply| ShardCmd::Pin { keys, pinned: pinned || still, reply })?;
+    Ok(Response::Done { files: files.len() as u64, blocks })
+}
+
+fn free(ctx: &ControlCtx, norm: &str) -> Result<Response, NsError> {
+    let files = files_under(ctx, norm)?;
+    let keys = keys_by_shard(&files, ctx.block_bytes, ctx.shard_cmds.len());
+    let blocks = ask(ctx, keys, |keys, reply| ShardCmd::Remove { keys, reply })?;
+    Ok(Response::Done { files: files.len() as u64, blocks })
+}
+
+fn ttl(ctx: &ControlCtx, norm: &str, secs: Option<u64>) -> Result<Response, NsError> {
+    let files = files_under(ctx, norm)?;
+    persist(ctx, norm, |r| r.ttl_secs = secs)?;
+    let keys = keys_by_shard(&files, ctx.block_bytes, ctx.shard_cmds.len());
+    // Blocks cached before the TTL was set count from now.
+    let blocks = ask(ctx, keys.clone(), |keys, reply| ShardCmd::Count { keys, reply })?;
+    if let Some(after) = ctx.policies.effective(norm).ttl {
+        for (shard, k) in keys.into_iter().enumerate().filter(|(_, k)| !k.is_empty()) {
+            let _ = ctx.shard_cmds[shard].unbounded_send(ShardCmd::Expire { keys: k, after });
+        }
+    }
+    Ok(Response::Done { files: files.len() as u64, blocks })
+}
+
+fn path_stat(ctx: &ControlCtx, norm: &str) -> Result<PathStats, NsError> {
+    let files = files_under(ctx, norm)?;
+    let keys = keys_by_shard(&files, ctx.block_bytes, ctx.shard_cmds.len());
+    let blocks: u64 = keys.iter().map(|k| k.len() as u64).sum();
+    let cached = ask(ctx, keys, |keys, reply| ShardCmd::Count { keys, reply })?;
+    let policy = ctx.policies.effective(norm);
+    Ok(PathStats {
+        path: norm.to_string(),
+        files: files.len() as u64,
+        bytes: files.iter().map(|(_, a)| a.size).sum(),
+        blocks,
+        cached_blocks: cached,
+        cached_fraction: if blocks == 0 { 1.0 } else { cached as f64 / blocks as f64 },
+        pinned: policy.pinned,
+        ttl_secs: policy.ttl.map(|d| d.as_secs()),
+    })
+}
+
+/// After a restart: re-apply pins and TTLs to the blocks of files the
+/// namespace already knows (from its persisted attributes). TTLs count from
+/// the restart.
+pub fn reapply(ctx: &ControlCtx) {
+    for rule in ctx.policies.rules() {
+        let files = ctx.ns.known_files_under(&rule.prefix);
+        let keys = keys_by_shard(&files, ctx.block_bytes, ctx.shard_cmds.len());
+        for (shard, k) in keys.into_iter().enumerate().filter(|(_, k)| !k.is_empty()) {
+            if rule.pinned {
+                let (tx, _) = oneshot::channel();
+                let _ = ctx.shard_cmds[shard].unbounded_send(ShardCmd::Pin { keys: k.clone(), pinned: true, reply: tx });
+            }
+            if let Some(secs) = rule.ttl_secs {
+                let _ = ctx.shard_cmds[shard].unbounded_send(ShardCmd::Expire { keys: k, after: Duration::from_secs(secs) });
+            }
+        }
+    }
+}
