@@ -6,6 +6,7 @@ mod bench_cmd;
 mod commands;
 mod demo;
 mod mount;
+mod policy_cmd;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -53,12 +54,37 @@ enum Cmd {
         #[command(flatten)]
         socket: SocketArg,
     },
-    /// Engine statistics, or the attributes of PATH.
+    /// Engine statistics, or the cached fraction, pin and TTL of PATH.
     Stat {
         path: Option<String>,
         /// Machine-readable JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Keep the cached blocks of a file or prefix through eviction (persists).
+    Pin {
+        path: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Undo `stoker pin`.
+    Unpin {
+        path: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Drop the cached blocks of a file or prefix now.
+    Free {
+        path: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Cached blocks under PATH expire DURATION after they were cached (`never` clears; persists).
+    Ttl {
+        path: String,
+        duration: String,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -107,7 +133,12 @@ fn main() {
         Cmd::Serve(a) => commands::serve(a),
         Cmd::Cat { path, socket } => commands::cat(&socket.path(), &path),
         Cmd::Ls { path, long, socket } => commands::ls(&socket.path(), &path, long),
-        Cmd::Stat { path, json, socket } => commands::stat(&socket.path(), path.as_deref(), json),
+        Cmd::Stat { path: Some(p), json, socket } => policy_cmd::path_stat(&socket.path(), &p, json),
+        Cmd::Stat { path: None, json, socket } => commands::stat(&socket.path(), None, json),
+        Cmd::Pin { path, socket } => policy_cmd::pin(&socket.path(), &path, true),
+        Cmd::Unpin { path, socket } => policy_cmd::pin(&socket.path(), &path, false),
+        Cmd::Free { path, socket } => policy_cmd::free(&socket.path(), &path),
+        Cmd::Ttl { path, duration, socket } => policy_cmd::ttl(&socket.path(), &path, &duration),
         Cmd::Load { prefix, parallel, socket } => commands::load(&socket.path(), &prefix, parallel),
         Cmd::Mount(a) => mount::run_mount(a),
         Cmd::Umount(a) => mount::run_umount(a),

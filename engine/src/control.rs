@@ -29,6 +29,10 @@ pub struct ControlCtx {
     pub stopping: AtomicBool,
     pub next_session: AtomicU64,
     pub sessions: AtomicU64,
+    /// One command queue per shard (policies, free, per-path stats).
+    pub shard_cmds: Vec<futures::channel::mpsc::UnboundedSender<crate::shard::ShardCmd>>,
+    pub policies: Arc<crate::policy::Policies>,
+    pub capacity_bytes: u64,
 }
 
 /// Accept control connections until `ctx.stopping` is set (the engine then
@@ -136,6 +140,11 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>) {
                     .unwrap_or_else(error),
             },
             Request::EngineStat => Response::Stats(engine_stats(&ctx)),
+            r @ (Request::Pin { .. }
+            | Request::Unpin { .. }
+            | Request::Free { .. }
+            | Request::Ttl { .. }
+            | Request::PathStat { .. }) => crate::admin::handle(&ctx, r),
         };
         if write_frame(&mut conn, &resp).is_err() {
             break;

@@ -6,11 +6,13 @@
 //! `Engine::start` returns once every shard has recovered its store and all
 //! sockets listen, so "the socket answers" means "the cache is ready".
 
+pub mod admin;
 pub mod attrlog;
 pub mod config;
 pub mod control;
 pub mod error;
 pub mod namespace;
+pub mod policy;
 pub mod session;
 pub mod shard;
 pub mod stats;
@@ -136,6 +138,10 @@ impl Engine {
         let registry: shard::Registry = Arc::default();
         let counters: Vec<Arc<stats::ShardCounters>> = (0..cfg.shards).map(|_| Arc::default()).collect();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let policies = Arc::new(
+            policy::Policies::load(&root.join("policies.json")).map_err(io_ctx("loading policies"))?,
+        );
+        let mut shard_cmds = Vec::new();
         let mut stops = Vec::new();
         let mut shards = Vec::new();
         for id in 0..cfg.shards {
@@ -155,6 +161,12 @@ impl Engine {
                 rt: rt.handle().clone(),
                 counters: counters[id].clone(),
                 registry: registry.clone(),
+                policies: policies.clone(),
+                cmds: {
+                    let (tx, rx) = futures::channel::mpsc::unbounded();
+                    shard_cmds.push(tx);
+                    rx
+                },
             };
             shards.push(shard::spawn(setup, ready_tx.clone(), stop_rx).map_err(io_ctx("starting shard"))?);
         }
@@ -177,6 +189,9 @@ impl Engine {
             stopping: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
             sessions: AtomicU64::new(0),
+            shard_cmds,
+            policies,
+            capacity_bytes: cfg.capacity_bytes,
         });
         let mut engine = Engine {
             socket: cfg.socket.clone(),
@@ -191,6 +206,7 @@ impl Engine {
             engine.stop();
             return Err(EngineError::Store(m));
         }
+        admin::reapply(&engine.ctx);
         engine.control = Some(
             std::thread::Builder::new()
                 .name("stoker-accept".into())

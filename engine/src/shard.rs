@@ -12,7 +12,11 @@
 use crate::namespace::{normalise, Namespace, NsError};
 use crate::session::SessionArea;
 use crate::stats::ShardCounters;
+use crate::policy::Policies;
 use crate::store::{Store, StoreConfig};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
 use futures::channel::{mpsc, oneshot};
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use glommio::net::{UnixListener, UnixStream};
@@ -41,6 +45,23 @@ pub struct ShardSetup {
     pub rt: tokio::runtime::Handle,
     pub counters: Arc<ShardCounters>,
     pub registry: Registry,
+    pub policies: Arc<Policies>,
+    pub cmds: mpsc::UnboundedReceiver<ShardCmd>,
+}
+
+/// Commands from the control plane to a shard. Each carries block key hashes
+/// this shard owns; a reply (where there is one) counts the blocks affected.
+/// Dropping a command (shard gone) drops its reply sender: the caller sees a
+/// cancelled reply and reports the shard as unavailable.
+pub enum ShardCmd {
+    /// Keep (or release) these blocks through reclaims.
+    Pin { keys: Vec<u64>, pinned: bool, reply: oneshot::Sender<u64> },
+    /// Drop these blocks now.
+    Remove { keys: Vec<u64>, reply: oneshot::Sender<u64> },
+    /// How many of these blocks are cached.
+    Count { keys: Vec<u64>, reply: oneshot::Sender<u64> },
+    /// Drop these blocks once `after` has passed (a TTL).
+    Expire { keys: Vec<u64>, after: std::time::Duration },
 }
 
 /// A block fetched from under storage, with the attributes it was read under.
@@ -67,6 +88,9 @@ struct Shard {
     /// window is served from here instead of fetching the block again.
     unwritten: Rc<RefCell<HashMap<Vec<u8>, Rc<Vec<u8>>>>>,
     write_queue_bytes_max: u64,
+    policies: Arc<Policies>,
+    /// (expiry time, key hash) of blocks under a TTL, soonest first.
+    expiry: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
 }
 
 /// Start a shard thread. `ready` gets the recovery report once the store is
@@ -129,7 +153,11 @@ async fn run(
         write_queue_bytes: Rc::new(Cell::new(0)),
         unwritten: Rc::default(),
         write_queue_bytes_max: setup.write_queue_bytes_max,
+        policies: setup.policies,
+        expiry: RefCell::default(),
     });
+    glommio::spawn_local(commands(shard.clone(), setup.cmds)).detach();
+    glommio::spawn_local(expire_forever(shard.clone())).detach();
     shard.publish();
     tracing::info!(shard = shard.id, ?recovery, "shard ready");
     let _ = ready.send(Ok(recovery));
@@ -250,7 +278,10 @@ impl Shard {
         if req.path_len as u64 > req.buf_len || req.path_len == 0 || req.path_len > 4096 {
             return Err(invalid("bad path length"));
         }
-        if req.len > req.buf_len || req.off_in_block.saturating_add(req.len) > self.block_bytes {
+        // A no-data request (prefetch) copies nothing back: its slot need
+        // only hold the path.
+        let copies = req.flags & FLAG_NO_DATA == 0;
+        if (copies && req.len > req.buf_len) || req.off_in_block.saturating_add(req.len) > self.block_bytes {
             return Err(invalid("range outside the block or the slot"));
         }
         if req.buf_off.checked_add(req.buf_len).is_none_or(|e| e > area.layout().data_bytes) {
@@ -358,7 +389,7 @@ impl Shard {
             let key = BlockKey::new(path, &f.attr.version, block);
             let known = self.store.contains(key.hash) || self.unwritten.borrow().contains_key(&key.bytes);
             if f.attr.kind == Kind::File && !f.data.is_empty() && !known {
-                self.cache_in_background(key, f.data.clone());
+                self.cache_in_background(path, key, f.data.clone());
             }
         }
         res
@@ -398,7 +429,7 @@ impl Shard {
         Ok(Rc::new(Fetch { attr, data: Rc::new(data) }))
     }
 
-    fn cache_in_background(&self, key: BlockKey, data: Rc<Vec<u8>>) {
+    fn cache_in_background(&self, path: &str, key: BlockKey, data: Rc<Vec<u8>>) {
         let len = data.len() as u64;
         let queued = &self.write_queue_bytes;
         if queued.get() + len > self.write_queue_bytes_max {
@@ -410,6 +441,13 @@ impl Shard {
         self.unwritten.borrow_mut().insert(key.bytes.clone(), data.clone());
         let (store, counters, queued) = (self.store.clone(), self.counters.clone(), queued.clone());
         let unwritten = self.unwritten.clone();
+        let policy = self.policies.effective(path);
+        if policy.pinned {
+            self.store.set_pinned(key.hash, true);
+        }
+        if let Some(ttl) = policy.ttl {
+            self.expiry.borrow_mut().push(Reverse((Instant::now() + ttl, key.hash)));
+        }
         glommio::spawn_local(async move {
             if let Err(e) = store.put(key.hash, &key.bytes, &data).await {
                 tracing::warn!(error = %e, "caching a block failed");
@@ -443,4 +481,58 @@ fn publish_store(store: &Store, c: &ShardCounters) {
     c.evicted_blocks.store(s.evicted_blocks, Relaxed);
     c.reinserted_blocks.store(s.reinserted_blocks, Relaxed);
     c.corrupt_records.store(s.corrupt_records, Relaxed);
+}
+
+/// Apply control-plane commands in arrival order.
+async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver<ShardCmd>) {
+    while let Some(cmd) = cmds.next().await {
+        match cmd {
+            ShardCmd::Pin { keys, pinned, reply } => {
+                for k in &keys {
+                    shard.store.set_pinned(*k, pinned);
+                }
+                let _ = reply.send(keys.iter().filter(|k| shard.store.contains(**k)).count() as u64);
+            }
+            ShardCmd::Remove { keys, reply } => {
+                let n = keys.iter().filter(|k| shard.store.remove(**k)).count() as u64;
+                for k in &keys {
+                    shard.store.set_pinned(*k, false);
+                }
+                shard.publish();
+                let _ = reply.send(n);
+            }
+            ShardCmd::Count { keys, reply } => {
+                let _ = reply.send(keys.iter().filter(|k| shard.store.contains(**k)).count() as u64);
+            }
+            ShardCmd::Expire { keys, after } => {
+                let at = Instant::now() + after;
+                let mut heap = shard.expiry.borrow_mut();
+                heap.extend(keys.into_iter().map(|k| Reverse((at, k))));
+            }
+        }
+    }
+}
+
+/// Drop blocks whose TTL has passed; checks twice a second.
+async fn expire_forever(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(std::time::Duration::from_millis(500)).await;
+        let now = Instant::now();
+        let mut dropped = 0;
+        loop {
+            let due = matches!(shard.expiry.borrow().peek(), Some(Reverse((at, _))) if *at <= now);
+            if !due {
+                break;
+            }
+            let Some(Reverse((_, key))) = shard.expiry.borrow_mut().pop() else { break };
+            if shard.store.remove(key) {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            shard.counters.expired_blocks.fetch_add(dropped, Relaxed);
+            shard.publish();
+            tracing::debug!(shard = shard.id, dropped, "TTL expired blocks");
+        }
+    }
 }
