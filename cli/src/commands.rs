@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// How long attributes and listings are trusted (`never` re-checks for immutable data) [default: 60s].
     #[arg(long)]
     pub metadata_sync: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
+    /// (port 0 picks a free port; docs/METRICS.md).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub socket: crate::SocketArg,
 }
@@ -121,7 +125,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if let Some(v) = &a.metadata_sync {
         cfg.metadata_sync = parse_duration(v).map_err(anyhow::Error::msg)?;
     }
+    if a.metrics.is_some() {
+        cfg.metrics = a.metrics;
+    }
     let mut engine = Engine::start(cfg)?;
+    if let Some(addr) = engine.metrics_addr() {
+        eprintln!("stoker: metrics on http://{addr}/metrics");
+    }
     eprintln!("stoker: serving on {} (Ctrl-C to stop)", engine.socket());
     engine.wait_for_signal();
     eprintln!("stoker: stopping");

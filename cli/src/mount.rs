@@ -100,6 +100,11 @@ pub struct MountArgs {
     /// With --daemon: append logs here instead of discarding them.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464:
+    /// FUSE op latencies, and with a URI the embedded engine's metrics
+    /// (port 0 picks a free port; docs/METRICS.md).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -205,10 +210,29 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
             cfg.ufs_latency = a.ufs_latency;
             cfg.ufs_timeout = a.ufs_timeout;
             cfg.metadata_sync = Some(a.metadata_ttl);
+            cfg.metrics = a.metrics;
             let engine = Engine::start(cfg).context("starting the embedded engine")?;
             (Some(engine), socket, root)
         }
     };
+
+    // With an embedded engine its endpoint also exports the FUSE ops;
+    // attached to another engine, this process serves only those.
+    let mut own_endpoint = None;
+    if let Some(addr) = a.metrics {
+        stoker_fuse::fuse::set_op_hook(stoker_engine::metrics::record_fuse_op);
+        let bound = match engine.as_ref().and_then(|e| e.metrics_addr()) {
+            Some(bound) => bound,
+            None => {
+                let ep = stoker_engine::metrics::start_process_endpoint(addr)
+                    .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+                let bound = ep.addr();
+                own_endpoint = Some(ep);
+                bound
+            }
+        };
+        eprintln!("stoker: metrics on http://{bound}/metrics");
+    }
 
     let opts = stoker_client::Options { timeout: a.request_timeout, ..Default::default() };
     let client = stoker_client::Client::connect_with(&socket, opts)?;
@@ -276,6 +300,7 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
         a.mountpoint.display()
     );
     drop(fs);
+    drop(own_endpoint);
     if let Some(e) = engine.as_mut() {
         e.stop();
     }

@@ -2,7 +2,8 @@
 //!
 //! No filesystem logic lives here. This is the only place an [`FsError`]
 //! becomes an errno; failures are logged here (unexpected ones at warn level,
-//! naming the path and cause) and counted. Write-type operations are all
+//! naming the path and cause) and counted, and read-side requests are timed
+//! into the hook given to [`set_op_hook`]. Write-type operations are all
 //! answered with EROFS through [`StokerFs::refuse`].
 
 use crate::attr::{file_type, to_file_attr};
@@ -18,8 +19,38 @@ use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Told the latency of every timed request: (op name, kernel request to reply).
+pub type OpHook = fn(&'static str, Duration);
+
+static OP_HOOK: OnceLock<OpHook> = OnceLock::new();
+
+/// Time FUSE requests into `hook` (process-wide; e.g. the engine's metrics).
+/// Only the first call takes effect; returns whether this one did.
+pub fn set_op_hook(hook: OpHook) -> bool {
+    OP_HOOK.set(hook).is_ok()
+}
+
+/// Reports its op's latency to the hook when dropped, after the reply.
+struct Timed {
+    op: &'static str,
+    start: Option<Instant>,
+}
+
+fn timed(op: &'static str) -> Timed {
+    // No clock read when nobody listens.
+    Timed { op, start: OP_HOOK.get().map(|_| Instant::now()) }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        if let (Some(hook), Some(start)) = (OP_HOOK.get(), self.start) {
+            hook(self.op, start.elapsed());
+        }
+    }
+}
 
 /// Kernel-side tuning the adapter applies at `init`.
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +120,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = timed("lookup");
         match self.fs.lookup(parent.0, name) {
             Ok(e) => reply.entry(&self.ttl, &self.attr(e.ino, &e.attr), Generation(0)),
             Err(e) => reply.error(self.errno("lookup", e)),
@@ -96,10 +128,12 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _t = timed("forget");
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = timed("getattr");
         match self.fs.getattr(ino.0) {
             Ok(e) => reply.attr(&self.ttl, &self.attr(e.ino, &e.attr)),
             Err(e) => reply.error(self.errno("getattr", e)),
@@ -107,6 +141,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _t = timed("open");
         match self.fs.open(ino.0, flags.0) {
             Ok(o) => {
                 let f = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
@@ -127,6 +162,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _t = timed("read");
         let size = (size as usize).min(READ_BYTES_MAX);
         READ_BUF.with_borrow_mut(|buf| {
             if buf.len() < size {
@@ -153,6 +189,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = timed("release");
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -163,6 +200,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = timed("opendir");
         match self.fs.opendir(ino.0) {
             // KEEP_CACHE + CACHE_DIR: the kernel may cache this listing.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
@@ -171,6 +209,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _t = timed("readdir");
         let l = match self.fs.dir_listing(fh.0) {
             Ok(l) => l,
             Err(e) => return reply.error(self.errno("readdir", e)),
@@ -185,6 +224,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let _t = timed("readdirplus");
         let l = match self.fs.dir_listing(fh.0) {
             Ok(l) => l,
             Err(e) => return reply.error(self.errno("readdirplus", e)),
@@ -204,6 +244,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let _t = timed("releasedir");
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -213,11 +254,13 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = timed("statfs");
         let s = self.fs.statfs();
         reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = timed("access");
         match self.fs.access(ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("access", e)),

@@ -11,6 +11,7 @@ pub mod attrlog;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod metrics;
 pub mod namespace;
 pub mod policy;
 pub mod session;
@@ -47,6 +48,8 @@ pub struct Engine {
     control: Option<std::thread::JoinHandle<()>>,
     ctx: Arc<control::ControlCtx>,
     rt: Option<tokio::runtime::Runtime>,
+    /// The Prometheus endpoint, when `EngineConfig::metrics` asks for one.
+    metrics: Option<metrics::http::Endpoint>,
     _lock: File,
 }
 
@@ -117,6 +120,7 @@ impl Engine {
             .map_err(io_ctx("starting the I/O runtime"))?;
 
         let mut mounts = BTreeMap::new();
+        let mut ufs_latency = Vec::new();
         for m in &cfg.mounts {
             let raw = ufs::open_with(&m.uri, &m.options).map_err(EngineError::InvalidArgument)?;
             let raw: Arc<dyn ufs::Ufs> = if cfg.ufs_latency.is_zero() && cfg.ufs_bandwidth.is_none() {
@@ -124,7 +128,10 @@ impl Engine {
             } else {
                 Arc::new(ufs::throttle::Throttled::new(raw, cfg.ufs_latency, cfg.ufs_bandwidth))
             };
-            mounts.insert(m.name.clone(), Arc::new(ufs::Guarded::new(raw, cfg.ufs_timeout, cfg.ufs_attempts)));
+            let latency = metrics::ufs_latency();
+            ufs_latency.push((m.name.clone(), latency.clone()));
+            let guarded = ufs::Guarded::new(raw, cfg.ufs_timeout, cfg.ufs_attempts).with_latency(latency);
+            mounts.insert(m.name.clone(), Arc::new(guarded));
         }
         let fingerprint: Vec<String> =
             cfg.mounts.iter().map(|m| format!("{}={} {:?}", m.name, m.uri, m.options)).collect();
@@ -200,11 +207,18 @@ impl Engine {
             control: None,
             ctx: ctx.clone(),
             rt: Some(rt),
+            metrics: None,
             _lock: lock,
         };
         if let Some(m) = failure {
             engine.stop();
             return Err(EngineError::Store(m));
+        }
+        if let Some(addr) = cfg.metrics {
+            let sources = metrics::EngineSources { ctx: ctx.clone(), ufs: ufs_latency };
+            let endpoint = metrics::http::Endpoint::start(addr, Arc::new(move || metrics::render_engine(&sources)))
+                .map_err(io_ctx(format!("binding the metrics endpoint {addr}")))?;
+            engine.metrics = Some(endpoint);
         }
         admin::reapply(&engine.ctx);
         engine.control = Some(
@@ -219,6 +233,11 @@ impl Engine {
 
     pub fn socket(&self) -> &str {
         &self.socket
+    }
+
+    /// Where `GET /metrics` is served, if it is (the bound port when 0 was asked).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr())
     }
 
     pub fn stats(&self) -> stoker_proto::control::EngineStats {
@@ -242,6 +261,9 @@ impl Engine {
     /// Stop accepting, flush every shard's store and join all threads.
     pub fn stop(&mut self) {
         self.ctx.stopping.store(true, Ordering::Release);
+        if let Some(mut m) = self.metrics.take() {
+            m.stop();
+        }
         if let Some(h) = self.control.take() {
             let _ = std::os::unix::net::UnixStream::connect(&self.socket);
             let _ = h.join();

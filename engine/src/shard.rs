@@ -159,6 +159,7 @@ async fn run(
     glommio::spawn_local(commands(shard.clone(), setup.cmds)).detach();
     glommio::spawn_local(expire_forever(shard.clone())).detach();
     shard.publish();
+    glommio::spawn_local(crate::metrics::latency::publish_reads_forever(shard.counters.clone())).detach();
     tracing::info!(shard = shard.id, ?recovery, "shard ready");
     let _ = ready.send(Ok(recovery));
 
@@ -275,6 +276,7 @@ fn invalid(m: &str) -> NsError {
 impl Shard {
     /// Serve one request into the client's slot: (bytes placed, object size).
     async fn read(&self, area: &SessionArea, req: &SqEntry) -> Result<(u64, u64), NsError> {
+        let t0 = std::time::Instant::now();
         if req.path_len as u64 > req.buf_len || req.path_len == 0 || req.path_len > 4096 {
             return Err(invalid("bad path length"));
         }
@@ -325,17 +327,20 @@ impl Shard {
             return Ok((0, attr.size));
         }
         if let Some(f) = fetched {
+            crate::metrics::record_read(false, t0);
             return serve(&f.data, f.attr.size);
         }
         let key = BlockKey::new(&path, &attr.version, req.block);
         let unwritten = self.unwritten.borrow().get(&key.bytes).cloned();
         if let Some(data) = unwritten {
             self.counters.hits.fetch_add(1, Relaxed);
+            crate::metrics::record_read(true, t0);
             return serve(&data, attr.size);
         }
         match self.store.get(key.hash, &key.bytes).await {
             Ok(Some(block)) if block.data().len() as u64 == block_len => {
                 self.counters.hits.fetch_add(1, Relaxed);
+                crate::metrics::record_read(true, t0);
                 return serve(block.data(), attr.size);
             }
             Ok(Some(_)) => {
@@ -351,6 +356,7 @@ impl Shard {
         if f.attr.kind == Kind::Dir {
             return Err(NsError::new(libc::EISDIR, format!("{path}: is a directory")));
         }
+        crate::metrics::record_read(false, t0);
         serve(&f.data, f.attr.size)
     }
 

@@ -144,14 +144,35 @@ pub struct Guarded {
     inner: Arc<dyn Ufs>,
     timeout: Duration,
     attempts: u32,
+    /// Where each call's latency (retries included) goes. Default none.
+    latency: Option<Arc<crate::metrics::latency::OpLatency>>,
 }
 
 impl Guarded {
     pub fn new(inner: Arc<dyn Ufs>, timeout: Duration, attempts: u32) -> Guarded {
-        Guarded { inner, timeout, attempts: attempts.max(1) }
+        Guarded { inner, timeout, attempts: attempts.max(1), latency: None }
     }
 
-    async fn run<T, F>(&self, mut call: F) -> UfsResult<T>
+    /// Record every call's latency, by op (`metrics::names::UFS_OPS`), in `l`.
+    pub fn with_latency(mut self, l: Arc<crate::metrics::latency::OpLatency>) -> Guarded {
+        self.latency = Some(l);
+        self
+    }
+
+    /// One call as the engine sees it: attempts, backoff and all, timed as `op`.
+    async fn run<T, F>(&self, op: &'static str, call: F) -> UfsResult<T>
+    where
+        F: FnMut() -> BoxFut<'static, UfsResult<T>>,
+    {
+        let t0 = std::time::Instant::now();
+        let res = self.attempts(call).await;
+        if let Some(l) = &self.latency {
+            l.record(op, t0.elapsed(), res.is_ok());
+        }
+        res
+    }
+
+    async fn attempts<T, F>(&self, mut call: F) -> UfsResult<T>
     where
         F: FnMut() -> BoxFut<'static, UfsResult<T>>,
     {
@@ -178,7 +199,7 @@ impl Guarded {
     pub async fn stat(&self, rel: &str) -> UfsResult<Attr> {
         let rel = rel.to_string();
         let inner = self.inner.clone();
-        self.run(move || {
+        self.run("stat", move || {
             let (inner, rel) = (inner.clone(), rel.clone());
             Box::pin(async move { inner.stat(&rel).await })
         })
@@ -188,7 +209,7 @@ impl Guarded {
     pub async fn read(&self, rel: &str, off: u64, len: u64) -> UfsResult<Vec<u8>> {
         let rel = rel.to_string();
         let inner = self.inner.clone();
-        self.run(move || {
+        self.run("read", move || {
             let (inner, rel) = (inner.clone(), rel.clone());
             Box::pin(async move { inner.read(&rel, off, len).await })
         })
@@ -198,7 +219,7 @@ impl Guarded {
     pub async fn read_versioned(&self, rel: &str, off: u64, len: u64) -> UfsResult<(Attr, Vec<u8>)> {
         let rel = rel.to_string();
         let inner = self.inner.clone();
-        self.run(move || {
+        self.run("read", move || {
             let (inner, rel) = (inner.clone(), rel.clone());
             Box::pin(async move { inner.read_versioned(&rel, off, len).await })
         })
@@ -208,7 +229,7 @@ impl Guarded {
     pub async fn list(&self, rel: &str, token: Option<String>, max: usize) -> UfsResult<ListPage> {
         let rel = rel.to_string();
         let inner = self.inner.clone();
-        self.run(move || {
+        self.run("list", move || {
             let (inner, rel, token) = (inner.clone(), rel.clone(), token.clone());
             Box::pin(async move { inner.list(&rel, token, max).await })
         })

@@ -1,0 +1,139 @@
+//! Metrics: the Prometheus endpoint (`--metrics ADDR`, `GET /metrics`) and
+//! the latency histograms behind it.
+//!
+//! - `names` — every metric name, type, label set and help text (the one
+//!   place they are spelled; docs/METRICS.md mirrors it).
+//! - `latency` — hdrhistogram recorders: lock-free thread-local ones for the
+//!   shard hot path, mutexed ones for under-storage calls and FUSE ops.
+//! - `text` — the exposition format.
+//! - `http` — the tiny HTTP responder on its own thread.
+//!
+//! Counters and gauges are read from `stats::ShardCounters` (atomics the
+//! shards already keep) at scrape time. This module never blocks a shard
+//! and never does I/O on the data path.
+
+pub mod http;
+pub mod latency;
+pub mod names;
+pub mod text;
+
+use crate::control::ControlCtx;
+use crate::stats::ShardCounters;
+use latency::OpLatency;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use text::Text;
+
+pub use latency::{fuse_ops, record_fuse_op, record_read};
+
+/// Under-storage latencies of one mount, shared by its `ufs::Guarded`.
+pub fn ufs_latency() -> Arc<OpLatency> {
+    Arc::new(OpLatency::new(&names::UFS_OPS))
+}
+
+/// What the engine's endpoint exports.
+pub struct EngineSources {
+    pub ctx: Arc<ControlCtx>,
+    /// (mount name, its under-storage latencies).
+    pub ufs: Vec<(String, Arc<OpLatency>)>,
+}
+
+fn per_shard(t: &mut Text, counters: &[Arc<ShardCounters>], d: &names::Def, get: impl Fn(&ShardCounters) -> u64) {
+    t.family(d);
+    for (i, c) in counters.iter().enumerate() {
+        t.sample(d, &[&i.to_string()], get(c));
+    }
+}
+
+/// The engine's metrics and those of this process (FUSE ops), as exposition text.
+pub fn render_engine(s: &EngineSources) -> String {
+    let mut t = Text::default();
+    let cs = &s.ctx.counters;
+    per_shard(&mut t, cs, &names::HITS, |c| c.hits.load(Relaxed));
+    per_shard(&mut t, cs, &names::MISSES, |c| c.misses.load(Relaxed));
+    per_shard(&mut t, cs, &names::SERVED_BYTES, |c| c.bytes_served.load(Relaxed));
+    per_shard(&mut t, cs, &names::UFS_READ_BYTES, |c| c.ufs_bytes_read.load(Relaxed));
+    per_shard(&mut t, cs, &names::EVICTED_BLOCKS, |c| c.evicted_blocks.load(Relaxed));
+    per_shard(&mut t, cs, &names::REINSERTED_BLOCKS, |c| c.reinserted_blocks.load(Relaxed));
+    per_shard(&mut t, cs, &names::CORRUPT_RECORDS, |c| c.corrupt_records.load(Relaxed));
+    per_shard(&mut t, cs, &names::WRITE_DROPPED_BLOCKS, |c| c.write_dropped.load(Relaxed));
+    per_shard(&mut t, cs, &names::CAPACITY_BYTES, |c| c.capacity_bytes.load(Relaxed));
+    per_shard(&mut t, cs, &names::USED_BYTES, |c| c.used_bytes.load(Relaxed));
+    per_shard(&mut t, cs, &names::BLOCKS, |c| c.blocks.load(Relaxed));
+    per_shard(&mut t, cs, &names::SEGMENTS, |c| c.segments.load(Relaxed));
+    per_shard(&mut t, cs, &names::INFLIGHT_REQUESTS, |c| c.inflight_requests.load(Relaxed));
+    t.family(&names::SESSIONS);
+    t.sample(&names::SESSIONS, &[], s.ctx.sessions.load(Relaxed));
+    t.family(&names::SESSIONS_OPENED);
+    // Session ids start at 1 and are taken once per accepted session.
+    t.sample(&names::SESSIONS_OPENED, &[], s.ctx.next_session.load(Relaxed).saturating_sub(1));
+
+    t.family(&names::READ_DURATION);
+    for (i, c) in cs.iter().enumerate() {
+        let shard = i.to_string();
+        // Copy under the lock, format outside it: the shard's publish task
+        // takes the same lock.
+        let hit = c.read_latency.hit.lock().clone();
+        t.histogram(&names::READ_DURATION, &[&shard, "hit"], &hit);
+        let miss = c.read_latency.miss.lock().clone();
+        t.histogram(&names::READ_DURATION, &[&shard, "miss"], &miss);
+    }
+    let ufs: Vec<_> = s.ufs.iter().map(|(m, l)| (m, l.snapshot())).collect();
+    t.family(&names::UFS_REQUEST_DURATION);
+    for (mount, ops) in &ufs {
+        for (op, h, _) in ops {
+            t.histogram(&names::UFS_REQUEST_DURATION, &[mount, op], h);
+        }
+    }
+    t.family(&names::UFS_REQUEST_ERRORS);
+    for (mount, ops) in &ufs {
+        for (op, _, errors) in ops {
+            t.sample(&names::UFS_REQUEST_ERRORS, &[mount, op], *errors);
+        }
+    }
+    render_process(&mut t);
+    t.finish()
+}
+
+/// Metrics of this process that do not belong to an engine: FUSE ops of a
+/// mount. Exported only once a mount has served a request.
+pub fn render_process(t: &mut Text) {
+    let ops = fuse_ops().snapshot();
+    if ops.is_empty() {
+        return;
+    }
+    t.family(&names::FUSE_OP_DURATION);
+    for (op, h, _) in &ops {
+        t.histogram(&names::FUSE_OP_DURATION, &[op], h);
+    }
+}
+
+/// An endpoint for a process without an engine (`stoker mount --socket`):
+/// FUSE op latencies only.
+pub fn start_process_endpoint(addr: std::net::SocketAddr) -> std::io::Result<http::Endpoint> {
+    http::Endpoint::start(
+        addr,
+        Arc::new(|| {
+            let mut t = Text::default();
+            render_process(&mut t);
+            t.finish()
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    /// docs/METRICS.md lists every name defined here, and nothing else.
+    #[test]
+    fn docs_list_every_metric() {
+        let doc = include_str!("../../docs/METRICS.md");
+        for d in names::ALL {
+            let row = format!("| `{}` | {} |", d.name, d.kind.as_str());
+            assert!(doc.contains(&row), "docs/METRICS.md lacks the row for {} (expected `{row}`)", d.name);
+        }
+        let documented = doc.lines().filter(|l| l.starts_with("| `stoker_")).count();
+        assert_eq!(documented, names::ALL.len(), "docs/METRICS.md lists metrics that names.rs does not define");
+    }
+}

@@ -1,0 +1,123 @@
+//! Every metric name the engine (and a mount in the same process) exports,
+//! with its type, labels and help text. This is the one place names are
+//! spelled; docs/METRICS.md lists the same table for operators, and a unit
+//! test checks that the two agree.
+
+/// Prometheus metric types used here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric family: its name, type, label names and help text.
+#[derive(Clone, Copy, Debug)]
+pub struct Def {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+const fn def(name: &'static str, kind: Kind, labels: &'static [&'static str], help: &'static str) -> Def {
+    Def { name, kind, labels, help }
+}
+
+const SHARD: &[&str] = &["shard"];
+
+// ---- counters, per shard ----
+pub const HITS: Def = def("stoker_hits_total", Kind::Counter, SHARD, "Block requests served from the cache (store or write-pending table).");
+pub const MISSES: Def = def("stoker_misses_total", Kind::Counter, SHARD, "Block fetches from under storage (concurrent misses of one block count once).");
+pub const SERVED_BYTES: Def = def("stoker_served_bytes_total", Kind::Counter, SHARD, "Bytes copied into clients' shared areas.");
+pub const UFS_READ_BYTES: Def = def("stoker_ufs_read_bytes_total", Kind::Counter, SHARD, "Bytes read from under storage by block fetches.");
+pub const EVICTED_BLOCKS: Def = def("stoker_evicted_blocks_total", Kind::Counter, SHARD, "Blocks dropped when their segment was reclaimed.");
+pub const REINSERTED_BLOCKS: Def = def("stoker_reinserted_blocks_total", Kind::Counter, SHARD, "Hot blocks rewritten into a new segment when theirs was reclaimed.");
+pub const CORRUPT_RECORDS: Def = def("stoker_corrupt_records_total", Kind::Counter, SHARD, "Records that failed their checksum or key check on read (served as misses).");
+pub const WRITE_DROPPED_BLOCKS: Def = def("stoker_write_dropped_blocks_total", Kind::Counter, SHARD, "Fetched blocks served without being cached because the write queue was full.");
+
+// ---- gauges, per shard ----
+pub const CAPACITY_BYTES: Def = def("stoker_capacity_bytes", Kind::Gauge, SHARD, "Bytes of segment files the shard may use.");
+pub const USED_BYTES: Def = def("stoker_used_bytes", Kind::Gauge, SHARD, "Bytes of segment files the shard uses now.");
+pub const BLOCKS: Def = def("stoker_blocks", Kind::Gauge, SHARD, "Blocks in the shard's index.");
+pub const SEGMENTS: Def = def("stoker_segments", Kind::Gauge, SHARD, "Segment files of the shard.");
+pub const INFLIGHT_REQUESTS: Def = def("stoker_inflight_requests", Kind::Gauge, SHARD, "Requests the shard has taken off client rings and not answered yet (queue depth).");
+
+// ---- engine-wide ----
+pub const SESSIONS: Def = def("stoker_sessions", Kind::Gauge, &[], "Client sessions attached now.");
+pub const SESSIONS_OPENED: Def = def("stoker_sessions_opened_total", Kind::Counter, &[], "Client sessions accepted since start.");
+
+// ---- latency histograms ----
+pub const READ_DURATION: Def = def(
+    "stoker_read_duration_seconds",
+    Kind::Histogram,
+    &["shard", "result"],
+    "Time a shard spent on one block request, from taking it off the ring until its bytes are in hand (before the copy to the client); result is hit or miss.",
+);
+pub const UFS_REQUEST_DURATION: Def = def(
+    "stoker_ufs_request_duration_seconds",
+    Kind::Histogram,
+    &["mount", "op"],
+    "Under-storage calls including retries and backoff; op is stat, read or list.",
+);
+pub const UFS_REQUEST_ERRORS: Def = def(
+    "stoker_ufs_request_errors_total",
+    Kind::Counter,
+    &["mount", "op"],
+    "Under-storage calls that failed after their last attempt (not-found included).",
+);
+pub const FUSE_OP_DURATION: Def = def(
+    "stoker_fuse_op_duration_seconds",
+    Kind::Histogram,
+    &["op"],
+    "FUSE requests served by a mount in this process, from the kernel's request to the reply.",
+);
+
+/// Every family, in the order they are exported.
+pub const ALL: &[Def] = &[
+    HITS,
+    MISSES,
+    SERVED_BYTES,
+    UFS_READ_BYTES,
+    EVICTED_BLOCKS,
+    REINSERTED_BLOCKS,
+    CORRUPT_RECORDS,
+    WRITE_DROPPED_BLOCKS,
+    CAPACITY_BYTES,
+    USED_BYTES,
+    BLOCKS,
+    SEGMENTS,
+    INFLIGHT_REQUESTS,
+    SESSIONS,
+    SESSIONS_OPENED,
+    READ_DURATION,
+    UFS_REQUEST_DURATION,
+    UFS_REQUEST_ERRORS,
+    FUSE_OP_DURATION,
+];
+
+/// Under-storage operations timed by `ufs::Guarded` (`read_versioned` is a read).
+pub const UFS_OPS: [&str; 3] = ["stat", "read", "list"];
+
+/// FUSE operations timed at the adapter edge; anything else is "other".
+pub const FUSE_OPS: [&str; 13] = [
+    "lookup", "forget", "getattr", "open", "read", "release", "opendir", "readdir", "readdirplus", "releasedir",
+    "statfs", "access", "other",
+];
+
+/// Upper bounds (seconds) of the exported histogram buckets: 10 µs to 30 s,
+/// roughly three per decade. `+Inf` is added on export.
+pub const BUCKETS_SECONDS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
