@@ -52,6 +52,11 @@ impl SlotAlloc {
         self.free.insert(start, end - start);
     }
 
+    /// Length of the largest free range.
+    pub fn largest(&self) -> u64 {
+        self.free.values().copied().max().unwrap_or(0)
+    }
+
     pub fn fits_ever(&self, len: u64) -> bool {
         Self::round(len) <= self.total
     }

@@ -1,24 +1,37 @@
 //! The stoker client: attach to a running engine and read through its cache.
 //!
-//! A `Client` holds one session with the engine: a control connection (for
-//! stat, list and statistics), a shared-memory area it created (a sealed
-//! memfd handed to the engine) with one request ring and one completion ring
-//! per shard, and one stream per shard used only as a doorbell. A read is
-//! split at block boundaries, each piece posted on the ring of the shard that
-//! owns it; the engine places the bytes in the piece's slot of the data area.
+//! A `Client` holds one session with the engine: a small pool of control
+//! connections (stat, list, statistics; opened on demand so one slow call
+//! never blocks the others), a shared-memory area it created (a sealed memfd
+//! handed to the engine) with one request ring and one completion ring per
+//! shard, and one stream per shard used only as a doorbell. A read is split
+//! at block boundaries, each piece posted on the ring of the shard that owns
+//! it; the engine places the bytes in the read's slot of the data area, side
+//! by side, so the caller can use them in place (`read_with`, `Data::View`).
 //!
-//! `Client` is `Send + Sync` and cheap to share between threads. A process
-//! that forks must connect again in the child (the old session belongs to the
-//! parent); calls on an inherited client fail with a clear error.
+//! `Client` is `Send + Sync` and cheap to share between threads. After
+//! `fork` the child's first call opens a new session of its own (the parent's
+//! rings are never touched from the child), so DataLoader-style workers can
+//! inherit a client. Views do not survive a fork.
 
 mod alloc;
+mod batch;
+mod op;
+mod plan;
 mod session;
 
+use op::{check_path, Pipeline};
+use parking_lot::Mutex;
+use session::{unexpected, Session};
+use std::sync::Arc;
 use std::time::Duration;
-use stoker_proto::control::{Attr, DirEntry, EngineStats};
+use stoker_proto::control::{Attr, DirEntry, EngineStats, Request, Response};
 
-pub use session::Client;
+pub use batch::{Batch, ReadReq};
+pub use op::{Data, View};
+pub use plan::EpochPlan;
 pub use stoker_proto::control::Kind;
+pub use stoker_proto::{socket_from_env, DEFAULT_SOCKET};
 
 /// A failed client call: a Linux errno and one line for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +65,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Connection options; `Options::default()` suits a data loader.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Bytes of shared memory for data in flight. Default 64 MiB.
+    /// Bytes of shared memory for data in flight and views held. Default 64 MiB.
     pub area_bytes: u64,
     /// Requests in flight per shard. Default 512.
     pub ring_entries: u32,
@@ -66,8 +79,19 @@ impl Default for Options {
     }
 }
 
-/// Size of the first request of `read_file`, before the file's size is known.
-const FIRST_PIECE_BYTES: u64 = 256 << 10;
+pub struct Client {
+    socket: String,
+    opts: Options,
+    current: Mutex<Arc<Session>>,
+    plan: Mutex<Option<Arc<EpochPlan>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.current.lock();
+        f.debug_struct("Client").field("session", &s.welcome.session).field("shards", &s.welcome.shards).finish()
+    }
+}
 
 impl Client {
     /// Attach to the engine on `socket` with default options.
@@ -75,27 +99,62 @@ impl Client {
         Client::connect_with(socket, Options::default())
     }
 
+    pub fn connect_with(socket: &str, opts: Options) -> Result<Client> {
+        let s = Session::connect(socket, opts.clone())?;
+        Ok(Client { socket: socket.to_string(), opts, current: Mutex::new(Arc::new(s)), plan: Mutex::new(None) })
+    }
+
+    /// This process's session, opening a new one first in a forked child.
+    fn session(&self) -> Result<Arc<Session>> {
+        let mut cur = self.current.lock();
+        if cur.pid != std::process::id() {
+            let fresh = Arc::new(Session::connect(&self.socket, self.opts.clone())?);
+            // The inherited session's Drop only closes this process's copies.
+            let _old = std::mem::replace(&mut *cur, fresh);
+            // A plan posts on its own session: the parent's is not ours.
+            *self.plan.lock() = None;
+        }
+        Ok(cur.clone())
+    }
+
+    fn control(&self, req: Request) -> Result<Response> {
+        self.session()?.control(&req)
+    }
+
+    /// The engine's id of this process's session.
+    pub fn session_id(&self) -> Result<u64> {
+        Ok(self.session()?.welcome.session)
+    }
+
+    pub fn shards(&self) -> usize {
+        self.current.lock().welcome.shards as usize
+    }
+
+    pub fn block_bytes(&self) -> u64 {
+        self.current.lock().welcome.block_bytes
+    }
+
     /// Attributes of a file or directory (`/` is the root, `/NAME` a mount).
     pub fn stat(&self, path: &str) -> Result<Attr> {
-        match self.control(stoker_proto::control::Request::Stat { path: path.into() })? {
-            stoker_proto::control::Response::Attr(a) => Ok(a),
-            other => Err(session::unexpected(other)),
+        match self.control(Request::Stat { path: path.into() })? {
+            Response::Attr(a) => Ok(a),
+            other => Err(unexpected(other)),
         }
     }
 
     /// Entries of a directory, sorted by name.
     pub fn list(&self, path: &str) -> Result<Vec<DirEntry>> {
-        match self.control(stoker_proto::control::Request::List { path: path.into() })? {
-            stoker_proto::control::Response::Entries { entries } => Ok(entries),
-            other => Err(session::unexpected(other)),
+        match self.control(Request::List { path: path.into() })? {
+            Response::Entries { entries } => Ok(entries),
+            other => Err(unexpected(other)),
         }
     }
 
     /// Engine-wide and per-shard statistics.
     pub fn engine_stats(&self) -> Result<EngineStats> {
-        match self.control(stoker_proto::control::Request::EngineStat)? {
-            stoker_proto::control::Response::Stats(s) => Ok(s),
-            other => Err(session::unexpected(other)),
+        match self.control(Request::EngineStat)? {
+            Response::Stats(s) => Ok(s),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -109,19 +168,7 @@ impl Client {
 
     /// Read a whole file.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        // The first piece tells the object's size; small files (the common
-        // case in training sets) need nothing more. It is kept small because
-        // a slot reserves its whole length in the shared area while in flight.
-        let first = self.chunk_bytes().min(FIRST_PIECE_BYTES);
-        let mut buf = vec![0u8; first as usize];
-        let (n, size) = self.read_at(path, 0, &mut buf)?;
-        buf.truncate(n);
-        if size > n as u64 && n as u64 == first {
-            buf.resize(size as usize, 0);
-            let (m, _) = self.read_at(path, first, &mut buf[first as usize..])?;
-            buf.truncate(first as usize + m);
-        }
-        Ok(buf)
+        self.read_batch(vec![ReadReq::file(path)]).next().expect("one answer").1.map(Data::into_vec)
     }
 
     /// Read into `buf` at `off`; returns the bytes read (short at EOF).
@@ -129,9 +176,167 @@ impl Client {
         self.read_at(path, off, buf).map(|(n, _)| n)
     }
 
+    /// Read `len` bytes at `off` and hand them to `f` in place in shared
+    /// memory (one copy fewer than `read`). Ranges too large for one slot
+    /// (or oddly cut) are handed over from a copy.
+    pub fn read_with<R>(&self, path: &str, off: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        check_path(path)?;
+        let s = self.session()?;
+        if s.op_ranges(path.len() as u64, off, len).len() > 1 {
+            return Ok(f(&self.read(path, off, len)?));
+        }
+        let mut pipe = Pipeline::new(s.clone());
+        if pipe.submit(0, &Arc::from(path), off, len, 0)? != Some(len) {
+            // Only a prefix fitted (the area is fragmented by held views).
+            drop(pipe);
+            return Ok(f(&self.read(path, off, len)?));
+        }
+        let (_, op) = pipe.next_done().expect("one op in flight")?;
+        if let Some(e) = op.err {
+            return Err(e);
+        }
+        Ok(f(s.op_bytes(&op)))
+    }
+
+    /// Post many reads at once; answers come in completion order as views
+    /// into shared memory (released on drop) or copies when views already
+    /// hold half the area.
+    pub fn read_batch(&self, reqs: Vec<ReadReq>) -> Batch {
+        self.batch(reqs, false)
+    }
+
+    /// As `read_batch`, but every answer is a copy (the area is free again
+    /// as soon as each answer is handed out).
+    pub fn read_batch_copied(&self, reqs: Vec<ReadReq>) -> Batch {
+        self.batch(reqs, true)
+    }
+
+    fn batch(&self, reqs: Vec<ReadReq>, copy: bool) -> Batch {
+        match self.session() {
+            Ok(s) => Batch::new(s, reqs, copy, self.plan.lock().clone()),
+            Err(e) => {
+                // Every request fails with the connection error.
+                let s = self.current.lock().clone();
+                let mut b = Batch::new(s, Vec::new(), copy, None);
+                b.fail_all(reqs.len(), e);
+                b
+            }
+        }
+    }
+
+    /// Whole files, in the order given; the first failure fails the call.
+    pub fn read_many<S: AsRef<str>>(&self, paths: &[S]) -> Result<Vec<Data>> {
+        let reqs = paths.iter().map(|p| ReadReq::file(p.as_ref())).collect();
+        self.read_batch(reqs).collect_ordered().into_iter().collect()
+    }
+
     /// Make sure every block of `path` is cached, copying nothing back.
     /// Returns the file's size.
     pub fn prefetch(&self, path: &str, size: u64) -> Result<u64> {
         self.prefetch_range(path, 0, size.max(1))
+    }
+
+    pub(crate) fn prefetch_range(&self, path: &str, off: u64, len: u64) -> Result<u64> {
+        check_path(path)?;
+        let s = self.session()?;
+        let bs = s.welcome.block_bytes;
+        let p: Arc<str> = Arc::from(path);
+        let mut pipe = Pipeline::new(s.clone());
+        let blocks: Vec<u64> = (off / bs..=(off + len.max(1) - 1) / bs).collect();
+        let mut next = 0;
+        let mut size = 0;
+        let mut err = None;
+        loop {
+            // Whole blocks: a prefetch caches what a read of the block would.
+            // The slot holds only the path: nothing is copied back.
+            while next < blocks.len() {
+                match pipe.submit_no_data(&p, blocks[next] * bs, s.chunk_bytes().min(bs)) {
+                    Ok(true) => next += 1,
+                    Ok(false) => break,
+                    Err(e) => {
+                        err.get_or_insert(e);
+                        next = blocks.len();
+                    }
+                }
+            }
+            match pipe.next_done() {
+                None => break,
+                Some(Ok((_, op))) => match op.err {
+                    Some(e) => {
+                        err.get_or_insert(e);
+                    }
+                    None => size = op.size,
+                },
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(size),
+        }
+    }
+
+    /// Read `buf.len()` bytes at `off`, every slot-sized range posted as
+    /// the area allows. Returns (bytes read, object size).
+    fn read_at(&self, path: &str, off: u64, buf: &mut [u8]) -> Result<(usize, u64)> {
+        check_path(path)?;
+        let s = self.session()?;
+        let p: Arc<str> = Arc::from(path);
+        let mut ranges: std::collections::VecDeque<(u64, u64)> = s.op_ranges(path.len() as u64, off, buf.len() as u64).into();
+        let mut pipe = Pipeline::new(s.clone());
+        let mut short_at: Option<u64> = None;
+        let mut size = 0;
+        let mut err = None;
+        loop {
+            while let (Some(&(roff, rlen)), None) = (ranges.front(), &err) {
+                match pipe.submit(0, &p, roff, rlen, 0) {
+                    Ok(Some(n)) if n >= rlen => {
+                        ranges.pop_front();
+                    }
+                    Ok(Some(n)) => ranges[0] = (roff + n, rlen - n),
+                    Ok(None) => break,
+                    Err(e) => err = Some(e),
+                }
+            }
+            match pipe.next_done() {
+                None => break,
+                Some(Ok((_, op))) => {
+                    if let Some(e) = &op.err {
+                        err.get_or_insert(e.clone());
+                        continue;
+                    }
+                    let bytes = s.op_bytes(&op);
+                    let at = (op.off - off) as usize;
+                    buf[at..at + bytes.len()].copy_from_slice(bytes);
+                    size = op.size;
+                    if (bytes.len() as u64) < op.len {
+                        let end = op.off + bytes.len() as u64;
+                        short_at = Some(short_at.map_or(end, |x| x.min(end)));
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let n = short_at.map_or(buf.len() as u64, |end| end - off);
+        Ok((n as usize, size))
+    }
+
+    /// Hand over the order this process will read whole files in: from now
+    /// on each whole-file read (`read_file`, `read_many`, whole-file batch
+    /// entries) of a planned path keeps up to `window` later paths being
+    /// fetched into the engine's cache, in plan order (see [`EpochPlan`]).
+    /// Replaces any earlier plan.
+    pub fn plan_epoch<S: AsRef<str>>(&self, paths: &[S], window: usize) -> Result<Arc<EpochPlan>> {
+        let plan = Arc::new(EpochPlan::new(self.session()?, paths, window)?);
+        *self.plan.lock() = Some(plan.clone());
+        Ok(plan)
+    }
+
+    /// Forget the epoch plan (prefetches already posted still complete).
+    pub fn clear_plan(&self) {
+        *self.plan.lock() = None;
     }
 }

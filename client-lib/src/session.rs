@@ -1,22 +1,31 @@
-//! One attached session: control connection, shared area, rings, doorbells
-//! and the completion thread that hands finished requests to their callers.
+//! One attached session: a pool of control connections, the shared area,
+//! rings, doorbells and the completion thread that hands finished requests to
+//! their callers.
+//!
+//! A session belongs to the process that opened it. After `fork` the child
+//! must never post on (or shut down) the parent's rings and sockets: `Drop`
+//! in another process only closes that process's copies of the descriptors.
 
 use crate::alloc::SlotAlloc;
 use crate::{Error, Options, Result};
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::Sender;
 use memmap2::{MmapOptions, MmapRaw};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use stoker_proto::control::{read_frame, write_frame, Request, Response, Welcome};
 use stoker_proto::key::shard_for;
-use stoker_proto::ring::{Consumer, CqEntry, Layout, Producer, SqEntry, FLAG_NO_DATA};
+use stoker_proto::ring::{Consumer, CqEntry, Layout, Producer, SqEntry};
+
+/// Idle control connections kept for reuse; more are opened on demand.
+const CONTROL_IDLE_MAX: usize = 4;
 
 pub(crate) fn unexpected(r: Response) -> Error {
     match r {
@@ -25,14 +34,45 @@ pub(crate) fn unexpected(r: Response) -> Error {
     }
 }
 
+pub(crate) fn io_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(libc::EIO, format!("{what}: {e}"))
+}
+
+/// A reserved range of the data area. Freed when the last holder drops it:
+/// the caller (or a view) and every request still in flight into it.
+pub(crate) struct Lease {
+    shared: Arc<Shared>,
+    pub(crate) off: u64,
+    pub(crate) len: u64,
+}
+
+impl Lease {
+    /// Give back everything past the first `keep` bytes (rounded up to a
+    /// slot boundary). Only for a lease no request uses any more.
+    pub(crate) fn trim(&mut self, keep: u64) {
+        let keep = SlotAlloc::round(keep);
+        if keep < self.len {
+            self.shared.free_slot(self.off + keep, self.len - keep);
+            self.len = keep;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.shared.free_slot(self.off, self.len);
+    }
+}
+
 struct Pending {
     tx: Sender<CqEntry>,
-    slot: (u64, u64),
     shard: usize,
+    /// Keeps the slot reserved until the engine has answered.
+    _lease: Arc<Lease>,
 }
 
 /// State shared with the completion thread.
-struct Shared {
+pub(crate) struct Shared {
     pending: Mutex<HashMap<u64, Pending>>,
     slots: Mutex<SlotAlloc>,
     slot_freed: Condvar,
@@ -40,11 +80,13 @@ struct Shared {
     inflight: Vec<Mutex<u32>>,
     inflight_freed: Condvar,
     dead: AtomicBool,
+    /// Bytes of the area held by views the caller still has.
+    pub(crate) held_bytes: AtomicU64,
 }
 
 impl Shared {
-    fn free_slot(&self, slot: (u64, u64)) {
-        self.slots.lock().free(slot.0, slot.1);
+    fn free_slot(&self, off: u64, len: u64) {
+        self.slots.lock().free(off, len);
         self.slot_freed.notify_all();
     }
 
@@ -59,21 +101,23 @@ struct ShardLink {
     bell: UnixStream,
 }
 
-pub struct Client {
-    control: Mutex<UnixStream>,
-    welcome: Welcome,
-    layout: Layout,
+pub(crate) struct Session {
+    pub(crate) pid: u32,
+    socket: String,
+    /// The connection that said Hello: the engine ends the session when it closes.
+    _hello: UnixStream,
+    control_idle: Mutex<Vec<UnixStream>>,
+    pub(crate) welcome: Welcome,
+    pub(crate) layout: Layout,
     map: MmapRaw,
     shards: Vec<ShardLink>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     next_req: AtomicU64,
-    pid: u32,
-    opts: Options,
+    pub(crate) opts: Options,
     completer: Option<std::thread::JoinHandle<()>>,
-}
-
-fn io_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(libc::EIO, format!("{what}: {e}"))
+    /// The completion thread's copies of the doorbells (closed by hand in a
+    /// forked child, where that thread does not exist).
+    completer_fds: Vec<RawFd>,
 }
 
 fn memfd(bytes: u64) -> Result<File> {
@@ -94,22 +138,34 @@ fn memfd(bytes: u64) -> Result<File> {
     }
 }
 
-impl Client {
-    pub fn connect_with(socket: &str, opts: Options) -> Result<Client> {
-        let mut control = UnixStream::connect(socket).map_err(|e| {
-            Error::new(
-                libc::ECONNREFUSED,
-                format!("cannot reach the stoker engine at {socket}: {e} (is `stoker serve` running? set --socket or STOKER_SOCKET)"),
-            )
-        })?;
-        control.set_read_timeout(Some(opts.timeout)).map_err(|e| io_err("control socket", e))?;
+fn connect_control(socket: &str, opts: &Options) -> Result<UnixStream> {
+    let c = UnixStream::connect(socket).map_err(|e| {
+        Error::new(
+            libc::ECONNREFUSED,
+            format!("cannot reach the stoker engine at {socket}: {e} (is `stoker serve` running? set --socket or STOKER_SOCKET)"),
+        )
+    })?;
+    c.set_read_timeout(Some(opts.timeout)).map_err(|e| io_err("control socket", e))?;
+    Ok(c)
+}
+
+fn call(c: &mut UnixStream, req: &Request) -> Result<Response> {
+    write_frame(c, req).map_err(|e| io_err("control socket", e))?;
+    match read_frame::<_, Response>(c) {
+        Ok(Some(Response::Error { errno, message })) => Err(Error::new(errno, message)),
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(Error::new(libc::ECONNRESET, "engine closed the connection")),
+        Err(e) => Err(io_err("control socket", e)),
+    }
+}
+
+impl Session {
+    pub(crate) fn connect(socket: &str, opts: Options) -> Result<Session> {
+        let mut control = connect_control(socket, &opts)?;
         // Ask the engine for its shard count first: the area layout depends on it.
-        write_frame(&mut control, &Request::EngineStat).map_err(|e| io_err("control socket", e))?;
-        let shards = match read_frame::<_, Response>(&mut control) {
-            Ok(Some(Response::Stats(s))) => s.shards.len() as u32,
-            Ok(Some(other)) => return Err(unexpected(other)),
-            Ok(None) => return Err(Error::new(libc::ECONNRESET, "engine closed the connection")),
-            Err(e) => return Err(io_err("control socket", e)),
+        let shards = match call(&mut control, &Request::EngineStat)? {
+            Response::Stats(s) => s.shards.len() as u32,
+            other => return Err(unexpected(other)),
         };
         let layout = Layout::new(shards, opts.ring_entries, opts.area_bytes.max(1 << 20));
         let file = memfd(layout.total_bytes())?;
@@ -161,7 +217,9 @@ impl Client {
             inflight: (0..shards).map(|_| Mutex::new(0)).collect(),
             inflight_freed: Condvar::new(),
             dead: AtomicBool::new(false),
+            held_bytes: AtomicU64::new(0),
         });
+        let completer_fds = bells_in.iter().map(|b| b.as_raw_fd()).collect();
         let completer = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -169,232 +227,158 @@ impl Client {
                 .spawn(move || complete_loop(bells_in, cqs, shared))
                 .map_err(|e| io_err("starting completion thread", e))?
         };
-        Ok(Client {
-            control: Mutex::new(control),
+        Ok(Session {
+            pid: std::process::id(),
+            socket: socket.to_string(),
+            _hello: control,
+            control_idle: Mutex::default(),
             welcome,
             layout,
             map,
             shards: links,
             shared,
             next_req: AtomicU64::new(1),
-            pid: std::process::id(),
             opts,
             completer: Some(completer),
+            completer_fds,
         })
     }
 
-    fn check_alive(&self) -> Result<()> {
-        if std::process::id() != self.pid {
-            return Err(Error::new(libc::EINVAL, "stoker client used after fork: connect again in the child"));
-        }
+    pub(crate) fn check_alive(&self) -> Result<()> {
         if self.shared.dead.load(Ordering::Acquire) {
             return Err(Error::new(libc::ECONNRESET, "connection to the stoker engine was lost"));
         }
         Ok(())
     }
 
-    pub(crate) fn control(&self, req: Request) -> Result<Response> {
+    pub(crate) fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire)
+    }
+
+    /// One control call on an idle pooled connection (or a new one), so a
+    /// slow stat never holds up other metadata calls.
+    pub(crate) fn control(&self, req: &Request) -> Result<Response> {
         self.check_alive()?;
-        let mut c = self.control.lock();
-        write_frame(&mut *c, &req).map_err(|e| io_err("control socket", e))?;
-        match read_frame::<_, Response>(&mut *c) {
-            Ok(Some(Response::Error { errno, message })) => Err(Error::new(errno, message)),
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => Err(Error::new(libc::ECONNRESET, "engine closed the connection")),
-            Err(e) => Err(io_err("control socket", e)),
+        let idle = self.control_idle.lock().pop();
+        let mut c = match idle {
+            Some(c) => c,
+            None => connect_control(&self.socket, &self.opts)?,
+        };
+        let r = call(&mut c, req);
+        // A transport error leaves the stream mid-frame: never reuse it.
+        let reusable = match &r {
+            Ok(_) => true,
+            Err(e) => e.errno != libc::EIO && e.errno != libc::ECONNRESET,
+        };
+        if reusable {
+            let mut idle = self.control_idle.lock();
+            if idle.len() < CONTROL_IDLE_MAX {
+                idle.push(c);
+            }
+        }
+        r
+    }
+
+    /// Largest range one request slot holds: a quarter of the area, so reads
+    /// of other threads and views the caller holds always leave room.
+    pub(crate) fn op_bytes_max(&self) -> u64 {
+        (self.layout.data_bytes / 4 / 4096 * 4096).max(4096)
+    }
+
+    /// Largest piece one ring entry asks for: a block, or less if the area is small.
+    pub(crate) fn chunk_bytes(&self) -> u64 {
+        self.welcome.block_bytes.min(self.op_bytes_max())
+    }
+
+    /// Reserve `len` bytes of the data area. With `wait`, block (bounded by
+    /// the timeout) until space frees; without, `None` when full right now.
+    pub(crate) fn lease(&self, len: u64, wait: bool) -> Result<Option<Arc<Lease>>> {
+        let mut slots = self.shared.slots.lock();
+        if !slots.fits_ever(len) {
+            return Err(Error::new(libc::EINVAL, "request larger than the shared area"));
+        }
+        let deadline = Instant::now() + self.opts.timeout;
+        loop {
+            if let Some((off, len)) = slots.alloc(len) {
+                return Ok(Some(Arc::new(Lease { shared: self.shared.clone(), off, len })));
+            }
+            if !wait {
+                return Ok(None);
+            }
+            if self.shared.slot_freed.wait_until(&mut slots, deadline).timed_out() {
+                return Err(Error::new(libc::ETIMEDOUT, "timed out waiting for shared-area space (are views held too long?)"));
+            }
+            self.check_alive()?;
         }
     }
 
-    pub fn shards(&self) -> usize {
-        self.shards.len()
+    /// Largest range the area could lease right now.
+    pub(crate) fn largest_free(&self) -> u64 {
+        self.shared.slots.lock().largest()
     }
 
-    pub fn block_bytes(&self) -> u64 {
-        self.welcome.block_bytes
-    }
-
-    /// Largest piece one request asks for: a block, or less if the area is small.
-    pub(crate) fn chunk_bytes(&self) -> u64 {
-        self.welcome.block_bytes.min(self.layout.data_bytes / 4).max(4096)
-    }
-
-    /// Post one piece; returns (req_id, slot).
-    fn submit(&self, path: &str, off: u64, len: u64, flags: u32, tx: &Sender<CqEntry>) -> Result<u64> {
+    /// Write `path` at `at` inside `lease` and post one piece (inside one
+    /// block) whose bytes land at the same place. Returns the request id.
+    pub(crate) fn post(&self, path: &str, off: u64, len: u64, flags: u32, lease: &Arc<Lease>, at: u64, tx: &Sender<CqEntry>) -> Result<u64> {
         let bs = self.welcome.block_bytes;
         let block = off / bs;
         let shard = shard_for(path, block, self.shards.len());
-        let need = len.max(path.len() as u64);
+        let cap = lease.len - at;
+        debug_assert!(cap >= path.len() as u64 && (flags & stoker_proto::ring::FLAG_NO_DATA != 0 || cap >= len));
         {
-            let mut slots = self.shared.slots.lock();
-            if !slots.fits_ever(need) {
-                return Err(Error::new(libc::EINVAL, "request larger than the shared area"));
-            }
-            let slot = loop {
-                if let Some(s) = slots.alloc(need) {
-                    break s;
+            let deadline = Instant::now() + self.opts.timeout;
+            let mut n = self.shared.inflight[shard].lock();
+            while *n >= self.layout.ring_entries {
+                if self.shared.inflight_freed.wait_until(&mut n, deadline).timed_out() {
+                    return Err(Error::new(libc::ETIMEDOUT, "timed out waiting for a ring entry"));
                 }
-                if self.shared.slot_freed.wait_for(&mut slots, self.opts.timeout).timed_out() {
-                    return Err(Error::new(libc::ETIMEDOUT, "timed out waiting for shared-area space"));
+                if self.is_dead() {
+                    return Err(Error::new(libc::ECONNRESET, "connection to the stoker engine was lost"));
                 }
-                self.check_alive()?;
-            };
-            drop(slots);
-            {
-                let mut n = self.shared.inflight[shard].lock();
-                while *n >= self.layout.ring_entries {
-                    if self.shared.inflight_freed.wait_for(&mut n, self.opts.timeout).timed_out() {
-                        drop(n);
-                        self.shared.free_slot(slot);
-                        return Err(Error::new(libc::ETIMEDOUT, "timed out waiting for a ring entry"));
-                    }
-                }
-                *n += 1;
             }
-            // SAFETY: the slot is inside the data area and ours until its completion.
-            unsafe {
-                let dst = self.map.as_mut_ptr().add((self.layout.data_offset + slot.0) as usize);
-                std::ptr::copy_nonoverlapping(path.as_ptr(), dst, path.len());
-            }
-            let req_id = self.next_req.fetch_add(1, Ordering::Relaxed);
-            self.shared.pending.lock().insert(req_id, Pending { tx: tx.clone(), slot, shard });
-            let entry = SqEntry {
-                req_id,
-                buf_off: slot.0,
-                buf_len: slot.1,
-                block,
-                off_in_block: off - block * bs,
-                len,
-                path_len: path.len() as u32,
-                flags,
-                _reserved: 0,
-            };
-            let pushed = self.shards[shard].sq.lock().push(entry);
-            if pushed != Ok(true) {
-                // Cannot happen while in-flight <= ring entries; fail cleanly anyway.
-                self.shared.pending.lock().remove(&req_id);
-                self.shared.finish(shard);
-                self.shared.free_slot(slot);
-                return Err(Error::new(libc::EIO, "request ring full or corrupt"));
-            }
-            if (&self.shards[shard].bell).write_all(&[1]).is_err() {
-                self.shared.dead.store(true, Ordering::Release);
-            }
-            Ok(req_id)
+            *n += 1;
         }
+        // SAFETY: [lease.off + at, + path.len()) is inside our lease (checked
+        // above), which no request in flight is writing.
+        unsafe {
+            let dst = self.map.as_mut_ptr().add((self.layout.data_offset + lease.off + at) as usize);
+            std::ptr::copy_nonoverlapping(path.as_ptr(), dst, path.len());
+        }
+        let req_id = self.next_req.fetch_add(1, Ordering::Relaxed);
+        self.shared.pending.lock().insert(req_id, Pending { tx: tx.clone(), shard, _lease: lease.clone() });
+        let entry = SqEntry {
+            req_id,
+            buf_off: lease.off + at,
+            buf_len: cap,
+            block,
+            off_in_block: off - block * bs,
+            len,
+            path_len: path.len() as u32,
+            flags,
+            _reserved: 0,
+        };
+        let pushed = self.shards[shard].sq.lock().push(entry);
+        if pushed != Ok(true) {
+            // Cannot happen while in-flight <= ring entries; fail cleanly anyway.
+            self.shared.pending.lock().remove(&req_id);
+            self.shared.finish(shard);
+            return Err(Error::new(libc::EIO, "request ring full or corrupt"));
+        }
+        if (&self.shards[shard].bell).write_all(&[1]).is_err() {
+            self.shared.dead.store(true, Ordering::Release);
+        }
+        Ok(req_id)
     }
 
-    /// Read `buf.len()` bytes at `off`, in block-sized pieces posted at once.
-    /// Returns (bytes read, object size).
-    pub(crate) fn read_at(&self, path: &str, off: u64, buf: &mut [u8]) -> Result<(usize, u64)> {
-        self.check_alive()?;
-        if !path.starts_with('/') {
-            return Err(Error::new(libc::EINVAL, format!("bad path {path:?}: must start with /")));
-        }
-        let pieces = self.pieces(off, buf.len() as u64);
-        let (tx, rx) = bounded(pieces.len().max(1));
-        let mut ids = HashMap::new();
-        let mut first_err = None;
-        for (i, &(poff, plen)) in pieces.iter().enumerate() {
-            match self.submit(path, poff, plen, 0, &tx) {
-                Ok(id) => {
-                    ids.insert(id, i);
-                }
-                Err(e) => {
-                    first_err = Some(e);
-                    break;
-                }
-            }
-        }
-        let mut lens = vec![0u64; pieces.len()];
-        let mut size = 0;
-        for _ in 0..ids.len() {
-            let c = rx
-                .recv_timeout(self.opts.timeout)
-                .map_err(|_| Error::new(libc::ETIMEDOUT, format!("{path}: no answer from the engine in {:?}", self.opts.timeout)))?;
-            let i = ids[&c.req_id];
-            if c.result < 0 {
-                first_err.get_or_insert(Error::new(-c.result as i32, errno_message(path, -c.result as i32)));
-            } else if first_err.is_none() {
-                let (poff, plen) = pieces[i];
-                let n = (c.result as u64).min(plen);
-                let at = (poff - off) as usize;
-                // SAFETY: data_off/n lie in the data area (the slot we gave, n <= slot).
-                unsafe {
-                    let src = self.map.as_ptr().add((self.layout.data_offset + c.data_off) as usize);
-                    std::ptr::copy_nonoverlapping(src, buf[at..].as_mut_ptr(), n as usize);
-                }
-                lens[i] = n;
-                size = c.object_size;
-            }
-            let p = self.shared.pending.lock().remove(&c.req_id);
-            if let Some(p) = p {
-                self.shared.free_slot(p.slot);
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
-        // Bytes are contiguous up to the first short piece.
-        let mut n = 0u64;
-        for (i, &(_, plen)) in pieces.iter().enumerate() {
-            n += lens[i];
-            if lens[i] < plen {
-                break;
-            }
-        }
-        Ok((n as usize, size))
-    }
-
-    pub(crate) fn prefetch_range(&self, path: &str, off: u64, len: u64) -> Result<u64> {
-        self.check_alive()?;
-        let pieces = self.pieces(off, len);
-        let (tx, rx) = bounded(pieces.len().max(1));
-        let mut sent = 0;
-        let mut err = None;
-        for &(poff, _) in &pieces {
-            // Whole blocks: a prefetch caches what a read of the block would.
-            let bs = self.welcome.block_bytes;
-            let block_start = poff / bs * bs;
-            match self.submit(path, block_start, self.chunk_bytes().min(bs), FLAG_NO_DATA, &tx) {
-                Ok(_) => sent += 1,
-                Err(e) => {
-                    err = Some(e);
-                    break;
-                }
-            }
-        }
-        let mut size = 0;
-        for _ in 0..sent {
-            let c = rx.recv_timeout(self.opts.timeout).map_err(|_| Error::new(libc::ETIMEDOUT, format!("{path}: no answer from the engine")))?;
-            if c.result < 0 {
-                err.get_or_insert(Error::new(-c.result as i32, errno_message(path, -c.result as i32)));
-            } else {
-                size = c.object_size;
-            }
-            if let Some(p) = self.shared.pending.lock().remove(&c.req_id) {
-                self.shared.free_slot(p.slot);
-            }
-        }
-        match err {
-            Some(e) => Err(e),
-            None => Ok(size),
-        }
-    }
-
-    /// Split [off, off+len) at block boundaries and at the chunk size.
-    fn pieces(&self, off: u64, len: u64) -> Vec<(u64, u64)> {
-        let bs = self.welcome.block_bytes;
-        let chunk = self.chunk_bytes();
-        let mut out = Vec::new();
-        let mut at = off;
-        let end = off.saturating_add(len);
-        while at < end {
-            let block_end = (at / bs + 1) * bs;
-            let piece_end = end.min(block_end).min(at + chunk);
-            out.push((at, piece_end - at));
-            at = piece_end;
-        }
-        out
+    /// The bytes `[off, off+len)` of the data area.
+    ///
+    /// # Safety
+    /// The range must be inside a lease the caller holds, with every request
+    /// into it completed (the engine writes nothing there any more).
+    pub(crate) unsafe fn data(&self, off: u64, len: usize) -> &[u8] {
+        debug_assert!(off + len as u64 <= self.layout.data_bytes);
+        // SAFETY: forwarded from the caller; the mapping lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add((self.layout.data_offset + off) as usize), len) }
     }
 }
 
@@ -403,16 +387,21 @@ pub(crate) fn errno_message(path: &str, errno: i32) -> String {
     format!("{path}: {what}")
 }
 
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("session", &self.welcome.session).field("shards", &self.shards.len()).finish()
-    }
-}
-
-impl Drop for Client {
+impl Drop for Session {
     fn drop(&mut self) {
         if std::process::id() != self.pid {
-            return; // the session is the parent's; leave its sockets alone
+            // A forked child: the completion thread exists only in the parent.
+            // Close this process's copies of its doorbells and leave the
+            // sockets alone (a shutdown would end the parent's session).
+            for &fd in &self.completer_fds {
+                // SAFETY: these descriptors belong to the thread's stream copies,
+                // which in this process nothing will ever use or close.
+                unsafe { libc::close(fd) };
+            }
+            if let Some(t) = self.completer.take() {
+                std::mem::forget(t);
+            }
+            return;
         }
         for s in &self.shards {
             let _ = s.bell.shutdown(std::net::Shutdown::Both);
@@ -424,7 +413,7 @@ impl Drop for Client {
 }
 
 /// Wait for doorbells, drain completion rings, hand each completion to its
-/// caller (or free its slot if the caller gave up).
+/// caller (a caller that gave up just drops it; the slot then frees).
 fn complete_loop(mut bells: Vec<UnixStream>, mut cqs: Vec<Consumer<CqEntry>>, shared: Arc<Shared>) {
     let mut buf = [0u8; 4096];
     'outer: loop {
@@ -451,14 +440,13 @@ fn complete_loop(mut bells: Vec<UnixStream>, mut cqs: Vec<Consumer<CqEntry>>, sh
             loop {
                 match cqs[i].pop() {
                     Ok(Some(c)) => {
-                        let p = shared.pending.lock().get(&c.req_id).map(|p| (p.tx.clone(), p.shard));
-                        if let Some((tx, shard)) = p {
+                        let p = shared.pending.lock().remove(&c.req_id);
+                        if let Some(Pending { tx, shard, _lease }) = p {
                             shared.finish(shard);
-                            if tx.send(c).is_err() {
-                                if let Some(p) = shared.pending.lock().remove(&c.req_id) {
-                                    shared.free_slot(p.slot);
-                                }
-                            }
+                            // Let go of the slot before the caller looks, so a
+                            // finished op holds the only reference (see Op::trim).
+                            drop(_lease);
+                            let _ = tx.send(c);
                         }
                     }
                     Ok(None) => break,

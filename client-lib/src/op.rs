@@ -1,0 +1,326 @@
+//! Reads as operations on the shared area. An `Op` is one contiguous lease
+//! covering a byte range, posted as one ring entry per block piece, so its
+//! bytes end up side by side and can be handed out in place (`View`).
+//! A `Pipeline` keeps many ops in flight and never blocks for area space
+//! while it could make progress by finishing one of its own ops instead:
+//! the shared area can be smaller than a batch and nothing deadlocks.
+//!
+//! Never: hand out a view before every piece of its op has completed (the
+//! engine could still be writing it), or free a lease a request still uses.
+
+use crate::session::{errno_message, Lease, Session};
+use crate::{Error, Result};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use stoker_proto::ring::{CqEntry, FLAG_NO_DATA};
+
+/// Longest path a request carries (the engine refuses longer).
+const PATH_BYTES_MAX: usize = 4096;
+
+pub(crate) fn check_path(path: &str) -> Result<()> {
+    if !path.starts_with('/') {
+        return Err(Error::new(libc::EINVAL, format!("bad path {path:?}: must start with /")));
+    }
+    if path.len() > PATH_BYTES_MAX {
+        return Err(Error::new(libc::ENAMETOOLONG, format!("path of {} bytes is too long", path.len())));
+    }
+    Ok(())
+}
+
+/// One range in flight (or done): a lease and its pieces' answers.
+pub(crate) struct Op {
+    pub(crate) lease: Arc<Lease>,
+    pub(crate) path: Arc<str>,
+    pub(crate) off: u64,
+    pub(crate) len: u64,
+    /// (request id, offset of the piece in the lease, piece length).
+    pieces: Vec<(u64, u64, u64)>,
+    got: Vec<u64>,
+    remaining: usize,
+    pub(crate) size: u64,
+    pub(crate) err: Option<Error>,
+}
+
+impl Op {
+    /// Bytes placed contiguously from the start (short at EOF).
+    pub(crate) fn bytes(&self) -> u64 {
+        let mut n = 0;
+        for (i, &(_, _, plen)) in self.pieces.iter().enumerate() {
+            n += self.got[i];
+            if self.got[i] < plen {
+                break;
+            }
+        }
+        n
+    }
+
+    fn complete(&mut self, c: &CqEntry) {
+        let Some(i) = self.pieces.iter().position(|p| p.0 == c.req_id) else { return };
+        if c.result < 0 {
+            let errno = (-c.result) as i32;
+            self.err.get_or_insert(Error::new(errno, errno_message(&self.path, errno)));
+        } else {
+            self.got[i] = (c.result as u64).min(self.pieces[i].2);
+            self.size = c.object_size;
+        }
+        self.remaining -= 1;
+    }
+}
+
+impl Session {
+    /// Split [off, off+len) at block boundaries and at the chunk size.
+    pub(crate) fn pieces(&self, off: u64, len: u64) -> Vec<(u64, u64)> {
+        let bs = self.welcome.block_bytes;
+        let chunk = self.chunk_bytes();
+        let mut out = Vec::new();
+        let mut at = off;
+        let end = off.saturating_add(len);
+        while at < end {
+            let block_end = (at / bs + 1) * bs;
+            let piece_end = end.min(block_end).min(at + chunk);
+            out.push((at, piece_end - at));
+            at = piece_end;
+        }
+        out
+    }
+
+    /// Cut [off, off+len) into ranges that each fit one op: at most
+    /// `op_bytes_max`, and no piece but the last shorter than the path (the
+    /// engine reads a piece's path from where its bytes will land).
+    pub(crate) fn op_ranges(&self, path_len: u64, off: u64, len: u64) -> Vec<(u64, u64)> {
+        let max = self.op_bytes_max();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut cur: Option<(u64, u64)> = None;
+        for (poff, plen) in self.pieces(off, len) {
+            cur = match cur {
+                Some((coff, clen)) if clen + plen <= max => Some((coff, clen + plen)),
+                Some(c) => {
+                    out.push(c);
+                    Some((poff, plen))
+                }
+                None => Some((poff, plen)),
+            };
+            if plen < path_len && poff + plen < off + len {
+                out.push(cur.take().unwrap());
+            }
+        }
+        out.extend(cur);
+        if out.is_empty() {
+            out.push((off, 0));
+        }
+        out
+    }
+
+    /// Lease space for [off, off+len) of `path` and post its pieces; `None`
+    /// when `wait` is false and the area is full right now.
+    pub(crate) fn start_op(&self, path: &Arc<str>, off: u64, len: u64, flags: u32, tx: &Sender<CqEntry>, wait: bool) -> Result<Option<Op>> {
+        self.check_alive()?;
+        let plen = path.len() as u64;
+        let mut pieces = self.pieces(off, len);
+        if pieces.is_empty() {
+            pieces.push((off, 0)); // an empty read still asks, to learn the size
+        }
+        // A no-data request only carries its path: every piece writes it at 0.
+        let no_data = flags & FLAG_NO_DATA != 0;
+        let last_at = pieces.last().map(|p| p.0 - off).unwrap_or(0);
+        let need = if no_data { plen } else { len.max(last_at + plen) };
+        let Some(lease) = self.lease(need, wait)? else { return Ok(None) };
+        let mut op = Op {
+            lease,
+            path: path.clone(),
+            off,
+            len,
+            pieces: Vec::with_capacity(pieces.len()),
+            got: vec![0; pieces.len()],
+            remaining: 0,
+            size: 0,
+            err: None,
+        };
+        for (poff, pl) in pieces {
+            let at = if no_data { 0 } else { poff - off };
+            let id = self.post(path, poff, pl, flags, &op.lease, at, tx)?;
+            op.pieces.push((id, at, pl));
+            op.remaining += 1;
+        }
+        Ok(Some(op))
+    }
+
+    /// The bytes of a finished op.
+    pub(crate) fn op_bytes(&self, op: &Op) -> &[u8] {
+        debug_assert_eq!(op.remaining, 0);
+        // SAFETY: every piece completed, and `op` holds the lease.
+        unsafe { self.data(op.lease.off, op.bytes() as usize) }
+    }
+}
+
+/// Many ops in flight on one completion channel, each tagged by the caller.
+pub(crate) struct Pipeline {
+    pub(crate) s: Arc<Session>,
+    tx: Sender<CqEntry>,
+    rx: Receiver<CqEntry>,
+    by_req: HashMap<u64, u64>,
+    live: HashMap<u64, (usize, Op)>,
+    next_op: u64,
+}
+
+impl Pipeline {
+    pub(crate) fn new(s: Arc<Session>) -> Pipeline {
+        let (tx, rx) = unbounded();
+        Pipeline { s, tx, rx, by_req: HashMap::new(), live: HashMap::new(), next_op: 0 }
+    }
+
+    pub(crate) fn idle(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Start an op tagged `tag` for [off, off+len), or for a prefix of it:
+    /// returns the bytes posted (`None`: nothing, the area is busy: finish
+    /// an op first). Blocks for space only when nothing of this pipeline is in
+    /// flight; then, if views held elsewhere leave the area too fragmented
+    /// for the whole range, it posts the prefix that fits.
+    pub(crate) fn submit(&mut self, tag: usize, path: &Arc<str>, off: u64, len: u64, flags: u32) -> Result<Option<u64>> {
+        let mut op = self.s.start_op(path, off, len, flags, &self.tx, false)?;
+        if op.is_none() && self.idle() {
+            let plen = (path.len() as u64).div_ceil(4096) * 4096;
+            let room = self.s.largest_free().saturating_sub(plen) / 4096 * 4096;
+            op = if room >= 4096 && room < len && flags & FLAG_NO_DATA == 0 {
+                self.s.start_op(path, off, room, flags, &self.tx, false)?
+            } else {
+                None
+            };
+            if op.is_none() {
+                op = self.s.start_op(path, off, len, flags, &self.tx, true)?;
+            }
+        }
+        let Some(op) = op else { return Ok(None) };
+        let id = self.next_op;
+        self.next_op += 1;
+        for p in &op.pieces {
+            self.by_req.insert(p.0, id);
+        }
+        let posted = op.len;
+        self.live.insert(id, (tag, op));
+        Ok(Some(posted))
+    }
+
+    pub(crate) fn submit_no_data(&mut self, path: &Arc<str>, off: u64, len: u64) -> Result<bool> {
+        Ok(self.submit(usize::MAX, path, off, len, FLAG_NO_DATA)?.is_some())
+    }
+
+    /// Wait for the next op to finish; `None` when nothing is in flight.
+    pub(crate) fn next_done(&mut self) -> Option<Result<(usize, Op)>> {
+        loop {
+            if self.live.is_empty() {
+                return None;
+            }
+            let c = match self.rx.recv_timeout(self.s.opts.timeout) {
+                Ok(c) => c,
+                Err(_) => {
+                    return Some(Err(Error::new(libc::ETIMEDOUT, format!("no answer from the engine in {:?}", self.s.opts.timeout))));
+                }
+            };
+            let Some(id) = self.by_req.remove(&c.req_id) else { continue };
+            let Some((_, op)) = self.live.get_mut(&id) else { continue };
+            op.complete(&c);
+            if op.remaining == 0 {
+                return self.live.remove(&id).map(Ok);
+            }
+        }
+    }
+}
+
+/// Bytes of one read: in place in the shared area, or a copy.
+pub enum Data {
+    /// A view into the shared area; the space is released on drop.
+    View(View),
+    Owned(Vec<u8>),
+}
+
+impl Data {
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Data::View(v) => v.to_vec(),
+            Data::Owned(v) => v,
+        }
+    }
+
+    /// True when the bytes are in shared memory (zero copy).
+    pub fn is_view(&self) -> bool {
+        matches!(self, Data::View(_))
+    }
+}
+
+impl std::ops::Deref for Data {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Data::View(v) => v,
+            Data::Owned(v) => v,
+        }
+    }
+}
+
+impl AsRef<[u8]> for Data {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Data({} bytes, {})", self.len(), if self.is_view() { "view" } else { "owned" })
+    }
+}
+
+/// Finished bytes in the shared area, held until dropped. While views hold
+/// more than half the area, further reads come back as copies instead, so
+/// held views can slow a loader down but never stall it.
+pub struct View {
+    session: Arc<Session>,
+    lease: Arc<Lease>,
+    len: usize,
+}
+
+impl View {
+    /// A view of a finished op, or `None` (then copy) when views already
+    /// hold half the area.
+    pub(crate) fn of(session: &Arc<Session>, mut op: Op) -> std::result::Result<View, Op> {
+        // A whole-file probe reserves more than small files need: keep only
+        // what holds the bytes (every piece has answered, so no request can
+        // still write past them).
+        let n = op.bytes();
+        if let Some(l) = Arc::get_mut(&mut op.lease) {
+            l.trim(n);
+        }
+        let held = &session.shared.held_bytes;
+        let cap = session.layout.data_bytes / 2;
+        let len = op.lease.len;
+        let mut cur = held.load(Ordering::Relaxed);
+        loop {
+            if cur + len > cap {
+                return Err(op);
+            }
+            match held.compare_exchange_weak(cur, cur + len, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(x) => cur = x,
+            }
+        }
+        Ok(View { session: session.clone(), lease: op.lease, len: n as usize })
+    }
+}
+
+impl std::ops::Deref for View {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: a view is made only from a finished op, and holds its lease.
+        unsafe { self.session.data(self.lease.off, self.len) }
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        self.session.shared.held_bytes.fetch_sub(self.lease.len, Ordering::AcqRel);
+    }
+}
