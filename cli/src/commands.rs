@@ -61,7 +61,7 @@ pub struct ServeArgs {
     /// Timeout of one under-storage call [default: 30s].
     #[arg(long, value_parser = duration_arg)]
     pub ufs_timeout: Option<Duration>,
-    /// How long attributes and listings are trusted (`never` re-checks for immutable data) [default: 60s].
+    /// How long attributes and listings are trusted before re-checking under storage (`never` for immutable data) [default: 60s].
     #[arg(long)]
     pub metadata_sync: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
