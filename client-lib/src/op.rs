@@ -286,6 +286,7 @@ pub struct View {
 impl View {
     /// A view of a finished op, or `None` (then copy) when views already
     /// hold half the area.
+    #[allow(clippy::result_large_err)] // the op comes back to be copied, not propagated
     pub(crate) fn of(session: &Arc<Session>, mut op: Op) -> std::result::Result<View, Op> {
         // A whole-file probe reserves more than small files need: keep only
         // what holds the bytes (every piece has answered, so no request can

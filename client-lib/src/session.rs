@@ -319,6 +319,7 @@ impl Session {
 
     /// Write `path` at `at` inside `lease` and post one piece (inside one
     /// block) whose bytes land at the same place. Returns the request id.
+    #[allow(clippy::too_many_arguments)] // one ring entry's fields, said once
     pub(crate) fn post(&self, path: &str, off: u64, len: u64, flags: u32, lease: &Arc<Lease>, at: u64, tx: &Sender<CqEntry>) -> Result<u64> {
         let bs = self.welcome.block_bytes;
         let block = off / bs;
