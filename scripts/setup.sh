@@ -6,6 +6,9 @@ set -euo pipefail
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# The Python binding's test builds a venv and installs maturin with pip.
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ "${STOKER_NEED_FUSE:-0}" = 1 ]; then
   command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 fi
@@ -28,7 +31,8 @@ mkdir -p "$CARGO_TARGET_DIR"
 if [ "${STOKER_NEED_S3:-0}" = 1 ]; then
   if ! python3 -c "import moto.server, flask_cors" >/dev/null 2>&1; then
     echo "setup: installing moto[server] for the S3 tests" >&2
-    python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5,<6' >&2
+    python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5,<6' >&2 \
+      || python3 -m pip install -q --disable-pip-version-check --break-system-packages 'moto[server]>=5,<6' >&2
   fi
   export STOKER_REQUIRE_S3=1
 fi
