@@ -2,10 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use stoker_client::{Client, Kind};
 use stoker_engine::{parse_duration, parse_size, Engine, MountSpec};
 
@@ -236,106 +235,4 @@ pub fn stat(socket: &str, path: Option<&str>, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Walk `prefix` (a file or a directory tree) and return (path, size) of every file.
-fn walk(c: &Client, prefix: &str) -> Result<Vec<(String, u64)>> {
-    let attr = c.stat(prefix)?;
-    if attr.kind == Kind::File {
-        return Ok(vec![(prefix.to_string(), attr.size)]);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![prefix.trim_end_matches('/').to_string()];
-    while let Some(dir) = stack.pop() {
-        for e in c.list(if dir.is_empty() { "/" } else { &dir })? {
-            let p = format!("{dir}/{}", e.name);
-            match e.attr.kind {
-                Kind::Dir => stack.push(p),
-                Kind::File => out.push((p, e.attr.size)),
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-pub fn load(socket: &str, prefix: &str, parallel: usize) -> Result<()> {
-    let c = connect(socket)?;
-    let files = walk(&c, prefix)?;
-    let total_bytes: u64 = files.iter().map(|f| f.1).sum();
-    let next = AtomicUsize::new(0);
-    let done_files = AtomicU64::new(0);
-    let done_bytes = AtomicU64::new(0);
-    let failed = std::sync::Mutex::new(Vec::new());
-    let tty = std::io::stderr().is_terminal();
-    let bar = if tty {
-        let b = indicatif::ProgressBar::new(total_bytes);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{bar:30}] {bytes}/{total_bytes} {msg} {binary_bytes_per_sec} ETA {eta}",
-            )
-            .expect("progress template")
-            .progress_chars("=> "),
-        );
-        Some(b)
-    } else {
-        None
-    };
-    let t0 = Instant::now();
-    let finished = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        // Progress: a bar on a terminal, a plain line a second otherwise.
-        s.spawn(|| {
-            let mut last_line = Instant::now();
-            while !finished.load(Ordering::Acquire) {
-                std::thread::park_timeout(Duration::from_millis(100));
-                let (f, b) = (done_files.load(Ordering::Relaxed), done_bytes.load(Ordering::Relaxed));
-                if let Some(bar) = &bar {
-                    bar.set_position(b);
-                    bar.set_message(format!("{f}/{} files", files.len()));
-                } else if last_line.elapsed() >= Duration::from_secs(1) {
-                    last_line = Instant::now();
-                    let rate = b as f64 / t0.elapsed().as_secs_f64() / (1 << 20) as f64;
-                    eprintln!("load: {f}/{} files, {}/{}, {rate:.1} MiB/s", files.len(), human(b), human(total_bytes));
-                }
-            }
-        });
-        let workers: Vec<_> = (0..parallel.max(1))
-            .map(|_| {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((path, size)) = files.get(i) else { break };
-                    match c.prefetch(path, *size) {
-                        Ok(_) => {
-                            done_bytes.fetch_add(*size, Ordering::Relaxed);
-                        }
-                        Err(e) => failed.lock().unwrap().push(format!("{e}")),
-                    }
-                    done_files.fetch_add(1, Ordering::Relaxed);
-                })
-            })
-            .collect();
-        for w in workers {
-            let _ = w.join();
-        }
-        finished.store(true, Ordering::Release);
-    });
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
-    let failed = failed.into_inner().unwrap();
-    let secs = t0.elapsed().as_secs_f64();
-    let loaded = files.len() - failed.len();
-    eprintln!(
-        "load: {loaded}/{} files, {} in {secs:.1}s ({:.1} MiB/s), {} failed",
-        files.len(),
-        human(done_bytes.load(Ordering::Relaxed)),
-        done_bytes.load(Ordering::Relaxed) as f64 / secs.max(1e-9) / (1 << 20) as f64,
-        failed.len()
-    );
-    if !failed.is_empty() {
-        for f in failed.iter().take(10) {
-            eprintln!("load: failed: {f}");
-        }
-        bail!("{} of {} files failed to load", failed.len(), files.len());
-    }
-    Ok(())
-}
+// `stoker load` lives in load.rs.

@@ -23,7 +23,7 @@ fn err(e: NsError) -> Response {
 pub fn handle(ctx: &ControlCtx, req: Request) -> Response {
     let path = match &req {
         Request::Pin { path } | Request::Unpin { path } | Request::Free { path } => path,
-        Request::Ttl { path, .. } | Request::PathStat { path } => path,
+        Request::Ttl { path, .. } | Request::PathStat { path } | Request::UfsChecksum { path, .. } => path,
         _ => return err(NsError::new(libc::EINVAL, "not a policy command")),
     };
     let Some(norm) = normalise(path) else {
@@ -35,6 +35,7 @@ pub fn handle(ctx: &ControlCtx, req: Request) -> Response {
         Request::Free { .. } => free(ctx, &norm),
         Request::Ttl { secs, .. } => ttl(ctx, &norm, secs),
         Request::PathStat { .. } => path_stat(ctx, &norm).map(Response::PathStats),
+        Request::UfsChecksum { off, len, .. } => ufs_checksum(ctx, &norm, off, len),
         _ => unreachable!("filtered above"),
     };
     res.unwrap_or_else(err)
@@ -165,6 +166,23 @@ fn path_stat(ctx: &ControlCtx, norm: &str) -> Result<PathStats, NsError> {
         pinned: policy.pinned,
         ttl_secs: policy.ttl.map(|d| d.as_secs()),
     })
+}
+
+/// Largest range one `UfsChecksum` reads.
+const CHECKSUM_BYTES_MAX: u64 = 64 << 20;
+
+/// Read a range straight from under storage (never from or into the cache)
+/// and answer with its checksum: `stoker load --verify` compares it with the
+/// same range read through the cache.
+fn ufs_checksum(ctx: &ControlCtx, norm: &str, off: u64, len: u64) -> Result<Response, NsError> {
+    if len > CHECKSUM_BYTES_MAX {
+        return Err(NsError::new(libc::EINVAL, format!("checksum range of {len} bytes is over {CHECKSUM_BYTES_MAX}")));
+    }
+    let data = ctx
+        .rt
+        .block_on(ctx.ns.read(norm, off, len))
+        .map_err(|e| NsError::new(e.errno(), format!("{norm}: {e}")))?;
+    Ok(Response::Checksum { len: data.len() as u64, checksum: stoker_proto::control::checksum(&data) })
 }
 
 /// After a restart: re-apply pins and TTLs to the blocks of files the

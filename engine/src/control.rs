@@ -144,7 +144,8 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>) {
             | Request::Unpin { .. }
             | Request::Free { .. }
             | Request::Ttl { .. }
-            | Request::PathStat { .. }) => crate::admin::handle(&ctx, r),
+            | Request::PathStat { .. }
+            | Request::UfsChecksum { .. }) => crate::admin::handle(&ctx, r),
         };
         if write_frame(&mut conn, &resp).is_err() {
             break;

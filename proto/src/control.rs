@@ -27,6 +27,9 @@ pub enum Request {
     Ttl { path: String, secs: Option<u64> },
     /// Cached fraction and policies of a file or prefix.
     PathStat { path: String },
+    /// Checksum (`checksum()`) of a range of a file read straight from under
+    /// storage, bypassing the cache (`stoker load --verify`).
+    UfsChecksum { path: String, off: u64, len: u64 },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -39,6 +42,8 @@ pub enum Response {
     /// A policy or free command done: how many files and blocks it touched.
     Done { files: u64, blocks: u64 },
     PathStats(PathStats),
+    /// Answer to `UfsChecksum`: bytes read and their `checksum()`.
+    Checksum { len: u64, checksum: u64 },
     /// `errno` is a Linux errno (ENOENT, EIO, ...); `message` is one line for people.
     Error { errno: i32, message: String },
 }
@@ -132,6 +137,12 @@ pub struct EngineStats {
     pub sessions: u64,
     pub shards: Vec<ShardStats>,
     pub recovery: RecoveryStats,
+}
+
+/// The checksum `UfsChecksum` answers with (xxh3-64); clients hash the bytes
+/// they read through the cache the same way to compare.
+pub fn checksum(data: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(data)
 }
 
 /// Write one frame.
