@@ -184,3 +184,42 @@ fn a_failing_file_fails_the_load_and_is_named() {
     assert!(!err.contains("failed: /m/flat/a.bin"), "{err}");
     assert!(err.contains("stoker: error: 1 of 3 files failed"), "{err}");
 }
+
+/// "N files: L loaded, S skipped" from a summary line.
+fn loaded_skipped(err: &str) -> (u64, u64) {
+    let line = err.lines().find(|l| l.contains(" loaded, ")).unwrap_or_else(|| panic!("no summary: {err}"));
+    let num_before = |word: &str| -> u64 {
+        let head = &line[..line.find(word).unwrap()];
+        head.trim_end().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    (num_before(" loaded"), num_before(" skipped"))
+}
+
+#[test]
+fn killed_load_resumes_with_skip_cached() {
+    let s = setup(&[300_000; 8], &["--ufs-latency", "300ms"]);
+    let mut child = stoker()
+        .args(["load", "/m", "--parallel", "1", "--socket", &s.sock])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("a first file cached", Duration::from_secs(30), || cached_fraction(&s.sock, "/m") > 0.0);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let frac = cached_fraction(&s.sock, "/m");
+    assert!(frac < 1.0, "the load finished before it was killed ({frac}); the test proves nothing");
+
+    let out = run(&["load", "/m", "--skip-cached", "--socket", &s.sock]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    let (loaded, skipped) = loaded_skipped(&err);
+    assert!(skipped >= 1, "the rerun skipped nothing: {err}");
+    assert!(loaded >= 1, "the rerun loaded nothing: {err}");
+    assert_eq!(loaded + skipped, 8, "{err}");
+    wait_cached(&s.sock, "/m");
+    let out = run(&["load", "/m", "--skip-cached", "--socket", &s.sock]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(loaded_skipped(&err), (0, 8), "{err}");
+}
