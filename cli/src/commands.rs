@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// (port 0 picks a free port; docs/METRICS.md).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// What a full cache drops first: fifo-reinsert (oldest segment, read blocks
+    /// get a second chance) or lru (least recently read segment) [default: fifo-reinsert].
+    #[arg(long)]
+    pub eviction: Option<stoker_engine::store::Eviction>,
     #[command(flatten)]
     pub socket: crate::SocketArg,
 }
@@ -126,6 +130,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     if a.metrics.is_some() {
         cfg.metrics = a.metrics;
+    }
+    if let Some(e) = a.eviction {
+        cfg.eviction = e;
     }
     let mut engine = Engine::start(cfg)?;
     if let Some(addr) = engine.metrics_addr() {

@@ -58,6 +58,8 @@ pub struct EngineConfig {
     /// Bytes of blocks waiting to be written per shard before new misses are
     /// served without being cached. Default 256 MiB.
     pub write_queue_bytes_max: u64,
+    /// What a full cache drops first. Default `fifo-reinsert`.
+    pub eviction: crate::store::Eviction,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (docs/METRICS.md).
     /// Port 0 picks a free port (`Engine::metrics_addr`). Default none.
     pub metrics: Option<std::net::SocketAddr>,
@@ -79,6 +81,7 @@ impl EngineConfig {
             ufs_attempts: 3,
             metadata_sync: Some(Duration::from_secs(60)),
             write_queue_bytes_max: 256 << 20,
+            eviction: crate::store::Eviction::default(),
             metrics: None,
         }
     }

@@ -169,6 +169,7 @@ impl Engine {
                 counters: counters[id].clone(),
                 registry: registry.clone(),
                 policies: policies.clone(),
+                eviction: cfg.eviction,
                 cmds: {
                     let (tx, rx) = futures::channel::mpsc::unbounded();
                     shard_cmds.push(tx);

@@ -47,6 +47,7 @@ pub struct ShardSetup {
     pub registry: Registry,
     pub policies: Arc<Policies>,
     pub cmds: mpsc::UnboundedReceiver<ShardCmd>,
+    pub eviction: crate::store::Eviction,
 }
 
 /// Commands from the control plane to a shard. Each carries block key hashes
@@ -123,6 +124,7 @@ async fn run(
             return;
         }
     };
+    store.set_eviction(setup.eviction);
     let _ = std::fs::remove_file(&setup.socket_path);
     let listener = match UnixListener::bind(&setup.socket_path) {
         Ok(l) => l,

@@ -57,7 +57,16 @@ pub(super) async fn enforce_capacity(shared: &Rc<Shared>) -> Result<()> {
             // reserve; segments holding more pinned data than that stay put
             // (the engine caps pins at half the capacity).
             let pinned = pinned_bytes_by_segment(shared);
-            match segs.sealed.keys().find(|id| pinned.get(id).copied().unwrap_or(0) <= reserve) {
+            let movable = |id: &&u32| pinned.get(*id).copied().unwrap_or(0) <= reserve;
+            let victim = match shared.eviction.get() {
+                super::Eviction::FifoReinsert => segs.sealed.keys().find(movable),
+                // Least recently read first; never-read segments by age.
+                super::Eviction::Lru => {
+                    let last = shared.last_read.borrow();
+                    segs.sealed.keys().filter(movable).min_by_key(|id| (last.get(*id).copied().unwrap_or(0), **id))
+                }
+            };
+            match victim {
                 Some(&id) => id,
                 None => {
                     tracing::warn!("store: every sealed segment is mostly pinned; nothing to reclaim");
@@ -81,7 +90,10 @@ async fn reclaim(shared: &Rc<Shared>, seg_id: u32) -> Result<()> {
     // Split live records into pinned and hot (copy) and cold (drop). Pinned
     // blocks come out of the reserve first; second chances get the rest.
     let pinned_here = pinned_bytes_by_segment(shared).get(&seg_id).copied().unwrap_or(0);
-    let budget = (bytes / 2).min((shared.segment_bytes / 2).saturating_sub(pinned_here));
+    let budget = match shared.eviction.get() {
+        super::Eviction::FifoReinsert => (bytes / 2).min((shared.segment_bytes / 2).saturating_sub(pinned_here)),
+        super::Eviction::Lru => 0,
+    };
     let mut hot: Vec<(IdxEntry, u64)> = Vec::new();
     let mut hot_bytes = 0;
     let mut evicted = 0;
@@ -130,6 +142,7 @@ async fn reclaim(shared: &Rc<Shared>, seg_id: u32) -> Result<()> {
         // Copies must be durable before the original goes away.
         sync_open(shared).await?;
     }
+    shared.last_read.borrow_mut().remove(&seg_id);
     {
         let mut segs = shared.segs.borrow_mut();
         if segs.sealed.remove(&seg_id).is_some() {

@@ -168,6 +168,34 @@ struct Shared {
     counters: Counters,
     /// Key hashes that reclaim must keep (copied forward, never dropped).
     pinned: RefCell<std::collections::HashSet<u64>>,
+    eviction: Cell<Eviction>,
+    /// Logical clock of reads, and the last tick each segment was read at
+    /// (used by `Eviction::Lru`).
+    clock: Cell<u64>,
+    last_read: RefCell<std::collections::HashMap<u32, u64>>,
+}
+
+/// How a full store picks what to drop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Eviction {
+    /// Oldest segment first; blocks read since they were written get one
+    /// more round (copied forward, within half a segment).
+    #[default]
+    FifoReinsert,
+    /// The segment read least recently goes first, whole (no copying but
+    /// for pinned blocks): recently read data stays without being rewritten.
+    Lru,
+}
+
+impl std::str::FromStr for Eviction {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Eviction, String> {
+        match s {
+            "fifo-reinsert" => Ok(Eviction::FifoReinsert),
+            "lru" => Ok(Eviction::Lru),
+            other => Err(format!("unknown eviction policy {other:?}: use fifo-reinsert or lru")),
+        }
+    }
 }
 
 pub struct Store {
@@ -218,6 +246,9 @@ impl Store {
             segs: RefCell::new(segs),
             counters: Counters::default(),
             pinned: RefCell::default(),
+            eviction: Cell::new(Eviction::default()),
+            clock: Cell::new(0),
+            last_read: RefCell::default(),
         });
         evict::enforce_capacity(&shared).await?;
         report.elapsed_us = started.elapsed().as_micros() as u64;
@@ -263,6 +294,9 @@ impl Store {
                 *v = Location::with_accessed(*v);
             }
         }
+        let tick = self.shared.clock.get() + 1;
+        self.shared.clock.set(tick);
+        self.shared.last_read.borrow_mut().insert(loc.seg_id, tick);
         Ok(Some(Block { start: view.data_start, len: h.data_len as usize, buf }))
     }
 
@@ -305,6 +339,11 @@ impl Store {
         let pending = Pending { key_hash, flags: 0, bytes, done: Some(done_tx), _permit: Some(permit) };
         self.tx.unbounded_send(WriterMsg::Put(pending)).map_err(|_| StoreError::Closed)?;
         done_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Choose the eviction policy (default `FifoReinsert`).
+    pub fn set_eviction(&self, e: Eviction) {
+        self.shared.eviction.set(e);
     }
 
     /// Keep (or stop keeping) a key through reclaims: a pinned block is
