@@ -288,10 +288,19 @@ pub struct TuneArgs {
     /// Ignore saved trials and measure everything again.
     #[arg(long)]
     pub fresh: bool,
+    /// Sweep only these knobs (comma-separated): shards, readers, block_size, segment_size.
+    #[arg(long, value_delimiter = ',')]
+    pub knobs: Vec<String>,
+    /// The binary trials run as `EXE serve --config ...` (default: this one); for tests.
+    #[arg(long, hide = true)]
+    pub serve_exe: Option<PathBuf>,
 }
 
 pub fn tune(a: TuneArgs) -> Result<()> {
-    let exe = std::env::current_exe().context("finding the stoker binary")?;
+    let exe = match &a.serve_exe {
+        Some(e) => e.clone(),
+        None => std::env::current_exe().context("finding the stoker binary")?,
+    };
     let work_dir = std::path::absolute(&a.work_dir)?;
     let spec = stoker_tuning::TuneSpec {
         exe,
@@ -306,12 +315,14 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         passes: a.passes,
         capacity_bytes: a.capacity,
         fresh: a.fresh,
+        knobs: a.knobs.clone(),
     };
     let o = stoker_tuning::tune(&spec)?;
     eprintln!(
-        "tune: {} trials run, {} reused; default {:.0} files/s, tuned {:.0} files/s ({:.2}x); wrote {}",
+        "tune: {} trials run, {} reused, {} failed; default {:.0} files/s, tuned {:.0} files/s ({:.2}x); wrote {}",
         o.trials_run,
         o.trials_reused,
+        o.trials_failed,
         o.default_trial.files_per_s,
         o.best_trial.files_per_s,
         o.best_trial.files_per_s / o.default_trial.files_per_s.max(1e-9),

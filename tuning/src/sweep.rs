@@ -6,6 +6,10 @@
 //! fits the budget (the baseline always runs, so a config is always written).
 //! Resumable: every finished trial is saved in `work_dir/tune-state.json`; a
 //! rerun with the same dataset reuses them instead of measuring again.
+//! Failure-tolerant: a trial that fails (the engine exits, the client loses
+//! its connection, a read errors, a panic) is recorded in the state file and
+//! in the config's comments with its error, and the sweep goes on; a failed
+//! trial is measured again on a resume, never reused.
 
 use crate::config::ConfigFile;
 use crate::fmt_size;
@@ -45,7 +49,12 @@ pub struct TuneSpec {
     pub capacity_bytes: u64,
     /// Ignore a saved state and measure everything again.
     pub fresh: bool,
+    /// Sweep only these knobs (empty: all of them, see [`KNOB_NAMES`]).
+    pub knobs: Vec<String>,
 }
+
+/// The knobs `tune` can sweep, in the order it sweeps them.
+pub const KNOB_NAMES: [&str; 4] = ["shards", "readers", "block_size", "segment_size"];
 
 /// One point in the space: what a trial runs with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +71,9 @@ impl Settings {
     /// What `stoker serve` and `stoker bench epoch` use without flags.
     pub fn defaults() -> Settings {
         Settings {
-            shards: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            shards: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             block_bytes: 4 << 20,
             segment_bytes: 256 << 20,
             readers: 32,
@@ -78,6 +89,29 @@ pub struct Trial {
     pub p99_us: u64,
     /// Wall time of the whole trial (start, fill, passes, stop).
     pub secs: f64,
+    /// Why the trial failed (then the numbers above are 0); None when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Trial {
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
+/// The first line of an error, short enough for a config comment.
+fn short(e: &str) -> String {
+    let line = e
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    if line.chars().count() > 160 {
+        format!("{}...", line.chars().take(160).collect::<String>())
+    } else {
+        line.to_string()
+    }
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -96,7 +130,10 @@ struct Knob {
 }
 
 fn knobs(cores: usize) -> Vec<Knob> {
-    let mut shards: Vec<u64> = vec![1, 2, 4, 8].into_iter().filter(|&s| s <= 2 * cores as u64).collect();
+    let mut shards: Vec<u64> = vec![1, 2, 4, 8]
+        .into_iter()
+        .filter(|&s| s <= 2 * cores as u64)
+        .collect();
     if !shards.contains(&(cores as u64)) {
         shards.push(cores as u64);
     }
@@ -112,7 +149,8 @@ fn knobs(cores: usize) -> Vec<Knob> {
         },
         Knob {
             name: "readers",
-            what: "reads in flight from the client = the queue depth the engine's io_uring rings see",
+            what:
+                "reads in flight from the client = the queue depth the engine's io_uring rings see",
             candidates: vec![4, 8, 16, 32, 64],
             get: |s| s.readers as u64,
             set: |s, v| s.readers = v as usize,
@@ -144,6 +182,8 @@ pub struct KnobResult {
     pub chosen: u64,
     /// (value, files/s) of every candidate measured, in order.
     pub tried: Vec<(u64, f64)>,
+    /// (value, error) of every candidate whose trial failed.
+    pub failed: Vec<(u64, String)>,
     /// Why candidates were left out, if any were.
     pub note: Option<String>,
 }
@@ -155,6 +195,8 @@ pub struct Outcome {
     pub knobs: Vec<KnobResult>,
     pub trials_run: usize,
     pub trials_reused: usize,
+    /// Trials that failed in this run (recorded and skipped).
+    pub trials_failed: usize,
     pub toml: String,
 }
 
@@ -168,9 +210,11 @@ impl Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(total);
             b.set_style(
-                indicatif::ProgressStyle::with_template("tune [{bar:30}] {pos}/{len} trials {elapsed} {msg}")
-                    .expect("progress template")
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "tune [{bar:30}] {pos}/{len} trials {elapsed} {msg}",
+                )
+                .expect("progress template")
+                .progress_chars("=> "),
             );
             b
         });
@@ -227,6 +271,45 @@ fn trial_config(s: &Settings) -> String {
     )
 }
 
+/// Run one trial; a failure (an error or a panic) comes back as a Trial with
+/// `error` set, and the trial engine's log is kept as `trial-failed-N.log`.
+fn run_trial_recorded(
+    spec: &TuneSpec,
+    data: &Path,
+    files: &[(String, u64)],
+    s: &Settings,
+    n: usize,
+) -> Trial {
+    let t0 = Instant::now();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_trial(spec, data, files, s)
+    }));
+    let err = match r {
+        Ok(Ok(t)) => return t,
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            format!("panic: {}", msg.unwrap_or_default())
+        }
+    };
+    let _ = std::fs::remove_dir_all(spec.work_dir.join("trial-cache"));
+    let kept = spec.work_dir.join(format!("trial-failed-{n}.log"));
+    let log = std::fs::copy(spec.work_dir.join("trial-serve.log"), &kept)
+        .map(|_| format!(" (engine log: {})", kept.display()))
+        .unwrap_or_default();
+    Trial {
+        settings: s.clone(),
+        files_per_s: 0.0,
+        mib_per_s: 0.0,
+        p99_us: 0,
+        secs: t0.elapsed().as_secs_f64(),
+        error: Some(format!("{}{log}", short(&err))),
+    }
+}
+
 fn run_trial(spec: &TuneSpec, data: &Path, files: &[(String, u64)], s: &Settings) -> Result<Trial> {
     let t0 = Instant::now();
     let cache = spec.work_dir.join("trial-cache");
@@ -245,7 +328,14 @@ fn run_trial(spec: &TuneSpec, data: &Path, files: &[(String, u64)], s: &Settings
         .arg(&cache)
         .arg("--mount")
         .arg(format!("data=file://{}", data.display()))
-        .args(["--socket", &socket, "--capacity", &spec.capacity_bytes.to_string(), "--metadata-sync", "never"])
+        .args([
+            "--socket",
+            &socket,
+            "--capacity",
+            &spec.capacity_bytes.to_string(),
+            "--metadata-sync",
+            "never",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -257,7 +347,8 @@ fn run_trial(spec: &TuneSpec, data: &Path, files: &[(String, u64)], s: &Settings
             break c;
         }
         if let Some(status) = child.child.try_wait()? {
-            let log = std::fs::read_to_string(spec.work_dir.join("trial-serve.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(spec.work_dir.join("trial-serve.log")).unwrap_or_default();
             bail!("trial engine exited ({status}): {}", log.trim());
         }
         if t0.elapsed() > START_LIMIT {
@@ -265,15 +356,35 @@ fn run_trial(spec: &TuneSpec, data: &Path, files: &[(String, u64)], s: &Settings
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let target = StokerTarget { name: "stoker".into(), client, prefix: "/data".into() };
+    let target = StokerTarget {
+        name: "stoker".into(),
+        client,
+        prefix: "/data".into(),
+    };
     // Fill the cache (the cold pass), then score the warm passes.
-    let fill = stoker_bench::run(&target, &Workload::Epoch, "fill", files, s.readers, spec.seed, None);
+    let fill = stoker_bench::run(
+        &target,
+        &Workload::Epoch,
+        "fill",
+        files,
+        s.readers,
+        spec.seed,
+        None,
+    );
     if fill.errors > 0 {
         bail!("{} read errors while filling the trial cache", fill.errors);
     }
     let mut best: Option<stoker_bench::Report> = None;
     for p in 0..spec.passes.max(1) {
-        let r = stoker_bench::run(&target, &Workload::Epoch, "warm", files, s.readers, spec.seed + 1 + p as u64, Some(data));
+        let r = stoker_bench::run(
+            &target,
+            &Workload::Epoch,
+            "warm",
+            files,
+            s.readers,
+            spec.seed + 1 + p as u64,
+            Some(data),
+        );
         if r.errors > 0 {
             bail!("{} read errors or mismatches in a warm pass", r.errors);
         }
@@ -291,6 +402,7 @@ fn run_trial(spec: &TuneSpec, data: &Path, files: &[(String, u64)], s: &Settings
         mib_per_s: best.mib_per_s,
         p99_us: best.p99_us,
         secs: t0.elapsed().as_secs_f64(),
+        error: None,
     })
 }
 
@@ -322,7 +434,12 @@ fn dataset(spec: &TuneSpec) -> Result<PathBuf> {
     let want = fingerprint(spec);
     if std::fs::read_to_string(&marker).ok().as_deref() != Some(want.as_str()) {
         let _ = std::fs::remove_dir_all(&data);
-        let gen = stoker_bench::GenSpec { files: spec.files, mean_size: spec.mean_size, dirs: 20, seed: spec.seed };
+        let gen = stoker_bench::GenSpec {
+            files: spec.files,
+            mean_size: spec.mean_size,
+            dirs: 20,
+            seed: spec.seed,
+        };
         stoker_bench::generate(&data, &gen)?;
         if spec.large_files > 0 {
             stoker_bench::generate_large(&data, spec.large_files, spec.large_bytes, spec.seed)?;
@@ -335,7 +452,8 @@ fn dataset(spec: &TuneSpec) -> Result<PathBuf> {
 /// Sweep, write `spec.out`, return what was found.
 pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
     let started = Instant::now();
-    std::fs::create_dir_all(&spec.work_dir).with_context(|| format!("creating {}", spec.work_dir.display()))?;
+    std::fs::create_dir_all(&spec.work_dir)
+        .with_context(|| format!("creating {}", spec.work_dir.display()))?;
     let data = dataset(spec)?;
     let files = stoker_bench::list_files_sized(&data)?;
     let state_path = spec.work_dir.join("tune-state.json");
@@ -345,11 +463,30 @@ pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
         _ => State::default(),
     };
     if state.fingerprint != fp {
-        state = State { fingerprint: fp, trials: Vec::new() };
+        state = State {
+            fingerprint: fp,
+            trials: Vec::new(),
+        };
     }
     let cores = Settings::defaults().shards;
-    let knobs = knobs(cores);
-    let total: u64 = 1 + knobs.iter().map(|k| k.candidates.len() as u64 - 1).sum::<u64>();
+    let mut knobs = knobs(cores);
+    if let Some(bad) = spec
+        .knobs
+        .iter()
+        .find(|n| !KNOB_NAMES.contains(&n.as_str()))
+    {
+        bail!(
+            "unknown knob {bad:?}: the knobs are {}",
+            KNOB_NAMES.join(", ")
+        );
+    }
+    if !spec.knobs.is_empty() {
+        knobs.retain(|k| spec.knobs.iter().any(|n| n == k.name));
+    }
+    let total: u64 = 1 + knobs
+        .iter()
+        .map(|k| k.candidates.len() as u64 - 1)
+        .sum::<u64>();
     let progress = Progress::new(total);
     progress.line(format!(
         "tune: {} files ({:.0} MiB) in {}, budget {:?}, {} saved trials",
@@ -359,11 +496,16 @@ pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
         spec.budget,
         state.trials.len()
     ));
-    let (mut run, mut reused, mut run_secs) = (0usize, 0usize, 0.0f64);
+    let (mut run, mut reused, mut failed, mut run_secs) = (0usize, 0usize, 0usize, 0.0f64);
     let mut budget_hit = false;
-    // Measure `s` (or reuse a saved trial). None when the budget is spent.
+    // Measure `s` (or reuse a saved trial that ran). None when the budget is
+    // spent; a failed trial comes back with `error` set, already recorded.
     let mut measure = |s: &Settings, force: bool, state: &mut State| -> Result<Option<Trial>> {
-        if let Some(t) = state.trials.iter().find(|t| &t.settings == s) {
+        if let Some(t) = state
+            .trials
+            .iter()
+            .find(|t| &t.settings == s && !t.failed())
+        {
             reused += 1;
             progress.step(format!("reused {s:?}"));
             return Ok(Some(t.clone()));
@@ -373,31 +515,56 @@ pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
             budget_hit = true;
             return Ok(None);
         }
-        let t = run_trial(spec, &data, &files, s)?;
+        let n = state.trials.iter().filter(|t| t.failed()).count() + 1;
+        let t = run_trial_recorded(spec, &data, &files, s, n);
         run += 1;
         run_secs += t.secs;
-        progress.step(format!("{:.0} files/s", t.files_per_s));
-        progress.line(format!(
-            "tune: shards={} readers={} block={} segment={}: {:.0} files/s, {:.1} MiB/s, p99 {:.2} ms ({:.1}s)",
+        let what = format!(
+            "shards={} readers={} block={} segment={}",
             s.shards,
             s.readers,
             fmt_size(s.block_bytes),
-            fmt_size(s.segment_bytes),
-            t.files_per_s,
-            t.mib_per_s,
-            t.p99_us as f64 / 1000.0,
-            t.secs
-        ));
+            fmt_size(s.segment_bytes)
+        );
+        match &t.error {
+            Some(e) => {
+                failed += 1;
+                progress.step("trial failed".into());
+                progress.line(format!(
+                    "tune: {what}: FAILED, skipped: {e} ({:.1}s)",
+                    t.secs
+                ));
+            }
+            None => {
+                progress.step(format!("{:.0} files/s", t.files_per_s));
+                progress.line(format!(
+                    "tune: {what}: {:.0} files/s, {:.1} MiB/s, p99 {:.2} ms ({:.1}s)",
+                    t.files_per_s,
+                    t.mib_per_s,
+                    t.p99_us as f64 / 1000.0,
+                    t.secs
+                ));
+            }
+        }
         state.trials.push(t.clone());
         save_state(&state_path, state)?;
         Ok(Some(t))
     };
     let mut current = Settings::defaults();
-    let default_trial = measure(&current, true, &mut state)?.expect("forced trial");
+    // The baseline is retried once: without it nothing can be compared.
+    let mut default_trial = measure(&current, true, &mut state)?.expect("forced trial");
+    if default_trial.failed() {
+        default_trial = measure(&current, true, &mut state)?.expect("forced trial");
+    }
     let mut best_trial = default_trial.clone();
     let mut results = Vec::new();
     for k in &knobs {
-        let mut tried = vec![((k.get)(&current), best_trial.files_per_s)];
+        let mut tried = Vec::new();
+        let mut fails = Vec::new();
+        match &best_trial.error {
+            None => tried.push(((k.get)(&current), best_trial.files_per_s)),
+            Some(e) => fails.push(((k.get)(&current), e.clone())),
+        }
         let mut skipped = 0;
         for &v in &k.candidates {
             if v == (k.get)(&current) {
@@ -406,9 +573,12 @@ pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
             let mut s = current.clone();
             (k.set)(&mut s, v);
             match measure(&s, false, &mut state)? {
+                Some(t) if t.failed() => fails.push((v, t.error.clone().unwrap_or_default())),
                 Some(t) => {
                     tried.push((v, t.files_per_s));
-                    if t.files_per_s > best_trial.files_per_s * NOISE_MARGIN {
+                    // A failed current value (score 0) loses to any candidate that ran.
+                    if best_trial.failed() || t.files_per_s > best_trial.files_per_s * NOISE_MARGIN
+                    {
                         best_trial = t;
                     }
                 }
@@ -417,18 +587,42 @@ pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
         }
         current = best_trial.settings.clone();
         tried.sort_by_key(|t| t.0);
-        let note = (skipped > 0).then(|| format!("{skipped} candidate(s) not measured: budget spent"));
-        results.push(KnobResult { name: k.name.into(), chosen: (k.get)(&current), tried, note });
+        fails.sort_by_key(|t| t.0);
+        let note =
+            (skipped > 0).then(|| format!("{skipped} candidate(s) not measured: budget spent"));
+        results.push(KnobResult {
+            name: k.name.into(),
+            chosen: (k.get)(&current),
+            tried,
+            failed: fails,
+            note,
+        });
     }
     progress.finish();
-    let toml = render(spec, &files, &default_trial, &best_trial, &knobs, &results, budget_hit);
+    let toml = render(
+        spec,
+        &files,
+        &default_trial,
+        &best_trial,
+        &knobs,
+        &results,
+        budget_hit,
+    );
     if let Some(dir) = spec.out.parent() {
         std::fs::create_dir_all(dir).ok();
     }
     std::fs::File::create(&spec.out)
         .and_then(|mut f| f.write_all(toml.as_bytes()))
         .with_context(|| format!("writing {}", spec.out.display()))?;
-    Ok(Outcome { default_trial, best_trial, knobs: results, trials_run: run, trials_reused: reused, toml })
+    Ok(Outcome {
+        default_trial,
+        best_trial,
+        knobs: results,
+        trials_run: run,
+        trials_reused: reused,
+        trials_failed: failed,
+        toml,
+    })
 }
 
 fn render(
@@ -457,13 +651,47 @@ fn render(
         "# score: files/s of a warm `epoch` pass through the shared-memory client, best of {} passes\n",
         spec.passes.max(1)
     );
-    o += &format!("# a value replaces the current one only when it is more than {:.0}% faster\n", (NOISE_MARGIN - 1.0) * 100.0);
     o += &format!(
-        "# default settings: {:.0} files/s; these settings: {:.0} files/s ({:.2}x)\n",
-        default.files_per_s,
-        best.files_per_s,
-        best.files_per_s / default.files_per_s.max(1e-9)
+        "# a value replaces the current one only when it is more than {:.0}% faster\n",
+        (NOISE_MARGIN - 1.0) * 100.0
     );
+    match (&default.error, &best.error) {
+        (None, None) => {
+            o += &format!(
+                "# default settings: {:.0} files/s; these settings: {:.0} files/s ({:.2}x)\n",
+                default.files_per_s,
+                best.files_per_s,
+                best.files_per_s / default.files_per_s.max(1e-9)
+            )
+        }
+        (Some(e), None) => {
+            o += &format!(
+                "# default settings: trial FAILED ({e}); these settings: {:.0} files/s\n",
+                best.files_per_s
+            )
+        }
+        (_, Some(e)) => {
+            o += &format!("# every trial FAILED, these are the defaults (last error: {e})\n")
+        }
+    }
+    let fails: usize = results.iter().map(|r| r.failed.len()).sum();
+    if fails > 0 {
+        o += &format!(
+            "# {fails} trial(s) failed and were skipped (errors below, state in tune-state.json)\n"
+        );
+    }
+    let swept: Vec<&str> = knobs.iter().map(|k| k.name).collect();
+    let unswept: Vec<&str> = KNOB_NAMES
+        .iter()
+        .copied()
+        .filter(|n| !swept.contains(n))
+        .collect();
+    if !unswept.is_empty() {
+        o += &format!(
+            "# not swept (--knobs): {} (defaults apply)\n",
+            unswept.join(", ")
+        );
+    }
     if budget_hit {
         o += "# the budget ran out before every candidate was measured (see the notes below);\n";
         o += "# rerun with the same --work-dir and a larger --budget to resume.\n";
@@ -471,7 +699,13 @@ fn render(
     o += "#\n# use: stoker serve --config THIS_FILE --cache-dir DIR --mount NAME=URI\n";
     o += "# (flags given on the command line override values here)\n\n";
     let mut section = "";
-    let section_of = |k: &Knob| if k.name == "readers" { "client" } else { "serve" };
+    let section_of = |k: &Knob| {
+        if k.name == "readers" {
+            "client"
+        } else {
+            "serve"
+        }
+    };
     let mut order: Vec<(&Knob, &KnobResult)> = knobs.iter().zip(results).collect();
     order.sort_by_key(|(k, _)| section_of(k) == "client"); // stable: [serve] first, then [client]
     for (k, r) in order {
@@ -488,9 +722,19 @@ fn render(
         let tried: Vec<String> = r
             .tried
             .iter()
-            .map(|(v, fps)| format!("{} -> {:.0} files/s{}", show(*v), fps, if *v == r.chosen { " (chosen)" } else { "" }))
+            .map(|(v, fps)| {
+                format!(
+                    "{} -> {:.0} files/s{}",
+                    show(*v),
+                    fps,
+                    if *v == r.chosen { " (chosen)" } else { "" }
+                )
+            })
             .collect();
         o += &format!("#   {}\n", tried.join(", "));
+        for (v, e) in &r.failed {
+            o += &format!("#   {} -> FAILED, skipped: {}\n", show(*v), e);
+        }
         if let Some(n) = &r.note {
             o += &format!("#   {n}\n");
         }
@@ -527,34 +771,68 @@ mod tests {
             passes: 1,
             capacity_bytes: 1 << 30,
             fresh: false,
+            knobs: vec![],
         };
         let t = |shards, fps| Trial {
-            settings: Settings { shards, ..Settings::defaults() },
+            settings: Settings {
+                shards,
+                ..Settings::defaults()
+            },
             files_per_s: fps,
             mib_per_s: 1.0,
             p99_us: 10,
             secs: 1.0,
+            error: None,
         };
         let ks = knobs(2);
         let results: Vec<KnobResult> = ks
             .iter()
             .map(|k| KnobResult {
                 name: k.name.into(),
-                chosen: if k.name == "shards" { 1 } else { (k.get)(&Settings::defaults()) },
-                tried: if k.name == "shards" { vec![(1, 200.0), (2, 100.0)] } else { vec![] },
+                chosen: if k.name == "shards" {
+                    1
+                } else {
+                    (k.get)(&Settings::defaults())
+                },
+                tried: if k.name == "shards" {
+                    vec![(1, 200.0), (2, 100.0)]
+                } else {
+                    vec![]
+                },
+                failed: if k.name == "shards" {
+                    vec![(4, "trial engine exited".into())]
+                } else {
+                    vec![]
+                },
                 note: (k.name == "segment_size").then(|| "budget".to_string()),
             })
             .collect();
         let files = vec![("a".to_string(), 10u64)];
-        let text = render(&spec, &files, &t(2, 100.0), &t(1, 200.0), &ks, &results, true);
+        let text = render(
+            &spec,
+            &files,
+            &t(2, 100.0),
+            &t(1, 200.0),
+            &ks,
+            &results,
+            true,
+        );
         let f = ConfigFile::parse(&text).unwrap();
         assert_eq!(f.serve.shards, Some(1));
         assert_eq!(f.client.readers, Some(32));
         let c = f.engine_config(Some("/tmp/c".into())).unwrap();
         assert_eq!((c.block_bytes, c.segment_bytes), (4 << 20, 256 << 20));
-        assert!(text.contains("1 -> 200 files/s (chosen), 2 -> 100 files/s"), "{text}");
+        assert!(
+            text.contains("1 -> 200 files/s (chosen), 2 -> 100 files/s"),
+            "{text}"
+        );
         assert!(text.contains("(2.00x)"), "{text}");
         assert!(text.contains("budget ran out"), "{text}");
+        assert!(
+            text.contains("#   4 -> FAILED, skipped: trial engine exited\n"),
+            "{text}"
+        );
+        assert!(text.contains("1 trial(s) failed"), "{text}");
     }
 
     #[test]
