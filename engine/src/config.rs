@@ -15,7 +15,49 @@ pub struct MountSpec {
     /// Per-mount under-storage options (`--mount-opt NAME:key=value`, or a
     /// `[mounts.options]` table), e.g. endpoint, region, access_key_id.
     /// Values of secret keys never appear in logs or errors. Default none.
+    /// The stoker-level keys `sync` and `read_only` are taken out of this
+    /// list by `EngineConfig::validate` (into the fields below) and never
+    /// reach the under storage.
     pub options: Vec<(String, String)>,
+    /// Metadata sync interval of this mount (`sync=DUR|never`): None = the
+    /// engine-wide `metadata_sync`; Some(None) = never re-check. Default None.
+    pub sync: Option<Option<Duration>>,
+    /// Read-only flag (`read_only=true`). stoker does not write to under
+    /// storage at all yet, so every mount is read-only in effect; the flag is
+    /// recorded and logged, and any future write path must refuse it.
+    /// Default false.
+    pub read_only: bool,
+}
+
+impl MountSpec {
+    /// Move the stoker-level options (`sync`, `read_only`) out of `options`
+    /// into their fields; the rest are under-storage options.
+    pub fn take_mount_options(&mut self) -> std::result::Result<(), String> {
+        let mut rest = Vec::with_capacity(self.options.len());
+        for (k, v) in std::mem::take(&mut self.options) {
+            match k.as_str() {
+                "sync" => {
+                    let d = parse_duration(&v).map_err(|e| format!("mount {:?}: sync: {e}", self.name))?;
+                    self.sync = Some(d);
+                }
+                "read_only" => {
+                    self.read_only = match v.trim().to_ascii_lowercase().as_str() {
+                        "true" | "yes" | "1" | "on" => true,
+                        "false" | "no" | "0" | "off" => false,
+                        _ => return Err(format!("mount {:?}: read_only: expected true or false, got {v:?}", self.name)),
+                    };
+                }
+                _ => rest.push((k, v)),
+            }
+        }
+        self.options = rest;
+        Ok(())
+    }
+
+    /// This mount's sync interval given the engine-wide one.
+    pub fn sync_or(&self, engine_wide: Option<Duration>) -> Option<Duration> {
+        self.sync.unwrap_or(engine_wide)
+    }
 }
 
 impl std::fmt::Debug for MountSpec {
@@ -25,6 +67,8 @@ impl std::fmt::Debug for MountSpec {
             .field("name", &self.name)
             .field("uri", &self.uri)
             .field("options", &crate::ufs::opendal_ufs::redacted(&self.options))
+            .field("sync", &self.sync)
+            .field("read_only", &self.read_only)
             .finish()
     }
 }
@@ -115,7 +159,8 @@ impl EngineConfig {
             return bad("no mounts: pass at least one --mount NAME=URI".into());
         }
         let mut names = std::collections::HashSet::new();
-        for m in &self.mounts {
+        for m in &mut self.mounts {
+            m.take_mount_options().map_err(EngineError::InvalidArgument)?;
             if m.name.is_empty() || m.name.contains('/') || m.name.starts_with('.') {
                 return bad(format!("bad mount name {:?}: a plain name like 'train'", m.name));
             }
@@ -204,5 +249,33 @@ mod tests {
         assert!(c.segment_bytes <= (1 << 30) / 2 / 4);
         c.capacity_bytes = 1 << 20;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn mount_sync_and_read_only_are_taken_out_of_the_ufs_options() {
+        let opts = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut m = MountSpec {
+            name: "m".into(),
+            uri: "s3://b".into(),
+            options: opts(&[("region", "x"), ("sync", "never"), ("read_only", "true")]),
+            ..Default::default()
+        };
+        m.take_mount_options().unwrap();
+        assert_eq!(m.options, opts(&[("region", "x")]));
+        assert_eq!(m.sync, Some(None));
+        assert!(m.read_only);
+        assert_eq!(m.sync_or(Some(Duration::from_secs(60))), None);
+
+        let mut m = MountSpec { name: "m".into(), options: opts(&[("sync", "1s")]), ..Default::default() };
+        m.take_mount_options().unwrap();
+        assert_eq!(m.sync_or(None), Some(Duration::from_secs(1)));
+        assert!(!m.read_only);
+        let m = MountSpec::default();
+        assert_eq!(m.sync_or(Some(Duration::from_secs(7))), Some(Duration::from_secs(7)));
+
+        for bad in [("sync", "soon"), ("read_only", "maybe")] {
+            let mut m = MountSpec { name: "m".into(), options: opts(&[bad]), ..Default::default() };
+            assert!(m.take_mount_options().is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -135,7 +135,15 @@ impl Engine {
         }
         let fingerprint: Vec<String> =
             cfg.mounts.iter().map(|m| format!("{}={} {:?}", m.name, m.uri, m.options)).collect();
-        let ns = namespace::Namespace::new(mounts, cfg.metadata_sync)
+        let mut ns = namespace::Namespace::new(mounts, cfg.metadata_sync);
+        for m in &cfg.mounts {
+            let sync = m.sync_or(cfg.metadata_sync);
+            tracing::info!(mount = %m.name, sync = ?sync, read_only = m.read_only, "mount");
+            if m.sync.is_some() {
+                ns = ns.with_mount_sync(&m.name, sync);
+            }
+        }
+        let ns = ns
             // Only a hash of the mount list is kept on disk: URIs may carry secrets.
             .with_attr_log(&root.join("attrs.log"), &format!("{:016x}", xxhash_rust::xxh3::xxh3_64(fingerprint.join(";").as_bytes())))
             .map_err(io_ctx("opening the attribute log"))?;

@@ -44,7 +44,10 @@ pub struct Namespace {
     log: Option<AttrLog>,
     attrs: RwLock<HashMap<String, (Attr, Instant)>>,
     lists: RwLock<HashMap<String, (Arc<Vec<DirEntry>>, Instant)>>,
+    /// The engine-wide sync interval, for mounts without their own.
     sync: Option<Duration>,
+    /// Per-mount sync intervals (`--mount-opt NAME:sync=...`).
+    mount_sync: HashMap<String, Option<Duration>>,
 }
 
 /// A normalised namespace path: `/` or `/mount` or `/mount/rel/path`.
@@ -92,7 +95,29 @@ fn dir_attr() -> Attr {
 
 impl Namespace {
     pub fn new(mounts: BTreeMap<String, Arc<Guarded>>, sync: Option<Duration>) -> Namespace {
-        Namespace { mounts, log: None, attrs: RwLock::default(), lists: RwLock::default(), sync }
+        Namespace {
+            mounts,
+            log: None,
+            attrs: RwLock::default(),
+            lists: RwLock::default(),
+            sync,
+            mount_sync: HashMap::new(),
+        }
+    }
+
+    /// Give mount `name` its own metadata sync interval (None = never).
+    pub fn with_mount_sync(mut self, name: &str, sync: Option<Duration>) -> Namespace {
+        self.mount_sync.insert(name.to_string(), sync);
+        self
+    }
+
+    /// The sync interval that applies to `norm` (its mount's, else the
+    /// engine-wide one).
+    fn sync_of(&self, norm: &str) -> Option<Duration> {
+        match resolve(norm) {
+            Resolved::Root => self.sync,
+            Resolved::Mount { mount, .. } => self.mount_sync.get(mount).copied().unwrap_or(self.sync),
+        }
     }
 
     /// Persist file attributes in `path` and load what an earlier run kept
@@ -116,8 +141,8 @@ impl Namespace {
         }
     }
 
-    fn fresh(&self, at: Instant) -> bool {
-        match self.sync {
+    fn fresh(&self, norm: &str, at: Instant) -> bool {
+        match self.sync_of(norm) {
             None => true,
             Some(d) => at.elapsed() < d,
         }
@@ -137,7 +162,7 @@ impl Namespace {
     pub fn cached_attr(&self, norm: &str) -> Option<Attr> {
         let g = self.attrs.read();
         let (a, at) = g.get(norm)?;
-        self.fresh(*at).then(|| a.clone())
+        self.fresh(norm, *at).then(|| a.clone())
     }
 
     /// Files at or under `prefix` whose attributes are cached (fresh or not).
@@ -173,7 +198,7 @@ impl Namespace {
 
     pub async fn list(&self, norm: &str) -> Result<Arc<Vec<DirEntry>>, NsError> {
         if let Some((l, at)) = self.lists.read().get(norm) {
-            if self.fresh(*at) {
+            if self.fresh(norm, *at) {
                 return Ok(l.clone());
             }
         }
