@@ -3,6 +3,11 @@
 //! engine knows which version of each object its cached blocks belong to
 //! without asking under storage again.
 //!
+//! Listings are kept too: a listing record names a directory's entries,
+//! files by name only (their attributes are the file records, so a listing
+//! whose file lost its attribute is not trusted on load), other entries with
+//! their attributes. A newer listing of the same directory supersedes it.
+//!
 //! Record: `len: u32 LE | crc32c(payload): u32 LE | payload` (JSON). The first
 //! record names the mounts (`name=uri;...`); a log written for other mounts is
 //! discarded whole, never trusted. A torn or corrupt tail ends the load (the
@@ -16,7 +21,10 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use stoker_proto::control::Attr;
+use stoker_proto::control::{Attr, DirEntry, Kind};
+
+/// A persisted listing entry: name, and the attribute unless it is a file.
+pub type ListEntry = (String, Option<Attr>);
 
 #[derive(Serialize, Deserialize)]
 struct Rec {
@@ -27,6 +35,16 @@ struct Rec {
     /// Only in the first record: the mount fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     m: Option<String>,
+    /// A listing of directory `p` (then `a` is None).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    l: Option<Vec<ListEntry>>,
+}
+
+/// What a log held: file attributes and directory listings by path.
+#[derive(Default)]
+pub struct Loaded {
+    pub attrs: HashMap<String, Attr>,
+    pub lists: HashMap<String, Vec<ListEntry>>,
 }
 
 pub struct AttrLog {
@@ -63,8 +81,8 @@ fn decode_all(bytes: &[u8]) -> (Vec<Rec>, usize) {
 
 impl AttrLog {
     /// Open (or create) the log at `path` for the mounts named by
-    /// `fingerprint`; returns the log and the attributes it holds.
-    pub fn open(path: &Path, fingerprint: &str) -> io::Result<(AttrLog, HashMap<String, Attr>)> {
+    /// `fingerprint`; returns the log and the attributes and listings it holds.
+    pub fn open(path: &Path, fingerprint: &str) -> io::Result<(AttrLog, Loaded)> {
         let mut bytes = Vec::new();
         match File::open(path) {
             Ok(mut f) => {
@@ -75,9 +93,14 @@ impl AttrLog {
         }
         let (recs, good) = decode_all(&bytes);
         let mut attrs = HashMap::new();
+        let mut lists = HashMap::new();
         let ours = recs.first().and_then(|r| r.m.as_deref()) == Some(fingerprint);
         if ours {
             for r in recs.iter().skip(1) {
+                if let Some(l) = &r.l {
+                    lists.insert(r.p.clone(), l.clone());
+                    continue;
+                }
                 match &r.a {
                     Some(a) => attrs.insert(r.p.clone(), a.clone()),
                     None => attrs.remove(&r.p),
@@ -86,20 +109,26 @@ impl AttrLog {
         } else if !recs.is_empty() {
             tracing::info!(path = %path.display(), "attribute log was written for other mounts; starting afresh");
         }
-        let superseded = recs.len().saturating_sub(1 + attrs.len());
-        let file = if ours && good == bytes.len() && superseded <= attrs.len() {
+        let live = attrs.len() + lists.len();
+        let superseded = recs.len().saturating_sub(1 + live);
+        let loaded = Loaded { attrs, lists };
+        let file = if ours && good == bytes.len() && superseded <= live {
             OpenOptions::new().append(true).open(path)?
         } else {
-            Self::rewrite(path, fingerprint, &attrs)?
+            Self::rewrite(path, fingerprint, &loaded)?
         };
-        Ok((AttrLog { file: Mutex::new(file) }, attrs))
+        Ok((AttrLog { file: Mutex::new(file) }, loaded))
     }
 
-    fn rewrite(path: &Path, fingerprint: &str, attrs: &HashMap<String, Attr>) -> io::Result<File> {
+    fn rewrite(path: &Path, fingerprint: &str, loaded: &Loaded) -> io::Result<File> {
+        let attrs = &loaded.attrs;
         let tmp: PathBuf = path.with_extension("tmp");
-        let mut buf = encode(&Rec { p: String::new(), a: None, m: Some(fingerprint.to_string()) });
+        let mut buf = encode(&Rec { p: String::new(), a: None, m: Some(fingerprint.to_string()), l: None });
         for (p, a) in attrs {
-            buf.extend_from_slice(&encode(&Rec { p: p.clone(), a: Some(a.clone()), m: None }));
+            buf.extend_from_slice(&encode(&Rec { p: p.clone(), a: Some(a.clone()), m: None, l: None }));
+        }
+        for (p, l) in &loaded.lists {
+            buf.extend_from_slice(&encode(&Rec { p: p.clone(), a: None, m: None, l: Some(l.clone()) }));
         }
         let mut f = File::create(&tmp)?;
         f.write_all(&buf)?;
@@ -110,7 +139,7 @@ impl AttrLog {
 
     /// Record `attr` for `path` (None forgets it).
     pub fn append(&self, path: &str, attr: Option<&Attr>) {
-        let rec = encode(&Rec { p: path.to_string(), a: attr.cloned(), m: None });
+        let rec = encode(&Rec { p: path.to_string(), a: attr.cloned(), m: None, l: None });
         if let Err(e) = self.file.lock().write_all(&rec) {
             tracing::warn!(error = %e, "attribute log write failed; attributes will be re-learned after a restart");
         }
@@ -120,12 +149,31 @@ impl AttrLog {
     pub fn append_many<'a>(&self, items: impl Iterator<Item = (String, &'a Attr)>) {
         let mut buf = Vec::new();
         for (p, a) in items {
-            buf.extend_from_slice(&encode(&Rec { p, a: Some(a.clone()), m: None }));
+            buf.extend_from_slice(&encode(&Rec { p, a: Some(a.clone()), m: None, l: None }));
         }
+        self.write(&buf);
+    }
+
+    /// Record the listing of `dir`: the changed file attributes in `files`
+    /// first, then the listing, in one write.
+    pub fn append_listing<'a>(&self, files: impl Iterator<Item = (String, &'a Attr)>, dir: &str, entries: &[DirEntry]) {
+        let mut buf = Vec::new();
+        for (p, a) in files {
+            buf.extend_from_slice(&encode(&Rec { p, a: Some(a.clone()), m: None, l: None }));
+        }
+        let l = entries
+            .iter()
+            .map(|e| (e.name.clone(), (e.attr.kind != Kind::File).then(|| e.attr.clone())))
+            .collect();
+        buf.extend_from_slice(&encode(&Rec { p: dir.to_string(), a: None, m: None, l: Some(l) }));
+        self.write(&buf);
+    }
+
+    fn write(&self, buf: &[u8]) {
         if buf.is_empty() {
             return;
         }
-        if let Err(e) = self.file.lock().write_all(&buf) {
+        if let Err(e) = self.file.lock().write_all(buf) {
             tracing::warn!(error = %e, "attribute log write failed; attributes will be re-learned after a restart");
         }
     }
@@ -146,15 +194,15 @@ mod tests {
         let path = dir.path().join("attrs.log");
         {
             let (log, got) = AttrLog::open(&path, "m=file:///a").unwrap();
-            assert!(got.is_empty());
+            assert!(got.attrs.is_empty());
             log.append("/m/x", Some(&attr("v1")));
             log.append("/m/y", Some(&attr("v1")));
             log.append("/m/x", Some(&attr("v2")));
             log.append("/m/y", None);
         }
         let (_, got) = AttrLog::open(&path, "m=file:///a").unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got["/m/x"].version, "v2");
+        assert_eq!(got.attrs.len(), 1);
+        assert_eq!(got.attrs["/m/x"].version, "v2");
 
         // A torn tail: the last record cut in half is dropped, the rest kept.
         {
@@ -165,11 +213,38 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 5).unwrap();
         let (_, got) = AttrLog::open(&path, "m=file:///a").unwrap();
-        assert_eq!(got.len(), 1);
-        assert!(!got.contains_key("/m/z"));
+        assert_eq!(got.attrs.len(), 1);
+        assert!(!got.attrs.contains_key("/m/z"));
 
         // Other mounts: nothing is trusted.
         let (_, got) = AttrLog::open(&path, "m=file:///b").unwrap();
-        assert!(got.is_empty());
+        assert!(got.attrs.is_empty());
+    }
+
+    #[test]
+    fn listings_survive_reopen_and_compaction_and_newer_ones_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attrs.log");
+        let d = Attr { kind: Kind::Dir, size: 0, mtime_ns: 5, version: String::new() };
+        let ent = |n: &str, a: &Attr| DirEntry { name: n.into(), attr: a.clone() };
+        {
+            let (log, _) = AttrLog::open(&path, "m").unwrap();
+            let a = attr("v1");
+            log.append_listing([("/m/d/x".to_string(), &a)].into_iter(), "/m/d", &[ent("x", &a), ent("sub", &d)]);
+            log.append_listing(std::iter::empty(), "/m/e", &[ent("old", &d)]);
+            log.append_listing(std::iter::empty(), "/m/e", &[ent("new", &d)]);
+        }
+        for _ in 0..2 {
+            let (log, got) = AttrLog::open(&path, "m").unwrap();
+            assert_eq!(got.attrs["/m/d/x"].version, "v1");
+            assert_eq!(got.lists.len(), 2);
+            assert_eq!(got.lists["/m/d"], vec![("x".to_string(), None), ("sub".to_string(), Some(d.clone()))]);
+            assert_eq!(got.lists["/m/e"], vec![("new".to_string(), Some(d.clone()))]);
+            // Enough superseded records to force a compacting rewrite.
+            for i in 0..10 {
+                log.append("/m/d/x", Some(&attr(&format!("v{i}"))));
+            }
+            log.append("/m/d/x", Some(&attr("v1")));
+        }
     }
 }

@@ -89,6 +89,10 @@ pub fn resolve(norm: &str) -> Resolved<'_> {
     }
 }
 
+fn child_path(dir: &str, name: &str) -> String {
+    if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") }
+}
+
 fn dir_attr() -> Attr {
     Attr { kind: Kind::Dir, size: 0, mtime_ns: 0, version: String::new() }
 }
@@ -120,13 +124,31 @@ impl Namespace {
         }
     }
 
-    /// Persist file attributes in `path` and load what an earlier run kept
-    /// there (if it served the same mounts). Loaded attributes count as synced
-    /// now: they are trusted for one more sync interval.
+    /// Persist file attributes and listings in `path` and load what an
+    /// earlier run kept there (if it served the same mounts). Loaded
+    /// attributes and listings count as synced now: they are trusted for one
+    /// more sync interval of their mount (forever with `never`), so a restart
+    /// does not relist. A listing naming a file whose attribute was dropped
+    /// (invalidated) is not loaded.
     pub fn with_attr_log(mut self, path: &std::path::Path, fingerprint: &str) -> std::io::Result<Namespace> {
         let (log, loaded) = AttrLog::open(path, fingerprint)?;
         let now = Instant::now();
-        self.attrs.get_mut().extend(loaded.into_iter().map(|(p, a)| (p, (a, now))));
+        let lists = self.lists.get_mut();
+        'dirs: for (dir, l) in loaded.lists {
+            let mut entries = Vec::with_capacity(l.len());
+            for (name, attr) in l {
+                let attr = match attr {
+                    Some(a) => a,
+                    None => match loaded.attrs.get(&child_path(&dir, &name)) {
+                        Some(a) => a.clone(),
+                        None => continue 'dirs,
+                    },
+                };
+                entries.push(DirEntry { name, attr });
+            }
+            lists.insert(dir, (Arc::new(entries), now));
+        }
+        self.attrs.get_mut().extend(loaded.attrs.into_iter().map(|(p, a)| (p, (a, now))));
         self.log = Some(log);
         Ok(self)
     }
@@ -225,7 +247,7 @@ impl Namespace {
         {
             let mut attrs = self.attrs.write();
             for e in &entries {
-                let child = if norm == "/" { format!("/{}", e.name) } else { format!("{norm}/{}", e.name) };
+                let child = child_path(norm, &e.name);
                 let old = attrs.insert(child.clone(), (e.attr.clone(), now));
                 if e.attr.kind == Kind::File && old.is_none_or(|(o, _)| o != e.attr) {
                     news.push((child, &e.attr));
@@ -233,7 +255,7 @@ impl Namespace {
             }
         }
         if let Some(log) = &self.log {
-            log.append_many(news.into_iter());
+            log.append_listing(news.into_iter(), norm, &entries);
         }
         let entries = Arc::new(entries);
         self.lists.write().insert(norm.to_string(), (entries.clone(), now));
