@@ -16,6 +16,11 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)?.ok_or_else(|| format!("bad duration {s:?}: `never` is not allowed here"))
 }
 
+fn quota_arg(s: &str) -> Result<(String, u64), String> {
+    let (name, size) = s.split_once('=').ok_or_else(|| format!("bad --quota {s:?}: expected NAME=SIZE, e.g. scratch=50G"))?;
+    Ok((name.to_string(), parse_size(size)?))
+}
+
 fn mount_arg(s: &str) -> Result<MountSpec, String> {
     let (name, uri) = s
         .split_once('=')
@@ -71,6 +76,9 @@ pub struct ServeArgs {
     /// get a second chance) or lru (least recently read segment) [default: fifo-reinsert].
     #[arg(long)]
     pub eviction: Option<stoker_engine::store::Eviction>,
+    /// Most bytes one mount may keep cached, NAME=SIZE (repeatable), e.g. scratch=50G.
+    #[arg(long = "quota", value_parser = quota_arg)]
+    pub quotas: Vec<(String, u64)>,
     #[command(flatten)]
     pub socket: crate::SocketArg,
 }
@@ -133,6 +141,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(e) = a.eviction {
         cfg.eviction = e;
+    }
+    if !a.quotas.is_empty() {
+        cfg.quotas = a.quotas;
     }
     let mut engine = Engine::start(cfg)?;
     if let Some(addr) = engine.metrics_addr() {

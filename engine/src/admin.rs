@@ -185,6 +185,25 @@ fn ufs_checksum(ctx: &ControlCtx, norm: &str, off: u64, len: u64) -> Result<Resp
     Ok(Response::Checksum { len: data.len() as u64, checksum: stoker_proto::control::checksum(&data) })
 }
 
+/// After a restart: count the cached blocks of each quota'd mount (as far as
+/// the persisted attributes name them) so its quota holds from the start.
+pub fn reapply_quotas(ctx: &ControlCtx, quotas: &[(String, u64)]) {
+    for (mount, _) in quotas {
+        let files = ctx.ns.known_files_under(&format!("/{mount}"));
+        let shards = ctx.shard_cmds.len();
+        let mut per_shard = vec![Vec::new(); shards];
+        for (path, attr) in &files {
+            for block in 0..attr.size.div_ceil(ctx.block_bytes) {
+                let len = (attr.size - block * ctx.block_bytes).min(ctx.block_bytes);
+                per_shard[shard_for(path, block, shards)].push((BlockKey::new(path, &attr.version, block).hash, len));
+            }
+        }
+        for (shard, blocks) in per_shard.into_iter().enumerate().filter(|(_, b)| !b.is_empty()) {
+            let _ = ctx.shard_cmds[shard].unbounded_send(ShardCmd::Track { mount: mount.clone(), blocks });
+        }
+    }
+}
+
 /// After a restart: re-apply pins and TTLs to the blocks of files the
 /// namespace already knows (from its persisted attributes). TTLs count from
 /// the restart.

@@ -104,6 +104,8 @@ pub struct EngineConfig {
     pub write_queue_bytes_max: u64,
     /// What a full cache drops first. Default `fifo-reinsert`.
     pub eviction: crate::store::Eviction,
+    /// Per-mount quotas: (mount name, bytes). Default none.
+    pub quotas: Vec<(String, u64)>,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (docs/METRICS.md).
     /// Port 0 picks a free port (`Engine::metrics_addr`). Default none.
     pub metrics: Option<std::net::SocketAddr>,
@@ -126,6 +128,7 @@ impl EngineConfig {
             metadata_sync: Some(Duration::from_secs(60)),
             write_queue_bytes_max: 256 << 20,
             eviction: crate::store::Eviction::default(),
+            quotas: Vec::new(),
             metrics: None,
         }
     }
@@ -166,6 +169,14 @@ impl EngineConfig {
             }
             if !names.insert(m.name.clone()) {
                 return bad(format!("mount name {:?} given twice", m.name));
+            }
+        }
+        for (m, q) in &self.quotas {
+            if !self.mounts.iter().any(|x| &x.name == m) {
+                return bad(format!("--quota {m}=...: no --mount named {m:?}"));
+            }
+            if *q < self.shards as u64 * (self.block_bytes + 8192) {
+                return bad(format!("--quota {m}={q} is smaller than one block per shard"));
             }
         }
         if self.ufs_attempts == 0 {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod metrics;
 pub mod namespace;
 pub mod policy;
+pub mod quota;
 pub mod session;
 pub mod shard;
 pub mod stats;
@@ -178,6 +179,7 @@ impl Engine {
                 registry: registry.clone(),
                 policies: policies.clone(),
                 eviction: cfg.eviction,
+                quotas: cfg.quotas.iter().map(|(m, q)| (m.clone(), q / cfg.shards as u64)).collect(),
                 cmds: {
                     let (tx, rx) = futures::channel::mpsc::unbounded();
                     shard_cmds.push(tx);
@@ -230,6 +232,7 @@ impl Engine {
             engine.metrics = Some(endpoint);
         }
         admin::reapply(&engine.ctx);
+        admin::reapply_quotas(&engine.ctx, &cfg.quotas);
         engine.control = Some(
             std::thread::Builder::new()
                 .name("stoker-accept".into())

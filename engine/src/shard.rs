@@ -48,6 +48,8 @@ pub struct ShardSetup {
     pub policies: Arc<Policies>,
     pub cmds: mpsc::UnboundedReceiver<ShardCmd>,
     pub eviction: crate::store::Eviction,
+    /// Per-mount quotas: this shard's share, in bytes.
+    pub quotas: HashMap<String, u64>,
 }
 
 /// Commands from the control plane to a shard. Each carries block key hashes
@@ -63,6 +65,8 @@ pub enum ShardCmd {
     Count { keys: Vec<u64>, reply: oneshot::Sender<u64> },
     /// Drop these blocks once `after` has passed (a TTL).
     Expire { keys: Vec<u64>, after: std::time::Duration },
+    /// Count these (key hash, length) blocks against a mount's quota, if cached (at start-up).
+    Track { mount: String, blocks: Vec<(u64, u64)> },
 }
 
 /// A block fetched from under storage, with the attributes it was read under.
@@ -92,6 +96,7 @@ struct Shard {
     policies: Arc<Policies>,
     /// (expiry time, key hash) of blocks under a TTL, soonest first.
     expiry: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
+    quotas: Rc<crate::quota::Quotas>,
 }
 
 /// Start a shard thread. `ready` gets the recovery report once the store is
@@ -157,6 +162,7 @@ async fn run(
         write_queue_bytes_max: setup.write_queue_bytes_max,
         policies: setup.policies,
         expiry: RefCell::default(),
+        quotas: Rc::new(crate::quota::Quotas::new(setup.quotas)),
     });
     glommio::spawn_local(commands(shard.clone(), setup.cmds)).detach();
     glommio::spawn_local(expire_forever(shard.clone())).detach();
@@ -449,6 +455,8 @@ impl Shard {
         self.unwritten.borrow_mut().insert(key.bytes.clone(), data.clone());
         let (store, counters, queued) = (self.store.clone(), self.counters.clone(), queued.clone());
         let unwritten = self.unwritten.clone();
+        let quotas = self.quotas.clone();
+        let mount = crate::quota::mount_of(path).to_string();
         let policy = self.policies.effective(path);
         if policy.pinned {
             self.store.set_pinned(key.hash, true);
@@ -457,8 +465,13 @@ impl Shard {
             self.expiry.borrow_mut().push(Reverse((Instant::now() + ttl, key.hash)));
         }
         glommio::spawn_local(async move {
-            if let Err(e) = store.put(key.hash, &key.bytes, &data).await {
-                tracing::warn!(error = %e, "caching a block failed");
+            match store.put(key.hash, &key.bytes, &data).await {
+                Ok(()) if quotas.applies(&mount) => {
+                    let dropped = quotas.track(&store, &mount, key.hash, len);
+                    counters.quota_evicted_blocks.fetch_add(dropped, Relaxed);
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "caching a block failed"),
             }
             unwritten.borrow_mut().remove(&key.bytes);
             queued.set(queued.get() - len);
@@ -511,6 +524,13 @@ async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver<ShardCmd>)
             }
             ShardCmd::Count { keys, reply } => {
                 let _ = reply.send(keys.iter().filter(|k| shard.store.contains(**k)).count() as u64);
+            }
+            ShardCmd::Track { mount, blocks } => {
+                for (k, len) in blocks.into_iter().filter(|(k, _)| shard.store.contains(*k)) {
+                    let dropped = shard.quotas.track(&shard.store, &mount, k, len);
+                    shard.counters.quota_evicted_blocks.fetch_add(dropped, Relaxed);
+                }
+                shard.publish();
             }
             ShardCmd::Expire { keys, after } => {
                 let at = Instant::now() + after;

@@ -20,6 +20,7 @@ pub struct ShardCounters {
     pub write_dropped: AtomicU64,
     pub inflight_requests: AtomicU64,
     pub expired_blocks: AtomicU64,
+    pub quota_evicted_blocks: AtomicU64,
     pub recovery: parking_lot::Mutex<RecoveryStats>,
     /// Read latencies, published by the shard every second (metrics::latency).
     pub read_latency: crate::metrics::latency::ReadLatency,
@@ -43,6 +44,7 @@ impl ShardCounters {
             write_dropped: self.write_dropped.load(Relaxed),
             inflight_requests: self.inflight_requests.load(Relaxed),
             expired_blocks: self.expired_blocks.load(Relaxed),
+            quota_evicted_blocks: self.quota_evicted_blocks.load(Relaxed),
         }
     }
 }

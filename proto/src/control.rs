@@ -100,6 +100,9 @@ pub struct ShardStats {
     /// Blocks dropped because their TTL passed.
     #[serde(default)]
     pub expired_blocks: u64,
+    /// Blocks dropped to keep a mount within its quota.
+    #[serde(default)]
+    pub quota_evicted_blocks: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]

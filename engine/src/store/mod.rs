@@ -341,6 +341,10 @@ impl Store {
         done_rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    pub fn is_pinned(&self, key_hash: u64) -> bool {
+        self.shared.pinned.borrow().contains(&key_hash)
+    }
+
     /// Choose the eviction policy (default `FifoReinsert`).
     pub fn set_eviction(&self, e: Eviction) {
         self.shared.eviction.set(e);
