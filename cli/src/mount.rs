@@ -79,15 +79,20 @@ pub struct MountArgs {
     /// Longest wait for one answer from the engine before the read fails with EIO.
     #[arg(long, value_parser = duration_arg, default_value = "60s")]
     pub request_timeout: Duration,
-    /// Threads serving FUSE requests.
-    #[arg(long, default_value_t = 16)]
-    pub threads: usize,
-    /// Largest single read the kernel sends (capped by the kernel, usually at 1 MiB).
-    #[arg(long, value_parser = size_arg, default_value = "1M")]
-    pub max_read: u64,
-    /// Kernel readahead per open file (needs root to raise above 128 KiB).
-    #[arg(long, value_parser = size_arg, default_value = "1M")]
-    pub readahead: u64,
+    /// A TOML config file (e.g. written by `stoker tune`): its `[mount]`
+    /// section sets threads, readahead and max_read; flags given here override
+    /// it. Other sections are ignored.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Threads serving FUSE requests [default: 16].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Largest single read the kernel sends (capped by the kernel, usually at 1 MiB) [default: 1M].
+    #[arg(long, value_parser = size_arg)]
+    pub max_read: Option<u64>,
+    /// Kernel readahead per open file (needs root to raise above 128 KiB) [default: 1M].
+    #[arg(long, value_parser = size_arg)]
+    pub readahead: Option<u64>,
     /// Let other users read the mount (FUSE allow_other).
     #[arg(long)]
     pub allow_other: bool,
@@ -169,7 +174,29 @@ fn check_mountpoint(mp: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The FUSE knobs: flags, then `--config`'s `[mount]`, then the defaults.
+struct FuseKnobs {
+    threads: usize,
+    max_read: u64,
+    readahead: u64,
+}
+
+fn fuse_knobs(a: &MountArgs) -> Result<FuseKnobs> {
+    let m = match &a.config {
+        Some(p) => stoker_tuning::ConfigFile::load(p)?.mount,
+        None => Default::default(),
+    };
+    let size = |v: &Option<stoker_tuning::config::Size>, key| v.as_ref().map(|s| s.bytes_in("mount", key)).transpose();
+    Ok(FuseKnobs {
+        threads: a.threads.or(m.threads).unwrap_or(16),
+        max_read: a.max_read.or(size(&m.max_read, "max_read")?).unwrap_or(1 << 20),
+        readahead: a.readahead.or(size(&m.readahead, "readahead")?).unwrap_or(1 << 20),
+    })
+}
+
 pub fn run_mount(a: MountArgs) -> Result<()> {
+    // A bad config file fails here, before anything is mounted.
+    fuse_knobs(&a)?;
     let source = plan(&a)?;
     check_mountpoint(&a.mountpoint)?;
     let ready = if a.daemon { Some(daemonize()?) } else { None };
@@ -234,15 +261,19 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
         eprintln!("stoker: metrics on http://{bound}/metrics");
     }
 
+    let knobs = fuse_knobs(a)?;
+    if a.config.is_some() {
+        tracing::info!("FUSE threads {} max_read {} readahead {}", knobs.threads, knobs.max_read, knobs.readahead);
+    }
     let opts = stoker_client::Options { timeout: a.request_timeout, ..Default::default() };
     let client = stoker_client::Client::connect_with(&socket, opts)?;
     let mut cfg = FsConfig { metadata_ttl: a.metadata_ttl, list_on_lookup: !a.no_list_on_lookup, ..FsConfig::default() };
-    cfg.owner.blksize = a.max_read.clamp(4096, 16 << 20) as u32;
+    cfg.owner.blksize = knobs.max_read.clamp(4096, 16 << 20) as u32;
     let fs = Arc::new(StokerFs::new(client, &root, cfg).with_context(|| format!("cannot mount {root}"))?);
     let mopts = MountOptions {
-        threads: a.threads,
-        max_read_bytes: a.max_read.clamp(4096, u32::MAX as u64) as u32,
-        readahead_bytes: a.readahead.clamp(4096, u32::MAX as u64) as u32,
+        threads: knobs.threads,
+        max_read_bytes: knobs.max_read.clamp(4096, u32::MAX as u64) as u32,
+        readahead_bytes: knobs.readahead.clamp(4096, u32::MAX as u64) as u32,
         auto_unmount: !a.no_auto_unmount && stoker_fuse::session::fusermount_path().is_some(),
         allow_other: a.allow_other,
         fsname: format!("stoker:{root}"),
@@ -253,7 +284,7 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
     }
     let mut session = stoker_fuse::mount(fs.clone(), &a.mountpoint, &mopts)
         .with_context(|| format!("mounting at {}", a.mountpoint.display()))?;
-    if a.readahead > 128 << 10 {
+    if knobs.readahead > 128 << 10 {
         if let Err(e) = set_bdi_readahead(&a.mountpoint, mopts.readahead_bytes) {
             tracing::warn!("could not raise kernel readahead to {} bytes: {e}", mopts.readahead_bytes);
         }

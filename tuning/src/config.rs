@@ -20,9 +20,14 @@ pub enum Size {
 
 impl Size {
     pub fn bytes(&self, key: &str) -> Result<u64> {
+        self.bytes_in("serve", key)
+    }
+
+    /// The byte count, errors naming `[section] key`.
+    pub fn bytes_in(&self, section: &str, key: &str) -> Result<u64> {
         match self {
             Size::Bytes(b) => Ok(*b),
-            Size::Text(s) => parse_size(s).map_err(anyhow::Error::msg).with_context(|| format!("[serve] {key}")),
+            Size::Text(s) => parse_size(s).map_err(anyhow::Error::msg).with_context(|| format!("[{section}] {key}")),
         }
     }
 }
@@ -59,8 +64,12 @@ pub struct ClientSection {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MountSection {
+    /// `stoker mount --threads`: threads serving FUSE requests.
     pub threads: Option<usize>,
+    /// `stoker mount --readahead`: kernel readahead per open file.
     pub readahead: Option<Size>,
+    /// `stoker mount --max-read`: largest single read the kernel sends.
+    pub max_read: Option<Size>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

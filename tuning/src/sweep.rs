@@ -745,10 +745,10 @@ fn render(
         }
     }
     o += "\n[mount]\n";
-    o += "# FUSE threads and readahead (`stoker mount --threads N --readahead SIZE`) are not swept\n";
-    o += "# by this version and `stoker mount` does not read this file: the values below are the\n";
-    o += "# mount's defaults, left commented out.\n";
-    o += "# threads = 16\n# readahead = \"1M\"\n";
+    o += "# read by `stoker mount --config THIS_FILE` (flags override). FUSE threads, readahead\n";
+    o += "# and max_read are not swept by this version: the values below are the mount's\n";
+    o += "# defaults, left commented out; uncomment to change them.\n";
+    o += "# threads = 16\n# readahead = \"1M\"\n# max_read = \"1M\"\n";
     o
 }
 
