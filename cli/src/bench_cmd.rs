@@ -288,7 +288,8 @@ pub struct TuneArgs {
     /// Ignore saved trials and measure everything again.
     #[arg(long)]
     pub fresh: bool,
-    /// Sweep only these knobs (comma-separated): shards, readers, block_size, segment_size.
+    /// Sweep only these knobs (comma-separated): shards, readers, block_size, segment_size,
+    /// fuse_threads, readahead (the last two mount the trial engine: need /dev/fuse).
     #[arg(long, value_delimiter = ',')]
     pub knobs: Vec<String>,
     /// The binary trials run as `EXE serve --config ...` (default: this one); for tests.

@@ -53,8 +53,36 @@ pub struct TuneSpec {
     pub knobs: Vec<String>,
 }
 
-/// The knobs `tune` can sweep, in the order it sweeps them.
-pub const KNOB_NAMES: [&str; 4] = ["shards", "readers", "block_size", "segment_size"];
+/// The knobs `tune` can sweep, in the order it sweeps them. The FUSE knobs
+/// come last: they are swept on the best engine settings found, through a
+/// `stoker mount --daemon` of one trial engine.
+pub const KNOB_NAMES: [&str; 6] = [
+    "shards",
+    "readers",
+    "block_size",
+    "segment_size",
+    "fuse_threads",
+    "readahead",
+];
+
+/// `stoker mount` settings of a FUSE trial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FuseSettings {
+    /// `stoker mount --threads`.
+    pub threads: usize,
+    /// `stoker mount --readahead`, bytes.
+    pub readahead_bytes: u64,
+}
+
+impl FuseSettings {
+    /// What `stoker mount` uses without flags.
+    pub fn defaults() -> FuseSettings {
+        FuseSettings {
+            threads: 16,
+            readahead_bytes: 1 << 20,
+        }
+    }
+}
 
 /// One point in the space: what a trial runs with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +93,10 @@ pub struct Settings {
     /// Reads in flight from the client: the queue depth the engine and its
     /// io_uring rings see (the engine has no ring-depth knob of its own).
     pub readers: usize,
+    /// Set for a FUSE trial: the epoch reads a `stoker mount` of the engine
+    /// (a directory target) instead of the shared-memory client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuse: Option<FuseSettings>,
 }
 
 impl Settings {
@@ -77,7 +109,34 @@ impl Settings {
             block_bytes: 4 << 20,
             segment_bytes: 256 << 20,
             readers: 32,
+            fuse: None,
         }
+    }
+
+    /// The engine part alone (what the trial engine is started with).
+    fn engine(&self) -> Settings {
+        Settings {
+            fuse: None,
+            ..self.clone()
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut d = format!(
+            "shards={} readers={} block={} segment={}",
+            self.shards,
+            self.readers,
+            fmt_size(self.block_bytes),
+            fmt_size(self.segment_bytes)
+        );
+        if let Some(f) = &self.fuse {
+            d += &format!(
+                " fuse: threads={} readahead={}",
+                f.threads,
+                fmt_size(f.readahead_bytes)
+            );
+        }
+        d
     }
 }
 
@@ -127,6 +186,10 @@ struct Knob {
     get: fn(&Settings) -> u64,
     set: fn(&mut Settings, u64),
     size: bool,
+    /// Swept through a FUSE mount; written to `[mount]` as `key`.
+    fuse: bool,
+    /// The config key it is written as.
+    key: &'static str,
 }
 
 fn knobs(cores: usize) -> Vec<Knob> {
@@ -146,6 +209,8 @@ fn knobs(cores: usize) -> Vec<Knob> {
             get: |s| s.shards as u64,
             set: |s, v| s.shards = v as usize,
             size: false,
+            fuse: false,
+            key: "",
         },
         Knob {
             name: "readers",
@@ -155,6 +220,8 @@ fn knobs(cores: usize) -> Vec<Knob> {
             get: |s| s.readers as u64,
             set: |s, v| s.readers = v as usize,
             size: false,
+            fuse: false,
+            key: "",
         },
         Knob {
             name: "block_size",
@@ -163,6 +230,8 @@ fn knobs(cores: usize) -> Vec<Knob> {
             get: |s| s.block_bytes,
             set: |s, v| s.block_bytes = v,
             size: true,
+            fuse: false,
+            key: "",
         },
         Knob {
             name: "segment_size",
@@ -171,6 +240,28 @@ fn knobs(cores: usize) -> Vec<Knob> {
             get: |s| s.segment_bytes,
             set: |s, v| s.segment_bytes = v,
             size: true,
+            fuse: false,
+            key: "",
+        },
+        Knob {
+            name: "fuse_threads",
+            what: "threads serving FUSE requests (`stoker mount --threads`)",
+            candidates: vec![4, 8, 16, 32],
+            get: |s| s.fuse.unwrap_or(FuseSettings::defaults()).threads as u64,
+            set: |s, v| s.fuse.get_or_insert(FuseSettings::defaults()).threads = v as usize,
+            size: false,
+            fuse: true,
+            key: "threads",
+        },
+        Knob {
+            name: "readahead",
+            what: "kernel readahead per open file on the mount (`stoker mount --readahead`)",
+            candidates: vec![128 << 10, 1 << 20, 4 << 20],
+            get: |s| s.fuse.unwrap_or(FuseSettings::defaults()).readahead_bytes,
+            set: |s, v| s.fuse.get_or_insert(FuseSettings::defaults()).readahead_bytes = v,
+            size: true,
+            fuse: true,
+            key: "readahead",
         },
     ]
 }
@@ -279,10 +370,12 @@ fn run_trial_recorded(
     files: &[(String, u64)],
     s: &Settings,
     n: usize,
+    fuse_engine: &mut Option<FuseEngine>,
 ) -> Trial {
     let t0 = Instant::now();
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_trial(spec, data, files, s)
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match s.fuse {
+        None => run_trial(spec, data, files, s),
+        Some(f) => run_fuse_trial(spec, data, files, s, f, fuse_engine),
     }));
     let err = match r {
         Ok(Ok(t)) => return t,
@@ -295,11 +388,18 @@ fn run_trial_recorded(
             format!("panic: {}", msg.unwrap_or_default())
         }
     };
-    let _ = std::fs::remove_dir_all(spec.work_dir.join("trial-cache"));
     let kept = spec.work_dir.join(format!("trial-failed-{n}.log"));
-    let log = std::fs::copy(spec.work_dir.join("trial-serve.log"), &kept)
-        .map(|_| format!(" (engine log: {})", kept.display()))
-        .unwrap_or_default();
+    let log = if s.fuse.is_some() {
+        // The engine may be the culprit too: it is restarted if it died.
+        std::fs::copy(spec.work_dir.join("trial-mount.log"), &kept)
+            .map(|_| format!(" (mount log: {})", kept.display()))
+            .unwrap_or_default()
+    } else {
+        let _ = std::fs::remove_dir_all(spec.work_dir.join("trial-cache"));
+        std::fs::copy(spec.work_dir.join("trial-serve.log"), &kept)
+            .map(|_| format!(" (engine log: {})", kept.display()))
+            .unwrap_or_default()
+    };
     Trial {
         settings: s.clone(),
         files_per_s: 0.0,
@@ -310,15 +410,22 @@ fn run_trial_recorded(
     }
 }
 
-fn run_trial(spec: &TuneSpec, data: &Path, files: &[(String, u64)], s: &Settings) -> Result<Trial> {
+/// Start a trial engine with `s` (its engine part) on `WORK/{tag}.sock` with
+/// a fresh `WORK/{tag}-cache`; returns once it answers.
+fn start_engine(
+    spec: &TuneSpec,
+    data: &Path,
+    s: &Settings,
+    tag: &str,
+) -> Result<(ServeChild, String, stoker_client::Client)> {
     let t0 = Instant::now();
-    let cache = spec.work_dir.join("trial-cache");
+    let cache = spec.work_dir.join(format!("{tag}-cache"));
     let _ = std::fs::remove_dir_all(&cache);
-    let conf = spec.work_dir.join("trial.toml");
+    let conf = spec.work_dir.join(format!("{tag}.toml"));
     std::fs::write(&conf, trial_config(s))?;
     // The trial config must be one the operator's `serve --config` accepts.
     ConfigFile::load(&conf)?;
-    let socket = spec.work_dir.join("trial.sock").display().to_string();
+    let socket = spec.work_dir.join(format!("{tag}.sock")).display().to_string();
     let log = std::fs::File::create(spec.work_dir.join("trial-serve.log"))?;
     let child = Command::new(&spec.exe)
         .arg("serve")
@@ -356,18 +463,23 @@ fn run_trial(spec: &TuneSpec, data: &Path, files: &[(String, u64)], s: &Settings
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let target = StokerTarget {
-        name: "stoker".into(),
-        client,
-        prefix: "/data".into(),
-    };
-    // Fill the cache (the cold pass), then score the warm passes.
+    Ok((child, socket, client))
+}
+
+/// Fill (the cold pass), then the best of `spec.passes` warm passes.
+fn score(
+    spec: &TuneSpec,
+    target: &dyn stoker_bench::Target,
+    data: &Path,
+    files: &[(String, u64)],
+    readers: usize,
+) -> Result<stoker_bench::Report> {
     let fill = stoker_bench::run(
-        &target,
+        target,
         &Workload::Epoch,
         "fill",
         files,
-        s.readers,
+        readers,
         spec.seed,
         None,
     );
@@ -377,11 +489,11 @@ fn run_trial(spec: &TuneSpec, data: &Path, files: &[(String, u64)], s: &Settings
     let mut best: Option<stoker_bench::Report> = None;
     for p in 0..spec.passes.max(1) {
         let r = stoker_bench::run(
-            &target,
+            target,
             &Workload::Epoch,
             "warm",
             files,
-            s.readers,
+            readers,
             spec.seed + 1 + p as u64,
             Some(data),
         );
@@ -392,10 +504,158 @@ fn run_trial(spec: &TuneSpec, data: &Path, files: &[(String, u64)], s: &Settings
             best = Some(r);
         }
     }
+    Ok(best.expect("at least one pass"))
+}
+
+fn run_trial(spec: &TuneSpec, data: &Path, files: &[(String, u64)], s: &Settings) -> Result<Trial> {
+    let t0 = Instant::now();
+    let cache = spec.work_dir.join("trial-cache");
+    let (child, _socket, client) = start_engine(spec, data, s, "trial")?;
+    let target = StokerTarget {
+        name: "stoker".into(),
+        client,
+        prefix: "/data".into(),
+    };
+    let best = score(spec, &target, data, files, s.readers)?;
     drop(target);
     child.stop();
     let _ = std::fs::remove_dir_all(&cache);
-    let best = best.expect("at least one pass");
+    Ok(Trial {
+        settings: s.clone(),
+        files_per_s: best.files_per_s,
+        mib_per_s: best.mib_per_s,
+        p99_us: best.p99_us,
+        secs: t0.elapsed().as_secs_f64(),
+        error: None,
+    })
+}
+
+/// The one trial engine every FUSE trial mounts (started with the best
+/// engine settings; restarted if those change or it died).
+struct FuseEngine {
+    settings: Settings,
+    child: ServeChild,
+    socket: String,
+}
+
+impl FuseEngine {
+    fn stop(self) {
+        self.child.stop();
+    }
+}
+
+/// A trial mount: unmounted on drop (`stoker umount`, then `--lazy`).
+struct TrialMount<'a> {
+    exe: &'a Path,
+    mp: PathBuf,
+}
+
+impl TrialMount<'_> {
+    fn umount(&self) -> Result<()> {
+        let o = Command::new(self.exe)
+            .arg("umount")
+            .arg(&self.mp)
+            .stdin(Stdio::null())
+            .output()?;
+        if !o.status.success() {
+            bail!(
+                "stoker umount {}: {}",
+                self.mp.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TrialMount<'_> {
+    fn drop(&mut self) {
+        if is_mounted(&self.mp) && self.umount().is_err() {
+            let _ = Command::new(self.exe)
+                .args(["umount", "--lazy"])
+                .arg(&self.mp)
+                .stdin(Stdio::null())
+                .output();
+        }
+    }
+}
+
+fn is_mounted(mp: &Path) -> bool {
+    let Ok(m) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let mp = mp.display().to_string();
+    m.lines().any(|l| l.split_whitespace().nth(1) == Some(mp.as_str()))
+}
+
+/// One FUSE trial: `stoker mount --socket S /data MP --daemon --threads T
+/// --readahead R` of the shared trial engine, the same epoch as the engine
+/// trials read through the mount point (a directory target), unmount.
+fn run_fuse_trial(
+    spec: &TuneSpec,
+    data: &Path,
+    files: &[(String, u64)],
+    s: &Settings,
+    f: FuseSettings,
+    engine: &mut Option<FuseEngine>,
+) -> Result<Trial> {
+    let t0 = Instant::now();
+    let keep = engine.as_mut().is_some_and(|e| {
+        e.settings == s.engine() && matches!(e.child.child.try_wait(), Ok(None))
+    });
+    if !keep {
+        if let Some(e) = engine.take() {
+            e.stop();
+        }
+        let (child, socket, _client) = start_engine(spec, data, &s.engine(), "trial-fuse")?;
+        *engine = Some(FuseEngine {
+            settings: s.engine(),
+            child,
+            socket,
+        });
+    }
+    let e = engine.as_ref().expect("engine started");
+    let mp = spec.work_dir.join("trial-mnt");
+    std::fs::create_dir_all(&mp)?;
+    let mount = TrialMount {
+        exe: &spec.exe,
+        mp: mp.clone(),
+    };
+    // A mount left behind by an interrupted run.
+    if is_mounted(&mp) {
+        mount.umount()?;
+    }
+    let log = spec.work_dir.join("trial-mount.log");
+    let _ = std::fs::remove_file(&log);
+    let o = Command::new(&spec.exe)
+        .arg("mount")
+        .args(["--socket", &e.socket, "/data"])
+        .arg(&mp)
+        .arg("--daemon")
+        .args(["--threads", &f.threads.to_string()])
+        .args(["--readahead", &f.readahead_bytes.to_string()])
+        .arg("--log-file")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {} mount", spec.exe.display()))?;
+    if !o.status.success() {
+        let _ = std::fs::write(&log, &o.stderr);
+        bail!(
+            "stoker mount failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    if !is_mounted(&mp) {
+        bail!("stoker mount returned but {} is not mounted", mp.display());
+    }
+    let target = stoker_bench::LocalTarget {
+        name: "fuse".into(),
+        root: mp.clone(),
+    };
+    let best = score(spec, &target, data, files, s.readers)?;
+    mount.umount()?;
     Ok(Trial {
         settings: s.clone(),
         files_per_s: best.files_per_s,
@@ -483,10 +743,13 @@ pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
     if !spec.knobs.is_empty() {
         knobs.retain(|k| spec.knobs.iter().any(|n| n == k.name));
     }
-    let total: u64 = 1 + knobs
-        .iter()
-        .map(|k| k.candidates.len() as u64 - 1)
-        .sum::<u64>();
+    let has_fuse = knobs.iter().any(|k| k.fuse);
+    let total: u64 = 1
+        + has_fuse as u64
+        + knobs
+            .iter()
+            .map(|k| k.candidates.len() as u64 - 1)
+            .sum::<u64>();
     let progress = Progress::new(total);
     progress.line(format!(
         "tune: {} files ({:.0} MiB) in {}, budget {:?}, {} saved trials",
@@ -498,6 +761,7 @@ pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
     ));
     let (mut run, mut reused, mut failed, mut run_secs) = (0usize, 0usize, 0usize, 0.0f64);
     let mut budget_hit = false;
+    let mut fuse_engine: Option<FuseEngine> = None;
     // Measure `s` (or reuse a saved trial that ran). None when the budget is
     // spent; a failed trial comes back with `error` set, already recorded.
     let mut measure = |s: &Settings, force: bool, state: &mut State| -> Result<Option<Trial>> {
@@ -516,16 +780,10 @@ pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
             return Ok(None);
         }
         let n = state.trials.iter().filter(|t| t.failed()).count() + 1;
-        let t = run_trial_recorded(spec, &data, &files, s, n);
+        let t = run_trial_recorded(spec, &data, &files, s, n, &mut fuse_engine);
         run += 1;
         run_secs += t.secs;
-        let what = format!(
-            "shards={} readers={} block={} segment={}",
-            s.shards,
-            s.readers,
-            fmt_size(s.block_bytes),
-            fmt_size(s.segment_bytes)
-        );
+        let what = s.describe();
         match &t.error {
             Some(e) => {
                 failed += 1;
@@ -550,19 +808,50 @@ pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
         save_state(&state_path, state)?;
         Ok(Some(t))
     };
-    let mut current = Settings::defaults();
+    let current = Settings::defaults();
     // The baseline is retried once: without it nothing can be compared.
     let mut default_trial = measure(&current, true, &mut state)?.expect("forced trial");
     if default_trial.failed() {
         default_trial = measure(&current, true, &mut state)?.expect("forced trial");
     }
     let mut best_trial = default_trial.clone();
+    // FUSE trials score through a mount, so they compare only with each
+    // other: the first FUSE knob measures a baseline mount (the mount's
+    // defaults on the best engine settings) and the FUSE knobs descend from it.
+    let mut fuse_best: Option<Trial> = None;
+    let mut fuse_default: Option<Trial> = None;
     let mut results = Vec::new();
     for k in &knobs {
+        if k.fuse && fuse_best.is_none() {
+            let mut s = best_trial.settings.clone();
+            s.fuse = Some(FuseSettings::defaults());
+            match measure(&s, false, &mut state)? {
+                Some(t) => {
+                    fuse_default = Some(t.clone());
+                    fuse_best = Some(t);
+                }
+                None => {
+                    results.push(KnobResult {
+                        name: k.name.into(),
+                        chosen: (k.get)(&s),
+                        tried: vec![],
+                        failed: vec![],
+                        note: Some("not measured: budget spent before the FUSE sweep".into()),
+                    });
+                    continue;
+                }
+            }
+        }
+        let best = if k.fuse {
+            fuse_best.as_mut().expect("fuse baseline measured")
+        } else {
+            &mut best_trial
+        };
+        let mut current = best.settings.clone();
         let mut tried = Vec::new();
         let mut fails = Vec::new();
-        match &best_trial.error {
-            None => tried.push(((k.get)(&current), best_trial.files_per_s)),
+        match &best.error {
+            None => tried.push(((k.get)(&current), best.files_per_s)),
             Some(e) => fails.push(((k.get)(&current), e.clone())),
         }
         let mut skipped = 0;
@@ -577,15 +866,14 @@ pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
                 Some(t) => {
                     tried.push((v, t.files_per_s));
                     // A failed current value (score 0) loses to any candidate that ran.
-                    if best_trial.failed() || t.files_per_s > best_trial.files_per_s * NOISE_MARGIN
-                    {
-                        best_trial = t;
+                    if best.failed() || t.files_per_s > best.files_per_s * NOISE_MARGIN {
+                        *best = t;
                     }
                 }
                 None => skipped += 1,
             }
         }
-        current = best_trial.settings.clone();
+        current = best.settings.clone();
         tried.sort_by_key(|t| t.0);
         fails.sort_by_key(|t| t.0);
         let note =
@@ -598,12 +886,19 @@ pub fn tune(spec: &TuneSpec) -> Result<Outcome> {
             note,
         });
     }
+    drop(measure);
+    if let Some(e) = fuse_engine.take() {
+        e.stop();
+        let _ = std::fs::remove_dir_all(spec.work_dir.join("trial-fuse-cache"));
+    }
     progress.finish();
+    let fuse = fuse_default.zip(fuse_best);
     let toml = render(
         spec,
         &files,
         &default_trial,
         &best_trial,
+        fuse.as_ref().map(|(d, b)| (d, b)),
         &knobs,
         &results,
         budget_hit,
@@ -630,6 +925,7 @@ fn render(
     files: &[(String, u64)],
     default: &Trial,
     best: &Trial,
+    fuse: Option<(&Trial, &Trial)>,
     knobs: &[Knob],
     results: &[KnobResult],
     budget_hit: bool,
@@ -700,14 +996,21 @@ fn render(
     o += "# (flags given on the command line override values here)\n\n";
     let mut section = "";
     let section_of = |k: &Knob| {
-        if k.name == "readers" {
+        if k.fuse {
+            "mount"
+        } else if k.name == "readers" {
             "client"
         } else {
             "serve"
         }
     };
+    let rank = |s: &str| match s {
+        "serve" => 0,
+        "client" => 1,
+        _ => 2,
+    };
     let mut order: Vec<(&Knob, &KnobResult)> = knobs.iter().zip(results).collect();
-    order.sort_by_key(|(k, _)| section_of(k) == "client"); // stable: [serve] first, then [client]
+    order.sort_by_key(|(k, _)| rank(section_of(k))); // stable: [serve], [client], [mount]
     for (k, r) in order {
         let want = section_of(k);
         if want != section {
@@ -715,6 +1018,9 @@ fn render(
                 o += "\n";
             }
             o += &format!("[{want}]\n");
+            if want == "mount" {
+                o += &mount_header(fuse);
+            }
             section = want;
         }
         let show = |v: u64| if k.size { fmt_size(v) } else { v.to_string() };
@@ -738,17 +1044,55 @@ fn render(
         if let Some(n) = &r.note {
             o += &format!("#   {n}\n");
         }
+        let key = if k.key.is_empty() { k.name } else { k.key };
         if k.size {
-            o += &format!("{} = \"{}\"\n", k.name, show(r.chosen));
+            o += &format!("{key} = \"{}\"\n", show(r.chosen));
         } else {
-            o += &format!("{} = {}\n", k.name, r.chosen);
+            o += &format!("{key} = {}\n", r.chosen);
         }
     }
-    o += "\n[mount]\n";
-    o += "# read by `stoker mount --config THIS_FILE` (flags override). FUSE threads, readahead\n";
-    o += "# and max_read are not swept by this version: the values below are the mount's\n";
-    o += "# defaults, left commented out; uncomment to change them.\n";
-    o += "# threads = 16\n# readahead = \"1M\"\n# max_read = \"1M\"\n";
+    let swept_fuse: Vec<&str> = knobs.iter().filter(|k| k.fuse).map(|k| k.key).collect();
+    if section != "mount" {
+        o += "\n[mount]\n";
+        o += &mount_header(None);
+    }
+    if !swept_fuse.contains(&"threads") {
+        o += "# threads: not swept (--knobs); the mount's default, uncomment to change\n# threads = 16\n";
+    }
+    if !swept_fuse.contains(&"readahead") {
+        o += "# readahead: not swept (--knobs); the mount's default, uncomment to change\n# readahead = \"1M\"\n";
+    }
+    o += "# max_read: not swept; the mount's default (the kernel caps it, usually at 1M)\n# max_read = \"1M\"\n";
+    o
+}
+
+/// The comment opening `[mount]`: how it is read and what the FUSE sweep scored.
+fn mount_header(fuse: Option<(&Trial, &Trial)>) -> String {
+    let mut o = String::new();
+    o += "# read by `stoker mount --config THIS_FILE` (flags override)\n";
+    if let Some((d, b)) = fuse {
+        o += "# FUSE score: files/s of the same warm `epoch` pass read through a\n";
+        o += "# `stoker mount --daemon` of one trial engine with this file's engine settings\n";
+        match (&d.error, &b.error) {
+            (None, None) => {
+                o += &format!(
+                    "# mount defaults: {:.0} files/s; these settings: {:.0} files/s ({:.2}x)\n",
+                    d.files_per_s,
+                    b.files_per_s,
+                    b.files_per_s / d.files_per_s.max(1e-9)
+                )
+            }
+            (Some(e), None) => {
+                o += &format!(
+                    "# mount defaults: trial FAILED ({e}); these settings: {:.0} files/s\n",
+                    b.files_per_s
+                )
+            }
+            (_, Some(e)) => {
+                o += &format!("# every FUSE trial FAILED, these are the mount's defaults (last error: {e})\n")
+            }
+        }
+    }
     o
 }
 
@@ -813,6 +1157,7 @@ mod tests {
             &files,
             &t(2, 100.0),
             &t(1, 200.0),
+            None,
             &ks,
             &results,
             true,
