@@ -258,7 +258,11 @@ fn knobs(cores: usize) -> Vec<Knob> {
             what: "kernel readahead per open file on the mount (`stoker mount --readahead`)",
             candidates: vec![128 << 10, 1 << 20, 4 << 20],
             get: |s| s.fuse.unwrap_or(FuseSettings::defaults()).readahead_bytes,
-            set: |s, v| s.fuse.get_or_insert(FuseSettings::defaults()).readahead_bytes = v,
+            set: |s, v| {
+                s.fuse
+                    .get_or_insert(FuseSettings::defaults())
+                    .readahead_bytes = v
+            },
             size: true,
             fuse: true,
             key: "readahead",
@@ -425,7 +429,11 @@ fn start_engine(
     std::fs::write(&conf, trial_config(s))?;
     // The trial config must be one the operator's `serve --config` accepts.
     ConfigFile::load(&conf)?;
-    let socket = spec.work_dir.join(format!("{tag}.sock")).display().to_string();
+    let socket = spec
+        .work_dir
+        .join(format!("{tag}.sock"))
+        .display()
+        .to_string();
     let log = std::fs::File::create(spec.work_dir.join("trial-serve.log"))?;
     let child = Command::new(&spec.exe)
         .arg("serve")
@@ -585,7 +593,8 @@ fn is_mounted(mp: &Path) -> bool {
         return false;
     };
     let mp = mp.display().to_string();
-    m.lines().any(|l| l.split_whitespace().nth(1) == Some(mp.as_str()))
+    m.lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(mp.as_str()))
 }
 
 /// One FUSE trial: `stoker mount --socket S /data MP --daemon --threads T
@@ -600,9 +609,9 @@ fn run_fuse_trial(
     engine: &mut Option<FuseEngine>,
 ) -> Result<Trial> {
     let t0 = Instant::now();
-    let keep = engine.as_mut().is_some_and(|e| {
-        e.settings == s.engine() && matches!(e.child.child.try_wait(), Ok(None))
-    });
+    let keep = engine
+        .as_mut()
+        .is_some_and(|e| e.settings == s.engine() && matches!(e.child.child.try_wait(), Ok(None)));
     if !keep {
         if let Some(e) = engine.take() {
             e.stop();
@@ -1089,7 +1098,9 @@ fn mount_header(fuse: Option<(&Trial, &Trial)>) -> String {
                 )
             }
             (_, Some(e)) => {
-                o += &format!("# every FUSE trial FAILED, these are the mount's defaults (last error: {e})\n")
+                o += &format!(
+                    "# every FUSE trial FAILED, these are the mount's defaults (last error: {e})\n"
+                )
             }
         }
     }
