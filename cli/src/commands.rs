@@ -76,6 +76,9 @@ pub struct ServeArgs {
     /// get a second chance) or lru (least recently read segment) [default: fifo-reinsert].
     #[arg(long)]
     pub eviction: Option<stoker_engine::store::Eviction>,
+    /// DRAM tier for the most recently served blocks, e.g. 4G [default: 0, off].
+    #[arg(long, value_parser = size_arg)]
+    pub memory_cache: Option<u64>,
     /// Most bytes one mount may keep cached, NAME=SIZE (repeatable), e.g. scratch=50G.
     #[arg(long = "quota", value_parser = quota_arg)]
     pub quotas: Vec<(String, u64)>,
@@ -144,6 +147,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     if !a.quotas.is_empty() {
         cfg.quotas = a.quotas;
+    }
+    if let Some(m) = a.memory_cache {
+        cfg.memory_cache_bytes = m;
     }
     let mut engine = Engine::start(cfg)?;
     if let Some(addr) = engine.metrics_addr() {

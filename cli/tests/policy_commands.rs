@@ -36,6 +36,14 @@ fn wait_cached(sock: &str, path: &str) {
     wait_for(&format!("{path} fully cached"), Duration::from_secs(20), || path_stat(sock, path)["cached_fraction"] == 1.0);
 }
 
+/// Wait until every fetched block has been written (or dropped) by the store,
+/// so eviction has really happened before anything is checked.
+fn settle(c: &Client) {
+    wait_for("background writes", Duration::from_secs(30), || {
+        c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0)
+    });
+}
+
 fn ok(args: &[&str]) {
     let out = run(args);
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -70,6 +78,7 @@ fn pin_free_ttl_and_path_stat() {
     wait_cached(&sock, "/m/hot2");
     // Eviction storm: 100 MB through a 64 MB cache.
     read_dir(&c, "/m/cold");
+    settle(&c);
     let evicted: u64 = c.engine_stats().unwrap().shards.iter().map(|s| s.evicted_blocks).sum();
     assert!(evicted > 0, "no eviction storm happened ({evicted} evicted)");
     let hot = path_stat(&sock, "/m/hot");
@@ -87,6 +96,7 @@ fn pin_free_ttl_and_path_stat() {
     read_dir(&c, "/m/cold");
     read_dir(&c, "/m/hot2");
     read_dir(&c, "/m/cold");
+    settle(&c);
     assert_eq!(path_stat(&sock, "/m/hot")["cached_fraction"], 1.0, "pin lost across restart");
 
     // free drops exactly the prefix (/m/a, not /m/ab).

@@ -40,6 +40,9 @@ fn quota_holds_under_a_flood_and_after_restart() {
             }
         }
     }
+    wait_for("background writes", std::time::Duration::from_secs(30), || {
+        c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0)
+    });
     wait_for("mount b fully cached", std::time::Duration::from_secs(20), || cached_bytes(&sock, "/b").1 == 1.0);
     let (a_bytes, _) = cached_bytes(&sock, "/a");
     assert!(a_bytes <= quota, "mount a holds {a_bytes} bytes over its {quota}-byte quota");
@@ -55,6 +58,9 @@ fn quota_holds_under_a_flood_and_after_restart() {
     for e in walk(&c, "/a") {
         c.read_file(&e).unwrap();
     }
+    wait_for("background writes", std::time::Duration::from_secs(30), || {
+        c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0)
+    });
     let (a_bytes, _) = cached_bytes(&sock, "/a");
     assert!(a_bytes <= quota, "after restart mount a holds {a_bytes} bytes over its quota");
     drop(c);

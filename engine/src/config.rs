@@ -104,6 +104,9 @@ pub struct EngineConfig {
     pub write_queue_bytes_max: u64,
     /// What a full cache drops first. Default `fifo-reinsert`.
     pub eviction: crate::store::Eviction,
+    /// DRAM tier for the most recently served blocks, split between shards.
+    /// Default 0 (off).
+    pub memory_cache_bytes: u64,
     /// Per-mount quotas: (mount name, bytes). Default none.
     pub quotas: Vec<(String, u64)>,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (docs/METRICS.md).
@@ -129,6 +132,7 @@ impl EngineConfig {
             write_queue_bytes_max: 256 << 20,
             eviction: crate::store::Eviction::default(),
             quotas: Vec::new(),
+            memory_cache_bytes: 0,
             metrics: None,
         }
     }

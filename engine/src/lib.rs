@@ -11,6 +11,7 @@ pub mod attrlog;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod memtier;
 pub mod metrics;
 pub mod namespace;
 pub mod policy;
@@ -179,6 +180,7 @@ impl Engine {
                 registry: registry.clone(),
                 policies: policies.clone(),
                 eviction: cfg.eviction,
+                memory_cache_bytes: cfg.memory_cache_bytes / cfg.shards as u64,
                 quotas: cfg.quotas.iter().map(|(m, q)| (m.clone(), q / cfg.shards as u64)).collect(),
                 cmds: {
                     let (tx, rx) = futures::channel::mpsc::unbounded();

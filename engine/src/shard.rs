@@ -50,6 +50,8 @@ pub struct ShardSetup {
     pub eviction: crate::store::Eviction,
     /// Per-mount quotas: this shard's share, in bytes.
     pub quotas: HashMap<String, u64>,
+    /// This shard's share of the DRAM tier (0 = off).
+    pub memory_cache_bytes: u64,
 }
 
 /// Commands from the control plane to a shard. Each carries block key hashes
@@ -97,6 +99,7 @@ struct Shard {
     /// (expiry time, key hash) of blocks under a TTL, soonest first.
     expiry: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
     quotas: Rc<crate::quota::Quotas>,
+    mem: crate::memtier::MemTier,
 }
 
 /// Start a shard thread. `ready` gets the recovery report once the store is
@@ -163,6 +166,7 @@ async fn run(
         policies: setup.policies,
         expiry: RefCell::default(),
         quotas: Rc::new(crate::quota::Quotas::new(setup.quotas)),
+        mem: crate::memtier::MemTier::new(setup.memory_cache_bytes),
     });
     glommio::spawn_local(commands(shard.clone(), setup.cmds)).detach();
     glommio::spawn_local(expire_forever(shard.clone())).detach();
@@ -339,6 +343,12 @@ impl Shard {
             return serve(&f.data, f.attr.size);
         }
         let key = BlockKey::new(&path, &attr.version, req.block);
+        if let Some(data) = self.mem.get(key.hash, &key.bytes) {
+            self.counters.hits.fetch_add(1, Relaxed);
+            self.counters.mem_hits.fetch_add(1, Relaxed);
+            crate::metrics::record_read(true, t0);
+            return serve(&data, attr.size);
+        }
         let unwritten = self.unwritten.borrow().get(&key.bytes).cloned();
         if let Some(data) = unwritten {
             self.counters.hits.fetch_add(1, Relaxed);
@@ -349,6 +359,10 @@ impl Shard {
             Ok(Some(block)) if block.data().len() as u64 == block_len => {
                 self.counters.hits.fetch_add(1, Relaxed);
                 crate::metrics::record_read(true, t0);
+                if self.mem.enabled() {
+                    self.mem.insert(key.hash, &key.bytes, Rc::new(block.data().to_vec()));
+                    self.counters.mem_bytes.store(self.mem.used_bytes(), Relaxed);
+                }
                 return serve(block.data(), attr.size);
             }
             Ok(Some(_)) => {
@@ -403,6 +417,8 @@ impl Shard {
             let key = BlockKey::new(path, &f.attr.version, block);
             let known = self.store.contains(key.hash) || self.unwritten.borrow().contains_key(&key.bytes);
             if f.attr.kind == Kind::File && !f.data.is_empty() && !known {
+                self.mem.insert(key.hash, &key.bytes, f.data.clone());
+                self.counters.mem_bytes.store(self.mem.used_bytes(), Relaxed);
                 self.cache_in_background(path, key, f.data.clone());
             }
         }
@@ -452,6 +468,7 @@ impl Shard {
             return;
         }
         queued.set(queued.get() + len);
+        self.counters.pending_write_bytes.store(queued.get(), Relaxed);
         self.unwritten.borrow_mut().insert(key.bytes.clone(), data.clone());
         let (store, counters, queued) = (self.store.clone(), self.counters.clone(), queued.clone());
         let unwritten = self.unwritten.clone();
@@ -475,12 +492,14 @@ impl Shard {
             }
             unwritten.borrow_mut().remove(&key.bytes);
             queued.set(queued.get() - len);
+            counters.pending_write_bytes.store(queued.get(), Relaxed);
             publish_store(&store, &counters);
         })
         .detach();
     }
 
     fn publish(&self) {
+        self.counters.mem_bytes.store(self.mem.used_bytes(), Relaxed);
         publish_store(&self.store, &self.counters);
     }
 
@@ -515,6 +534,9 @@ async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver<ShardCmd>)
                 let _ = reply.send(keys.iter().filter(|k| shard.store.contains(**k)).count() as u64);
             }
             ShardCmd::Remove { keys, reply } => {
+                for k in &keys {
+                    shard.mem.remove(*k);
+                }
                 let n = keys.iter().filter(|k| shard.store.remove(**k)).count() as u64;
                 for k in &keys {
                     shard.store.set_pinned(*k, false);
@@ -553,6 +575,7 @@ async fn expire_forever(shard: Rc<Shard>) {
                 break;
             }
             let Some(Reverse((_, key))) = shard.expiry.borrow_mut().pop() else { break };
+            shard.mem.remove(key);
             if shard.store.remove(key) {
                 dropped += 1;
             }

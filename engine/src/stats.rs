@@ -21,6 +21,9 @@ pub struct ShardCounters {
     pub inflight_requests: AtomicU64,
     pub expired_blocks: AtomicU64,
     pub quota_evicted_blocks: AtomicU64,
+    pub mem_hits: AtomicU64,
+    pub pending_write_bytes: AtomicU64,
+    pub mem_bytes: AtomicU64,
     pub recovery: parking_lot::Mutex<RecoveryStats>,
     /// Read latencies, published by the shard every second (metrics::latency).
     pub read_latency: crate::metrics::latency::ReadLatency,
@@ -45,6 +48,9 @@ impl ShardCounters {
             inflight_requests: self.inflight_requests.load(Relaxed),
             expired_blocks: self.expired_blocks.load(Relaxed),
             quota_evicted_blocks: self.quota_evicted_blocks.load(Relaxed),
+            mem_hits: self.mem_hits.load(Relaxed),
+            pending_write_bytes: self.pending_write_bytes.load(Relaxed),
+            mem_bytes: self.mem_bytes.load(Relaxed),
         }
     }
 }

@@ -103,6 +103,14 @@ pub struct ShardStats {
     /// Blocks dropped to keep a mount within its quota.
     #[serde(default)]
     pub quota_evicted_blocks: u64,
+    /// Hits served from the DRAM tier (`--memory-cache`), and its bytes.
+    #[serde(default)]
+    pub mem_hits: u64,
+    /// Bytes of fetched blocks still waiting to be written to the store.
+    #[serde(default)]
+    pub pending_write_bytes: u64,
+    #[serde(default)]
+    pub mem_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
