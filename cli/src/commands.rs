@@ -76,6 +76,9 @@ pub struct ServeArgs {
     /// get a second chance) or lru (least recently read segment) [default: fifo-reinsert].
     #[arg(long)]
     pub eviction: Option<stoker_engine::store::Eviction>,
+    /// io_uring submission queue depth per shard (power of two) [default: 128].
+    #[arg(long)]
+    pub io_depth: Option<usize>,
     /// DRAM tier for the most recently served blocks, e.g. 4G [default: 0, off].
     #[arg(long, value_parser = size_arg)]
     pub memory_cache: Option<u64>,
@@ -150,6 +153,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(m) = a.memory_cache {
         cfg.memory_cache_bytes = m;
+    }
+    if let Some(d) = a.io_depth {
+        cfg.io_depth = d;
     }
     let mut engine = Engine::start(cfg)?;
     if let Some(addr) = engine.metrics_addr() {

@@ -18,7 +18,7 @@ fn tune_writes_a_config_serve_accepts_and_resumes() {
     let o = run(&args);
     assert!(o.status.success(), "tune failed: {}", String::from_utf8_lossy(&o.stderr));
     let text = std::fs::read_to_string(&out).unwrap();
-    for key in ["[serve]", "shards = ", "block_size = ", "segment_size = ", "[client]", "readers = ", "files/s (chosen)"] {
+    for key in ["[serve]", "shards = ", "io_depth = ", "block_size = ", "segment_size = ", "[client]", "readers = ", "files/s (chosen)"] {
         assert!(text.contains(key), "{key:?} missing from:\n{text}");
     }
     // The state file lets a second run reuse the trials it already has.

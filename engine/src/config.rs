@@ -104,6 +104,8 @@ pub struct EngineConfig {
     pub write_queue_bytes_max: u64,
     /// What a full cache drops first. Default `fifo-reinsert`.
     pub eviction: crate::store::Eviction,
+    /// io_uring submission queue depth of each shard's executor. Default 128.
+    pub io_depth: usize,
     /// DRAM tier for the most recently served blocks, split between shards.
     /// Default 0 (off).
     pub memory_cache_bytes: u64,
@@ -133,6 +135,7 @@ impl EngineConfig {
             eviction: crate::store::Eviction::default(),
             quotas: Vec::new(),
             memory_cache_bytes: 0,
+            io_depth: 128,
             metrics: None,
         }
     }
@@ -182,6 +185,9 @@ impl EngineConfig {
             if *q < self.shards as u64 * (self.block_bytes + 8192) {
                 return bad(format!("--quota {m}={q} is smaller than one block per shard"));
             }
+        }
+        if !(8..=4096).contains(&self.io_depth) || !self.io_depth.is_power_of_two() {
+            return bad(format!("--io-depth must be a power of two in 8..=4096, got {}", self.io_depth));
         }
         if self.ufs_attempts == 0 {
             self.ufs_attempts = 1;

@@ -181,6 +181,7 @@ impl Engine {
                 policies: policies.clone(),
                 eviction: cfg.eviction,
                 memory_cache_bytes: cfg.memory_cache_bytes / cfg.shards as u64,
+                io_depth: cfg.io_depth,
                 quotas: cfg.quotas.iter().map(|(m, q)| (m.clone(), q / cfg.shards as u64)).collect(),
                 cmds: {
                     let (tx, rx) = futures::channel::mpsc::unbounded();

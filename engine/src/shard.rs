@@ -52,6 +52,8 @@ pub struct ShardSetup {
     pub quotas: HashMap<String, u64>,
     /// This shard's share of the DRAM tier (0 = off).
     pub memory_cache_bytes: u64,
+    /// io_uring submission queue depth of this shard's executor.
+    pub io_depth: usize,
 }
 
 /// Commands from the control plane to a shard. Each carries block key hashes
@@ -116,6 +118,7 @@ pub fn spawn(
         // The memlock limit is small on many boxes; DMA buffers beyond this
         // come from the heap, which O_DIRECT accepts just as well.
         .io_memory(512 << 10)
+        .ring_depth(setup.io_depth)
         .spawn(move || run(setup, ready, stop))
         .map_err(|e| std::io::Error::other(format!("starting {name}: {e}")))
 }

@@ -42,6 +42,8 @@ pub struct ServeSection {
     pub cache_dir: Option<PathBuf>,
     pub capacity: Option<Size>,
     pub shards: Option<usize>,
+    /// io_uring submission queue depth per shard.
+    pub io_depth: Option<usize>,
     /// `NAME=URI` strings, like `--mount`.
     pub mounts: Option<Vec<String>>,
     pub block_size: Option<Size>,
@@ -120,6 +122,9 @@ impl ConfigFile {
         }
         if let Some(v) = s.shards {
             cfg.shards = v;
+        }
+        if let Some(v) = s.io_depth {
+            cfg.io_depth = v;
         }
         if let Some(v) = &s.block_size {
             cfg.block_bytes = v.bytes("block_size")?;

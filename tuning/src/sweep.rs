@@ -56,14 +56,19 @@ pub struct TuneSpec {
 /// The knobs `tune` can sweep, in the order it sweeps them. The FUSE knobs
 /// come last: they are swept on the best engine settings found, through a
 /// `stoker mount --daemon` of one trial engine.
-pub const KNOB_NAMES: [&str; 6] = [
+pub const KNOB_NAMES: [&str; 7] = [
     "shards",
+    "io_depth",
     "readers",
     "block_size",
     "segment_size",
     "fuse_threads",
     "readahead",
 ];
+
+fn default_io_depth() -> usize {
+    128
+}
 
 /// `stoker mount` settings of a FUSE trial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +98,9 @@ pub struct Settings {
     /// Reads in flight from the client: the queue depth the engine and its
     /// io_uring rings see (the engine has no ring-depth knob of its own).
     pub readers: usize,
+    /// io_uring submission queue depth of each shard (`[serve] io_depth`).
+    #[serde(default = "default_io_depth")]
+    pub io_depth: usize,
     /// Set for a FUSE trial: the epoch reads a `stoker mount` of the engine
     /// (a directory target) instead of the shared-memory client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +117,7 @@ impl Settings {
             block_bytes: 4 << 20,
             segment_bytes: 256 << 20,
             readers: 32,
+            io_depth: default_io_depth(),
             fuse: None,
         }
     }
@@ -123,8 +132,9 @@ impl Settings {
 
     fn describe(&self) -> String {
         let mut d = format!(
-            "shards={} readers={} block={} segment={}",
+            "shards={} io_depth={} readers={} block={} segment={}",
             self.shards,
+            self.io_depth,
             self.readers,
             fmt_size(self.block_bytes),
             fmt_size(self.segment_bytes)
@@ -208,6 +218,16 @@ fn knobs(cores: usize) -> Vec<Knob> {
             candidates: shards,
             get: |s| s.shards as u64,
             set: |s, v| s.shards = v as usize,
+            size: false,
+            fuse: false,
+            key: "",
+        },
+        Knob {
+            name: "io_depth",
+            what: "io_uring submission queue depth of each shard's executor",
+            candidates: vec![32, 64, 128, 256],
+            get: |s| s.io_depth as u64,
+            set: |s, v| s.io_depth = v as usize,
             size: false,
             fuse: false,
             key: "",
@@ -358,8 +378,9 @@ impl Drop for ServeChild {
 
 fn trial_config(s: &Settings) -> String {
     format!(
-        "[serve]\nshards = {}\nblock_size = \"{}\"\nsegment_size = \"{}\"\n[client]\nreaders = {}\n",
+        "[serve]\nshards = {}\nio_depth = {}\nblock_size = \"{}\"\nsegment_size = \"{}\"\n[client]\nreaders = {}\n",
         s.shards,
+        s.io_depth,
         fmt_size(s.block_bytes),
         fmt_size(s.segment_bytes),
         s.readers
