@@ -1,5 +1,6 @@
 //! serve, cat, ls, stat and load (bench and tune live in bench_cmd.rs).
 
+use crate::load::human;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::Write;
@@ -222,29 +223,9 @@ pub fn ls(socket: &str, path: &str, long: bool) -> Result<()> {
     Ok(())
 }
 
-fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[i]) }
-}
-
-pub fn stat(socket: &str, path: Option<&str>, json: bool) -> Result<()> {
+/// Engine-wide statistics (`stoker stat PATH` is in policy_cmd.rs).
+pub fn stat(socket: &str, json: bool) -> Result<()> {
     let c = connect(socket)?;
-    if let Some(p) = path {
-        let a = c.stat(p)?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&a)?);
-        } else {
-            let kind = if a.kind == Kind::Dir { "directory" } else { "file" };
-            println!("{p}: {kind}, {} bytes, version {:?}", a.size, a.version);
-        }
-        return Ok(());
-    }
     let s = c.engine_stats()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);

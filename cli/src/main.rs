@@ -146,7 +146,7 @@ fn main() {
         Cmd::Cat { path, socket } => commands::cat(&socket.path(), &path),
         Cmd::Ls { path, long, socket } => commands::ls(&socket.path(), &path, long),
         Cmd::Stat { path: Some(p), json, socket } => policy_cmd::path_stat(&socket.path(), &p, json),
-        Cmd::Stat { path: None, json, socket } => commands::stat(&socket.path(), None, json),
+        Cmd::Stat { path: None, json, socket } => commands::stat(&socket.path(), json),
         Cmd::Pin { path, socket } => policy_cmd::pin(&socket.path(), &path, true),
         Cmd::Unpin { path, socket } => policy_cmd::pin(&socket.path(), &path, false),
         Cmd::Free { path, socket } => policy_cmd::free(&socket.path(), &path),
