@@ -81,7 +81,7 @@ fn forked_workers_read_with_an_inherited_client() {
                 let paths: Vec<&str> = mine.iter().map(|(p, _)| p.as_str()).collect();
                 let got = c.read_many(&paths).map_err(|e| e.to_string())?;
                 for ((p, want), d) in mine.iter().zip(&got) {
-                    if &d[..] != &want[..] {
+                    if d[..] != want[..] {
                         return Err(format!("{p}: wrong bytes"));
                     }
                 }

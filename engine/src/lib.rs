@@ -161,7 +161,7 @@ impl Engine {
         let mut shard_cmds = Vec::new();
         let mut stops = Vec::new();
         let mut shards = Vec::new();
-        for id in 0..cfg.shards {
+        for (id, shard_counters) in counters.iter().enumerate() {
             let (stop_tx, stop_rx) = oneshot::channel();
             stops.push(stop_tx);
             let setup = shard::ShardSetup {
@@ -176,7 +176,7 @@ impl Engine {
                 write_queue_bytes_max: cfg.write_queue_bytes_max,
                 ns: ns.clone(),
                 rt: rt.handle().clone(),
-                counters: counters[id].clone(),
+                counters: shard_counters.clone(),
                 registry: registry.clone(),
                 policies: policies.clone(),
                 eviction: cfg.eviction,

@@ -39,11 +39,14 @@ const LIST_PAGE: usize = 1000;
 /// Listings larger than this are refused rather than held in memory.
 const LIST_ENTRIES_MAX: usize = 10_000_000;
 
+/// A directory's entries as last listed.
+type Listing = Arc<Vec<DirEntry>>;
+
 pub struct Namespace {
     mounts: BTreeMap<String, Arc<Guarded>>,
     log: Option<AttrLog>,
     attrs: RwLock<HashMap<String, (Attr, Instant)>>,
-    lists: RwLock<HashMap<String, (Arc<Vec<DirEntry>>, Instant)>>,
+    lists: RwLock<HashMap<String, (Listing, Instant)>>,
     /// The engine-wide sync interval, for mounts without their own.
     sync: Option<Duration>,
     /// Per-mount sync intervals (`--mount-opt NAME:sync=...`).

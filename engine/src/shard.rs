@@ -81,6 +81,9 @@ struct Fetch {
 
 type Fetched = Result<Rc<Fetch>, NsError>;
 
+/// Full block key -> bytes fetched but not yet in the store.
+type Unwritten = HashMap<Vec<u8>, Rc<Vec<u8>>>;
+
 struct Shard {
     id: u32,
     store: Rc<Store>,
@@ -95,7 +98,7 @@ struct Shard {
     write_queue_bytes: Rc<Cell<u64>>,
     /// Fetched blocks until their background write lands: a read in that
     /// window is served from here instead of fetching the block again.
-    unwritten: Rc<RefCell<HashMap<Vec<u8>, Rc<Vec<u8>>>>>,
+    unwritten: Rc<RefCell<Unwritten>>,
     write_queue_bytes_max: u64,
     policies: Arc<Policies>,
     /// (expiry time, key hash) of blocks under a TTL, soonest first.
@@ -407,6 +410,9 @@ impl Shard {
             }
         };
         if let Some(rx) = waiter {
+            // Joining a fetch already under way (another reader's, or a
+            // prefetch) costs no under-storage call: it counts as a hit.
+            self.counters.hits.fetch_add(1, Relaxed);
             return rx.await.unwrap_or_else(|_| Err(NsError::new(libc::EIO, format!("{path}: fetch abandoned"))));
         }
         self.counters.misses.fetch_add(1, Relaxed);

@@ -142,7 +142,7 @@ pub fn operator(uri: &str, options: &[(String, String)]) -> Result<(Operator, St
             "bucket" | "container" | "root" => {
                 return Err(format!("mount {uri}: option {key} comes from the URI, not from --mount-opt"));
             }
-            _ if known.iter().any(|n| *n == key) => {
+            _ if known.contains(&key) => {
                 cfg.insert(key, v.clone());
             }
             _ => {
