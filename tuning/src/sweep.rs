@@ -984,25 +984,7 @@ fn render(
         "# a value replaces the current one only when it is more than {:.0}% faster\n",
         (NOISE_MARGIN - 1.0) * 100.0
     );
-    match (&default.error, &best.error) {
-        (None, None) => {
-            o += &format!(
-                "# default settings: {:.0} files/s; these settings: {:.0} files/s ({:.2}x)\n",
-                default.files_per_s,
-                best.files_per_s,
-                best.files_per_s / default.files_per_s.max(1e-9)
-            )
-        }
-        (Some(e), None) => {
-            o += &format!(
-                "# default settings: trial FAILED ({e}); these settings: {:.0} files/s\n",
-                best.files_per_s
-            )
-        }
-        (_, Some(e)) => {
-            o += &format!("# every trial FAILED, these are the defaults (last error: {e})\n")
-        }
-    }
+    o += &score_line("default settings", "every trial FAILED, these are the defaults", default, best);
     let fails: usize = results.iter().map(|r| r.failed.len()).sum();
     if fails > 0 {
         o += &format!(
@@ -1099,6 +1081,23 @@ fn render(
     o
 }
 
+/// One comment line comparing the default trial with the chosen one.
+fn score_line(default_label: &str, all_failed: &str, default: &Trial, best: &Trial) -> String {
+    match (&default.error, &best.error) {
+        (None, None) => format!(
+            "# {default_label}: {:.0} files/s; these settings: {:.0} files/s ({:.2}x)\n",
+            default.files_per_s,
+            best.files_per_s,
+            best.files_per_s / default.files_per_s.max(1e-9)
+        ),
+        (Some(e), None) => format!(
+            "# {default_label}: trial FAILED ({e}); these settings: {:.0} files/s\n",
+            best.files_per_s
+        ),
+        (_, Some(e)) => format!("# {all_failed} (last error: {e})\n"),
+    }
+}
+
 /// The comment opening `[mount]`: how it is read and what the FUSE sweep scored.
 fn mount_header(fuse: Option<(&Trial, &Trial)>) -> String {
     let mut o = String::new();
@@ -1106,27 +1105,7 @@ fn mount_header(fuse: Option<(&Trial, &Trial)>) -> String {
     if let Some((d, b)) = fuse {
         o += "# FUSE score: files/s of the same warm `epoch` pass read through a\n";
         o += "# `stoker mount --daemon` of one trial engine with this file's engine settings\n";
-        match (&d.error, &b.error) {
-            (None, None) => {
-                o += &format!(
-                    "# mount defaults: {:.0} files/s; these settings: {:.0} files/s ({:.2}x)\n",
-                    d.files_per_s,
-                    b.files_per_s,
-                    b.files_per_s / d.files_per_s.max(1e-9)
-                )
-            }
-            (Some(e), None) => {
-                o += &format!(
-                    "# mount defaults: trial FAILED ({e}); these settings: {:.0} files/s\n",
-                    b.files_per_s
-                )
-            }
-            (_, Some(e)) => {
-                o += &format!(
-                    "# every FUSE trial FAILED, these are the mount's defaults (last error: {e})\n"
-                )
-            }
-        }
+        o += &score_line("mount defaults", "every FUSE trial FAILED, these are the mount's defaults", d, b);
     }
     o
 }
