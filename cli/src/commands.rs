@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// Cache block size for large files [default: 4M].
     #[arg(long, value_parser = size_arg)]
     pub block_size: Option<u64>,
+    /// Blocks fetched ahead of a sequential reader of a large file (the
+    /// window starts at 1 and doubles up to this; 0 = off; per mount:
+    /// --mount-opt NAME:readahead=N) [default: 4].
+    #[arg(long)]
+    pub readahead_blocks: Option<u64>,
     /// Segment file size [default: 256M].
     #[arg(long, value_parser = size_arg)]
     pub segment_size: Option<u64>,
@@ -130,6 +135,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(v) = a.segment_size {
         cfg.segment_bytes = v;
+    }
+    if let Some(v) = a.readahead_blocks {
+        cfg.readahead_blocks = v;
     }
     if let Some(v) = a.ufs_latency {
         cfg.ufs_latency = v;

@@ -61,6 +61,10 @@ pub struct MountArgs {
     /// With a URI: cache block size for large files.
     #[arg(long, value_parser = size_arg, default_value = "4M")]
     pub block_size: u64,
+    /// With a URI: blocks fetched ahead of a sequential reader of a large
+    /// file (0 = off).
+    #[arg(long, default_value_t = 4)]
+    pub readahead_blocks: u64,
     /// With a URI: inject this latency into every under-storage request (demos, tests).
     #[arg(long, value_parser = duration_arg, default_value = "0ms")]
     pub ufs_latency: Duration,
@@ -234,6 +238,7 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
             cfg.socket = socket.clone();
             cfg.mounts = vec![MountSpec { name: a.name.clone(), uri, ..Default::default() }];
             cfg.block_bytes = a.block_size;
+            cfg.readahead_blocks = a.readahead_blocks;
             cfg.ufs_latency = a.ufs_latency;
             cfg.ufs_timeout = a.ufs_timeout;
             cfg.metadata_sync = Some(a.metadata_ttl);

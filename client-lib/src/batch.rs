@@ -131,7 +131,7 @@ impl Batch {
                 self.todo.push_back((i, r.off, first));
             }
             Some(len) => {
-                let ranges = s.op_ranges(path.len() as u64, r.off, len);
+                let ranges = s.op_ranges(&path, r.off, len);
                 if ranges.len() == 1 {
                     self.jobs.insert(i, Job::Single);
                     self.todo.push_back((i, r.off, len));
@@ -207,13 +207,13 @@ impl Batch {
                     return self.hand_out(i, op);
                 }
                 let path = self.paths[i].clone().expect("expanded");
-                let whole = s.op_ranges(path.len() as u64, 0, size);
+                let whole = s.op_ranges(&path, 0, size);
                 if whole.len() == 1 {
                     // Read it again whole: one view (the first part is a cache hit).
                     self.jobs.insert(i, Job::Single);
                     self.todo.push_front((i, 0, size));
                 } else {
-                    let rest = s.op_ranges(path.len() as u64, n, size - n);
+                    let rest = s.op_ranges(&path, n, size - n);
                     let head = s.op_bytes(&op).to_vec();
                     self.start_parts(i, n, size - n, rest, &head);
                 }

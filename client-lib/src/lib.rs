@@ -182,7 +182,7 @@ impl Client {
     pub fn read_with<R>(&self, path: &str, off: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
         check_path(path)?;
         let s = self.session()?;
-        if s.op_ranges(path.len() as u64, off, len).len() > 1 {
+        if s.op_ranges(path, off, len).len() > 1 {
             return Ok(f(&self.read(path, off, len)?));
         }
         let mut pipe = Pipeline::new(s.clone());
@@ -239,7 +239,7 @@ impl Client {
     pub(crate) fn prefetch_range(&self, path: &str, off: u64, len: u64) -> Result<u64> {
         check_path(path)?;
         let s = self.session()?;
-        let bs = s.welcome.block_bytes;
+        let bs = s.welcome.block_bytes_for(path);
         let p: Arc<str> = Arc::from(path);
         let mut pipe = Pipeline::new(s.clone());
         let blocks: Vec<u64> = (off / bs..=(off + len.max(1) - 1) / bs).collect();
@@ -250,7 +250,7 @@ impl Client {
             // Whole blocks: a prefetch caches what a read of the block would.
             // The slot holds only the path: nothing is copied back.
             while next < blocks.len() {
-                match pipe.submit_no_data(&p, blocks[next] * bs, s.chunk_bytes().min(bs)) {
+                match pipe.submit_no_data(&p, blocks[next] * bs, s.chunk_bytes_for(path)) {
                     Ok(true) => next += 1,
                     Ok(false) => break,
                     Err(e) => {
@@ -282,7 +282,7 @@ impl Client {
         check_path(path)?;
         let s = self.session()?;
         let p: Arc<str> = Arc::from(path);
-        let mut ranges: std::collections::VecDeque<(u64, u64)> = s.op_ranges(path.len() as u64, off, buf.len() as u64).into();
+        let mut ranges: std::collections::VecDeque<(u64, u64)> = s.op_ranges(path, off, buf.len() as u64).into();
         let mut pipe = Pipeline::new(s.clone());
         let mut short_at: Option<u64> = None;
         let mut size = 0;

@@ -71,9 +71,9 @@ impl Op {
 
 impl Session {
     /// Split [off, off+len) at block boundaries and at the chunk size.
-    pub(crate) fn pieces(&self, off: u64, len: u64) -> Vec<(u64, u64)> {
-        let bs = self.welcome.block_bytes;
-        let chunk = self.chunk_bytes();
+    pub(crate) fn pieces(&self, path: &str, off: u64, len: u64) -> Vec<(u64, u64)> {
+        let bs = self.welcome.block_bytes_for(path);
+        let chunk = self.chunk_bytes_for(path);
         let mut out = Vec::new();
         let mut at = off;
         let end = off.saturating_add(len);
@@ -89,11 +89,12 @@ impl Session {
     /// Cut [off, off+len) into ranges that each fit one op: at most
     /// `op_bytes_max`, and no piece but the last shorter than the path (the
     /// engine reads a piece's path from where its bytes will land).
-    pub(crate) fn op_ranges(&self, path_len: u64, off: u64, len: u64) -> Vec<(u64, u64)> {
+    pub(crate) fn op_ranges(&self, path: &str, off: u64, len: u64) -> Vec<(u64, u64)> {
+        let path_len = path.len() as u64;
         let max = self.op_bytes_max();
         let mut out: Vec<(u64, u64)> = Vec::new();
         let mut cur: Option<(u64, u64)> = None;
-        for (poff, plen) in self.pieces(off, len) {
+        for (poff, plen) in self.pieces(path, off, len) {
             cur = match cur {
                 Some((coff, clen)) if clen + plen <= max => Some((coff, clen + plen)),
                 Some(c) => {
@@ -118,7 +119,7 @@ impl Session {
     pub(crate) fn start_op(&self, path: &Arc<str>, off: u64, len: u64, flags: u32, tx: &Sender<CqEntry>, wait: bool) -> Result<Option<Op>> {
         self.check_alive()?;
         let plen = path.len() as u64;
-        let mut pieces = self.pieces(off, len);
+        let mut pieces = self.pieces(path, off, len);
         if pieces.is_empty() {
             pieces.push((off, 0)); // an empty read still asks, to learn the size
         }

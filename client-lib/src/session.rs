@@ -285,9 +285,10 @@ impl Session {
         (self.layout.data_bytes / 4 / 4096 * 4096).max(4096)
     }
 
-    /// Largest piece one ring entry asks for: a block, or less if the area is small.
-    pub(crate) fn chunk_bytes(&self) -> u64 {
-        self.welcome.block_bytes.min(self.op_bytes_max())
+
+    /// Largest piece one ring entry asks for under `path`'s mount.
+    pub(crate) fn chunk_bytes_for(&self, path: &str) -> u64 {
+        self.welcome.block_bytes_for(path).min(self.op_bytes_max())
     }
 
     /// Reserve `len` bytes of the data area. With `wait`, block (bounded by
@@ -321,7 +322,7 @@ impl Session {
     /// block) whose bytes land at the same place. Returns the request id.
     #[allow(clippy::too_many_arguments)] // one ring entry's fields, said once
     pub(crate) fn post(&self, path: &str, off: u64, len: u64, flags: u32, lease: &Arc<Lease>, at: u64, tx: &Sender<CqEntry>) -> Result<u64> {
-        let bs = self.welcome.block_bytes;
+        let bs = self.welcome.block_bytes_for(path);
         let block = off / bs;
         let shard = shard_for(path, block, self.shards.len());
         let cap = lease.len - at;

@@ -3,13 +3,13 @@
 //! every block of every file, and hand each shard the keys it owns.
 
 use crate::control::ControlCtx;
-use crate::namespace::{normalise, NsError};
+use crate::namespace::{normalise, Namespace, NsError};
 use crate::policy::covers;
 use crate::shard::ShardCmd;
 use futures::channel::oneshot;
 use std::time::Duration;
 use stoker_proto::control::{Attr, Kind, PathStats, Request, Response};
-use stoker_proto::key::{shard_for, BlockKey};
+use stoker_proto::key::shard_for;
 
 /// Files walked per command at most; past this the command is refused.
 const FILES_MAX: usize = 10_000_000;
@@ -65,11 +65,11 @@ fn files_under(ctx: &ControlCtx, norm: &str) -> Result<Vec<(String, Attr)>, NsEr
 }
 
 /// Block key hashes of `files`, grouped by owning shard.
-pub(crate) fn keys_by_shard(files: &[(String, Attr)], block_bytes: u64, shards: usize) -> Vec<Vec<u64>> {
+pub(crate) fn keys_by_shard(ns: &Namespace, files: &[(String, Attr)], shards: usize) -> Vec<Vec<u64>> {
     let mut out = vec![Vec::new(); shards];
     for (path, attr) in files {
-        for block in 0..attr.size.div_ceil(block_bytes) {
-            out[shard_for(path, block, shards)].push(BlockKey::new(path, &attr.version, block).hash);
+        for block in 0..attr.size.div_ceil(ns.block_bytes(path)) {
+            out[shard_for(path, block, shards)].push(ns.block_key(path, &attr.version, block).hash);
         }
     }
     out
@@ -124,14 +124,14 @@ fn pin(ctx: &ControlCtx, norm: &str, pinned: bool) -> Result<Response, NsError> 
     persist(ctx, norm, |r| r.pinned = pinned)?;
     // Unpinning a path still covered by a wider pinned prefix keeps its blocks pinned.
     let still = !pinned && ctx.policies.effective(norm).pinned;
-    let keys = keys_by_shard(&files, ctx.block_bytes, ctx.shard_cmds.len());
+    let keys = keys_by_shard(&ctx.ns, &files, ctx.shard_cmds.len());
     let blocks = ask(ctx, keys, |keys, reply| ShardCmd::Pin { keys, pinned: pinned || still, reply })?;
     Ok(Response::Done { files: files.len() as u64, blocks })
 }
 
 fn free(ctx: &ControlCtx, norm: &str) -> Result<Response, NsError> {
     let files = files_under(ctx, norm)?;
-    let keys = keys_by_shard(&files, ctx.block_bytes, ctx.shard_cmds.len());
+    let keys = keys_by_shard(&ctx.ns, &files, ctx.shard_cmds.len());
     let blocks = ask(ctx, keys, |keys, reply| ShardCmd::Remove { keys, reply })?;
     Ok(Response::Done { files: files.len() as u64, blocks })
 }
@@ -139,7 +139,7 @@ fn free(ctx: &ControlCtx, norm: &str) -> Result<Response, NsError> {
 fn ttl(ctx: &ControlCtx, norm: &str, secs: Option<u64>) -> Result<Response, NsError> {
     let files = files_under(ctx, norm)?;
     persist(ctx, norm, |r| r.ttl_secs = secs)?;
-    let keys = keys_by_shard(&files, ctx.block_bytes, ctx.shard_cmds.len());
+    let keys = keys_by_shard(&ctx.ns, &files, ctx.shard_cmds.len());
     // Blocks cached before the TTL was set count from now.
     let blocks = ask(ctx, keys.clone(), |keys, reply| ShardCmd::Count { keys, reply })?;
     if let Some(after) = ctx.policies.effective(norm).ttl {
@@ -152,7 +152,7 @@ fn ttl(ctx: &ControlCtx, norm: &str, secs: Option<u64>) -> Result<Response, NsEr
 
 fn path_stat(ctx: &ControlCtx, norm: &str) -> Result<PathStats, NsError> {
     let files = files_under(ctx, norm)?;
-    let keys = keys_by_shard(&files, ctx.block_bytes, ctx.shard_cmds.len());
+    let keys = keys_by_shard(&ctx.ns, &files, ctx.shard_cmds.len());
     let blocks: u64 = keys.iter().map(|k| k.len() as u64).sum();
     let cached = ask(ctx, keys, |keys, reply| ShardCmd::Count { keys, reply })?;
     let policy = ctx.policies.effective(norm);
@@ -193,9 +193,10 @@ pub fn reapply_quotas(ctx: &ControlCtx, quotas: &[(String, u64)]) {
         let shards = ctx.shard_cmds.len();
         let mut per_shard = vec![Vec::new(); shards];
         for (path, attr) in &files {
-            for block in 0..attr.size.div_ceil(ctx.block_bytes) {
-                let len = (attr.size - block * ctx.block_bytes).min(ctx.block_bytes);
-                per_shard[shard_for(path, block, shards)].push((BlockKey::new(path, &attr.version, block).hash, len));
+            let bs = ctx.ns.block_bytes(path);
+            for block in 0..attr.size.div_ceil(bs) {
+                let len = (attr.size - block * bs).min(bs);
+                per_shard[shard_for(path, block, shards)].push((ctx.ns.block_key(path, &attr.version, block).hash, len));
             }
         }
         for (shard, blocks) in per_shard.into_iter().enumerate().filter(|(_, b)| !b.is_empty()) {
@@ -210,7 +211,7 @@ pub fn reapply_quotas(ctx: &ControlCtx, quotas: &[(String, u64)]) {
 pub fn reapply(ctx: &ControlCtx) {
     for rule in ctx.policies.rules() {
         let files = ctx.ns.known_files_under(&rule.prefix);
-        let keys = keys_by_shard(&files, ctx.block_bytes, ctx.shard_cmds.len());
+        let keys = keys_by_shard(&ctx.ns, &files, ctx.shard_cmds.len());
         for (shard, k) in keys.into_iter().enumerate().filter(|(_, k)| !k.is_empty()) {
             if rule.pinned {
                 let (tx, _) = oneshot::channel();

@@ -27,6 +27,13 @@ pub struct MountSpec {
     /// recorded and logged, and any future write path must refuse it.
     /// Default false.
     pub read_only: bool,
+    /// This mount's block size (`block_size=SIZE`, a power of two from 4 KiB
+    /// up to the engine's `--block-size`). Smaller blocks suit random reads
+    /// of large objects (less read per small range); None = the engine's.
+    pub block_bytes: Option<u64>,
+    /// Blocks read ahead of a sequential reader of a large object
+    /// (`readahead=N`, 0 = off); None = the engine's `--readahead`.
+    pub readahead: Option<u64>,
 }
 
 impl MountSpec {
@@ -46,6 +53,16 @@ impl MountSpec {
                         "false" | "no" | "0" | "off" => false,
                         _ => return Err(format!("mount {:?}: read_only: expected true or false, got {v:?}", self.name)),
                     };
+                }
+                "block_size" => {
+                    let b = parse_size(&v).map_err(|e| format!("mount {:?}: block_size: {e}", self.name))?;
+                    self.block_bytes = Some(b);
+                }
+                "readahead" => {
+                    let n: u64 = v.trim().parse().map_err(|_| {
+                        format!("mount {:?}: readahead: expected a number of blocks (0 = off), got {v:?}", self.name)
+                    })?;
+                    self.readahead = Some(n.min(READAHEAD_MAX));
                 }
                 _ => rest.push((k, v)),
             }
@@ -69,6 +86,8 @@ impl std::fmt::Debug for MountSpec {
             .field("options", &crate::ufs::opendal_ufs::redacted(&self.options))
             .field("sync", &self.sync)
             .field("read_only", &self.read_only)
+            .field("block_bytes", &self.block_bytes)
+            .field("readahead", &self.readahead)
             .finish()
     }
 }
@@ -85,7 +104,11 @@ pub struct EngineConfig {
     pub socket: String,
     pub mounts: Vec<MountSpec>,
     /// Large objects are cached in blocks of this size. Default 4 MiB.
+    /// A mount may use smaller blocks (`block_size=`).
     pub block_bytes: u64,
+    /// Blocks fetched ahead of a sequential reader of a large object (the
+    /// window starts at one block and doubles up to this). Default 4; 0 = off.
+    pub readahead_blocks: u64,
     /// Segment file size. Default 256 MiB (clamped so a shard holds >= 4 segments).
     pub segment_bytes: u64,
     /// Injected latency per under-storage request (demo/test knob). Default 0.
@@ -125,6 +148,7 @@ impl EngineConfig {
             socket: stoker_proto::socket_from_env(None),
             mounts: Vec::new(),
             block_bytes: 4 << 20,
+            readahead_blocks: 4,
             segment_bytes: 256 << 20,
             ufs_latency: Duration::ZERO,
             ufs_bandwidth: None,
@@ -177,6 +201,14 @@ impl EngineConfig {
             if !names.insert(m.name.clone()) {
                 return bad(format!("mount name {:?} given twice", m.name));
             }
+            if let Some(b) = m.block_bytes {
+                if b < 4096 || b > self.block_bytes || !b.is_power_of_two() {
+                    return bad(format!(
+                        "mount {:?}: block_size must be a power of two from 4KiB to the engine's block size ({}), got {b}",
+                        m.name, self.block_bytes
+                    ));
+                }
+            }
         }
         for (m, q) in &self.quotas {
             if !self.mounts.iter().any(|x| &x.name == m) {
@@ -185,6 +217,9 @@ impl EngineConfig {
             if *q < self.shards as u64 * (self.block_bytes + 8192) {
                 return bad(format!("--quota {m}={q} is smaller than one block per shard"));
             }
+        }
+        if self.readahead_blocks > READAHEAD_MAX {
+            return bad(format!("--readahead-blocks must be 0..={READAHEAD_MAX}, got {}", self.readahead_blocks));
         }
         if !(8..=4096).contains(&self.io_depth) || !self.io_depth.is_power_of_two() {
             return bad(format!("--io-depth must be a power of two in 8..=4096, got {}", self.io_depth));
@@ -199,6 +234,9 @@ impl EngineConfig {
         self.capacity_bytes / self.shards as u64
     }
 }
+
+/// Largest read-ahead window, in blocks.
+pub const READAHEAD_MAX: u64 = 64;
 
 /// Parse sizes like `100G`, `512MiB`, `4k`, `1048576` (binary units).
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
@@ -278,13 +316,14 @@ mod tests {
         let mut m = MountSpec {
             name: "m".into(),
             uri: "s3://b".into(),
-            options: opts(&[("region", "x"), ("sync", "never"), ("read_only", "true")]),
+            options: opts(&[("region", "x"), ("sync", "never"), ("read_only", "true"), ("block_size", "1M"), ("readahead", "8")]),
             ..Default::default()
         };
         m.take_mount_options().unwrap();
         assert_eq!(m.options, opts(&[("region", "x")]));
         assert_eq!(m.sync, Some(None));
         assert!(m.read_only);
+        assert_eq!((m.block_bytes, m.readahead), (Some(1 << 20), Some(8)));
         assert_eq!(m.sync_or(Some(Duration::from_secs(60))), None);
 
         let mut m = MountSpec { name: "m".into(), options: opts(&[("sync", "1s")]), ..Default::default() };
@@ -294,7 +333,7 @@ mod tests {
         let m = MountSpec::default();
         assert_eq!(m.sync_or(Some(Duration::from_secs(7))), Some(Duration::from_secs(7)));
 
-        for bad in [("sync", "soon"), ("read_only", "maybe")] {
+        for bad in [("sync", "soon"), ("read_only", "maybe"), ("block_size", "big"), ("readahead", "lots")] {
             let mut m = MountSpec { name: "m".into(), options: opts(&[bad]), ..Default::default() };
             assert!(m.take_mount_options().is_err(), "{bad:?} accepted");
         }

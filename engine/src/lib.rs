@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod policy;
 pub mod quota;
+pub mod readahead;
 pub mod session;
 pub mod shard;
 pub mod stats;
@@ -137,12 +138,19 @@ impl Engine {
         }
         let fingerprint: Vec<String> =
             cfg.mounts.iter().map(|m| format!("{}={} {:?}", m.name, m.uri, m.options)).collect();
-        let mut ns = namespace::Namespace::new(mounts, cfg.metadata_sync);
+        let mut ns = namespace::Namespace::new(mounts, cfg.metadata_sync)
+            .with_blocks(cfg.block_bytes, cfg.readahead_blocks.min(config::READAHEAD_MAX));
         for m in &cfg.mounts {
             let sync = m.sync_or(cfg.metadata_sync);
-            tracing::info!(mount = %m.name, sync = ?sync, read_only = m.read_only, "mount");
+            let block_bytes = m.block_bytes.unwrap_or(cfg.block_bytes);
+            let readahead = m.readahead.unwrap_or(cfg.readahead_blocks);
+            tracing::info!(mount = %m.name, sync = ?sync, read_only = m.read_only, block_bytes, readahead, "mount");
             if m.sync.is_some() {
                 ns = ns.with_mount_sync(&m.name, sync);
+            }
+            ns = ns.with_mount_block_bytes(&m.name, block_bytes);
+            if let Some(r) = m.readahead {
+                ns = ns.with_mount_readahead(&m.name, r);
             }
         }
         let ns = ns
@@ -158,7 +166,10 @@ impl Engine {
         let policies = Arc::new(
             policy::Policies::load(&root.join("policies.json")).map_err(io_ctx("loading policies"))?,
         );
-        let mut shard_cmds = Vec::new();
+        let (shard_cmds, mut cmd_rxs): (Vec<_>, Vec<_>) =
+            (0..cfg.shards).map(|_| futures::channel::mpsc::unbounded()).unzip();
+        let peers = Arc::new(shard_cmds.clone());
+        let readahead = Arc::new(readahead::ReadAhead::default());
         let mut stops = Vec::new();
         let mut shards = Vec::new();
         for (id, shard_counters) in counters.iter().enumerate() {
@@ -172,7 +183,6 @@ impl Engine {
                     capacity_bytes: cfg.per_shard_capacity(),
                 },
                 socket_path: stoker_proto::shard_socket_path(&cfg.socket, id),
-                block_bytes: cfg.block_bytes,
                 write_queue_bytes_max: cfg.write_queue_bytes_max,
                 ns: ns.clone(),
                 rt: rt.handle().clone(),
@@ -183,11 +193,9 @@ impl Engine {
                 memory_cache_bytes: cfg.memory_cache_bytes / cfg.shards as u64,
                 io_depth: cfg.io_depth,
                 quotas: cfg.quotas.iter().map(|(m, q)| (m.clone(), q / cfg.shards as u64)).collect(),
-                cmds: {
-                    let (tx, rx) = futures::channel::mpsc::unbounded();
-                    shard_cmds.push(tx);
-                    rx
-                },
+                cmds: cmd_rxs.remove(0),
+                peers: peers.clone(),
+                readahead: readahead.clone(),
             };
             shards.push(shard::spawn(setup, ready_tx.clone(), stop_rx).map_err(io_ctx("starting shard"))?);
         }

@@ -57,6 +57,8 @@ pub fn render_engine(s: &EngineSources) -> String {
     per_shard(&mut t, cs, &names::REINSERTED_BLOCKS, |c| c.reinserted_blocks.load(Relaxed));
     per_shard(&mut t, cs, &names::CORRUPT_RECORDS, |c| c.corrupt_records.load(Relaxed));
     per_shard(&mut t, cs, &names::WRITE_DROPPED_BLOCKS, |c| c.write_dropped.load(Relaxed));
+    per_shard(&mut t, cs, &names::READAHEAD_BLOCKS, |c| c.readahead_blocks.load(Relaxed));
+    per_shard(&mut t, cs, &names::READAHEAD_DROPPED, |c| c.readahead_dropped.load(Relaxed));
     per_shard(&mut t, cs, &names::CAPACITY_BYTES, |c| c.capacity_bytes.load(Relaxed));
     per_shard(&mut t, cs, &names::USED_BYTES, |c| c.used_bytes.load(Relaxed));
     per_shard(&mut t, cs, &names::BLOCKS, |c| c.blocks.load(Relaxed));

@@ -51,6 +51,12 @@ pub struct Namespace {
     sync: Option<Duration>,
     /// Per-mount sync intervals (`--mount-opt NAME:sync=...`).
     mount_sync: HashMap<String, Option<Duration>>,
+    /// The engine's block size, and the mounts with their own (smaller) one.
+    block_bytes: u64,
+    mount_block_bytes: BTreeMap<String, u64>,
+    /// Blocks read ahead on sequential access: engine-wide and per mount.
+    readahead: u64,
+    mount_readahead: HashMap<String, u64>,
 }
 
 /// A normalised namespace path: `/` or `/mount` or `/mount/rel/path`.
@@ -109,6 +115,61 @@ impl Namespace {
             lists: RwLock::default(),
             sync,
             mount_sync: HashMap::new(),
+            block_bytes: 4 << 20,
+            mount_block_bytes: BTreeMap::new(),
+            readahead: 0,
+            mount_readahead: HashMap::new(),
+        }
+    }
+
+    /// The engine's block size and its read-ahead (blocks, 0 = off).
+    pub fn with_blocks(mut self, block_bytes: u64, readahead: u64) -> Namespace {
+        self.block_bytes = block_bytes;
+        self.readahead = readahead;
+        self
+    }
+
+    /// Give mount `name` its own block size (at most the engine's).
+    pub fn with_mount_block_bytes(mut self, name: &str, bytes: u64) -> Namespace {
+        if bytes != self.block_bytes {
+            self.mount_block_bytes.insert(name.to_string(), bytes);
+        }
+        self
+    }
+
+    /// Give mount `name` its own read-ahead (blocks, 0 = off).
+    pub fn with_mount_readahead(mut self, name: &str, blocks: u64) -> Namespace {
+        self.mount_readahead.insert(name.to_string(), blocks);
+        self
+    }
+
+    /// The mounts whose block size is not the engine's (for the handshake).
+    pub fn mount_block_bytes(&self) -> &BTreeMap<String, u64> {
+        &self.mount_block_bytes
+    }
+
+    /// The block size of the mount `norm` is under.
+    pub fn block_bytes(&self, norm: &str) -> u64 {
+        stoker_proto::control::block_bytes_for(&self.mount_block_bytes, self.block_bytes, norm)
+    }
+
+    /// The name of block `block` of `norm` at `version`. Blocks of a mount
+    /// with its own block size carry the size in the key, so changing a
+    /// mount's block size can never serve a block cut at the old size.
+    pub fn block_key(&self, norm: &str, version: &str, block: u64) -> stoker_proto::key::BlockKey {
+        let bs = self.block_bytes(norm);
+        if bs == self.block_bytes {
+            stoker_proto::key::BlockKey::new(norm, version, block)
+        } else {
+            stoker_proto::key::BlockKey::new(norm, &format!("{version}#bs{bs}"), block)
+        }
+    }
+
+    /// Blocks to read ahead of a sequential reader under `norm` (0 = off).
+    pub fn readahead_blocks(&self, norm: &str) -> u64 {
+        match resolve(norm) {
+            Resolved::Mount { mount, .. } => self.mount_readahead.get(mount).copied().unwrap_or(self.readahead),
+            Resolved::Root => 0,
         }
     }
 

@@ -39,7 +39,6 @@ pub struct ShardSetup {
     pub id: usize,
     pub store: StoreConfig,
     pub socket_path: String,
-    pub block_bytes: u64,
     pub write_queue_bytes_max: u64,
     pub ns: Arc<Namespace>,
     pub rt: tokio::runtime::Handle,
@@ -54,6 +53,11 @@ pub struct ShardSetup {
     pub memory_cache_bytes: u64,
     /// io_uring submission queue depth of this shard's executor.
     pub io_depth: usize,
+    /// Every shard's command queue (this one's included), for read-ahead
+    /// of blocks other shards own.
+    pub peers: Arc<Vec<mpsc::UnboundedSender<ShardCmd>>>,
+    /// Sequential streams over large objects, shared by all shards.
+    pub readahead: Arc<crate::readahead::ReadAhead>,
 }
 
 /// Commands from the control plane to a shard. Each carries block key hashes
@@ -71,7 +75,13 @@ pub enum ShardCmd {
     Expire { keys: Vec<u64>, after: std::time::Duration },
     /// Count these (key hash, length) blocks against a mount's quota, if cached (at start-up).
     Track { mount: String, blocks: Vec<(u64, u64)> },
+    /// Fetch this block ahead of a sequential reader, unless cached or on its way.
+    Prefetch { path: String, block: u64, attr: Attr },
 }
+
+/// Read-ahead fetches in flight per shard at most; more are dropped (the
+/// reader then fetches the block itself when it gets there).
+const READAHEAD_INFLIGHT_MAX: usize = 16;
 
 /// A block fetched from under storage, with the attributes it was read under.
 struct Fetch {
@@ -89,7 +99,6 @@ struct Shard {
     store: Rc<Store>,
     ns: Arc<Namespace>,
     rt: tokio::runtime::Handle,
-    block_bytes: u64,
     counters: Arc<ShardCounters>,
     registry: Registry,
     /// Misses being fetched, by full key: later misses of the key wait here.
@@ -105,6 +114,9 @@ struct Shard {
     expiry: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
     quotas: Rc<crate::quota::Quotas>,
     mem: crate::memtier::MemTier,
+    peers: Arc<Vec<mpsc::UnboundedSender<ShardCmd>>>,
+    readahead: Arc<crate::readahead::ReadAhead>,
+    readahead_inflight: Rc<Cell<usize>>,
 }
 
 /// Start a shard thread. `ready` gets the recovery report once the store is
@@ -162,7 +174,6 @@ async fn run(
         store: Rc::new(store),
         ns: setup.ns,
         rt: setup.rt,
-        block_bytes: setup.block_bytes,
         counters: setup.counters,
         registry: setup.registry,
         inflight: RefCell::default(),
@@ -173,6 +184,9 @@ async fn run(
         expiry: RefCell::default(),
         quotas: Rc::new(crate::quota::Quotas::new(setup.quotas)),
         mem: crate::memtier::MemTier::new(setup.memory_cache_bytes),
+        peers: setup.peers,
+        readahead: setup.readahead,
+        readahead_inflight: Rc::default(),
     });
     glommio::spawn_local(commands(shard.clone(), setup.cmds)).detach();
     glommio::spawn_local(expire_forever(shard.clone())).detach();
@@ -301,8 +315,8 @@ impl Shard {
         // A no-data request (prefetch) copies nothing back: its slot need
         // only hold the path.
         let copies = req.flags & FLAG_NO_DATA == 0;
-        if (copies && req.len > req.buf_len) || req.off_in_block.saturating_add(req.len) > self.block_bytes {
-            return Err(invalid("range outside the block or the slot"));
+        if copies && req.len > req.buf_len {
+            return Err(invalid("range outside the slot"));
         }
         if req.buf_off.checked_add(req.buf_len).is_none_or(|e| e > area.layout().data_bytes) {
             return Err(invalid("slot outside the shared area"));
@@ -310,6 +324,10 @@ impl Shard {
         let raw = area.read_data(req.buf_off, req.path_len as u64).ok_or_else(|| invalid("bad slot"))?;
         let path = String::from_utf8(raw).map_err(|_| invalid("path is not UTF-8"))?;
         let path = normalise(&path).ok_or_else(|| NsError::new(libc::EINVAL, format!("bad path {path:?}")))?;
+        let bs = self.ns.block_bytes(&path);
+        if req.off_in_block.saturating_add(req.len) > bs {
+            return Err(invalid("range outside the block"));
+        }
 
         let (attr, fetched) = match self.ns.cached_attr(&path) {
             Some(a) => (a, None),
@@ -326,8 +344,8 @@ impl Shard {
         }
         // The part of the block the request wants, for an object of `size`.
         let want = |size: u64| {
-            let block_start = req.block.saturating_mul(self.block_bytes);
-            let block_len = size.saturating_sub(block_start).min(self.block_bytes);
+            let block_start = req.block.saturating_mul(bs);
+            let block_len = size.saturating_sub(block_start).min(bs);
             let start = req.off_in_block.min(block_len) as usize;
             let end = (req.off_in_block + req.len).min(block_len) as usize;
             (block_len, start, end)
@@ -344,11 +362,14 @@ impl Shard {
         if block_len == 0 {
             return Ok((0, attr.size));
         }
+        if attr.size > bs {
+            self.read_ahead(&path, req.block, &attr, bs);
+        }
         if let Some(f) = fetched {
             crate::metrics::record_read(false, t0);
             return serve(&f.data, f.attr.size);
         }
-        let key = BlockKey::new(&path, &attr.version, req.block);
+        let key = self.ns.block_key(&path, &attr.version, req.block);
         if let Some(data) = self.mem.get(key.hash, &key.bytes) {
             self.counters.hits.fetch_add(1, Relaxed);
             self.counters.mem_hits.fetch_add(1, Relaxed);
@@ -423,7 +444,7 @@ impl Shard {
         }
         if let Ok(f) = &res {
             self.counters.ufs_bytes_read.fetch_add(f.data.len() as u64, Relaxed);
-            let key = BlockKey::new(path, &f.attr.version, block);
+            let key = self.ns.block_key(path, &f.attr.version, block);
             let known = self.store.contains(key.hash) || self.unwritten.borrow().contains_key(&key.bytes);
             if f.attr.kind == Kind::File && !f.data.is_empty() && !known {
                 self.mem.insert(key.hash, &key.bytes, f.data.clone());
@@ -435,7 +456,7 @@ impl Shard {
     }
 
     async fn fetch_from_ufs(&self, path: &str, block: u64, attr: Option<Attr>) -> Fetched {
-        let bs = self.block_bytes;
+        let bs = self.ns.block_bytes(path);
         let off = block.saturating_mul(bs);
         let (ns, p) = (self.ns.clone(), path.to_string());
         let known = attr.is_some();
@@ -466,6 +487,27 @@ impl Shard {
             ));
         }
         Ok(Rc::new(Fetch { attr, data: Rc::new(data) }))
+    }
+
+    /// Note a read of `block` of a large object and hand the blocks the
+    /// stream should fetch ahead to the shards that own them.
+    fn read_ahead(&self, path: &str, block: u64, attr: &Attr, bs: u64) {
+        let max = self.ns.readahead_blocks(path);
+        for b in self.readahead.on_read(path, block, attr.size.div_ceil(bs), max) {
+            let owner = stoker_proto::key::shard_for(path, b, self.peers.len());
+            let cmd = ShardCmd::Prefetch { path: path.to_string(), block: b, attr: attr.clone() };
+            let _ = self.peers[owner].unbounded_send(cmd);
+        }
+    }
+
+    /// Whether block `block` of `path` at `attr` is cached, waiting to be
+    /// written, or being fetched.
+    fn has_or_fetching(&self, path: &str, block: u64, attr: &Attr) -> bool {
+        let key = self.ns.block_key(path, &attr.version, block);
+        self.mem.get(key.hash, &key.bytes).is_some()
+            || self.store.contains(key.hash)
+            || self.unwritten.borrow().contains_key(&key.bytes)
+            || self.inflight.borrow().contains_key(&BlockKey::new(path, "", block).bytes)
     }
 
     fn cache_in_background(&self, path: &str, key: BlockKey, data: Rc<Vec<u8>>) {
@@ -562,6 +604,25 @@ async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver<ShardCmd>)
                     shard.counters.quota_evicted_blocks.fetch_add(dropped, Relaxed);
                 }
                 shard.publish();
+            }
+            ShardCmd::Prefetch { path, block, attr } => {
+                if shard.has_or_fetching(&path, block, &attr) {
+                    continue;
+                }
+                if shard.readahead_inflight.get() >= READAHEAD_INFLIGHT_MAX {
+                    shard.counters.readahead_dropped.fetch_add(1, Relaxed);
+                    continue;
+                }
+                shard.readahead_inflight.set(shard.readahead_inflight.get() + 1);
+                shard.counters.readahead_blocks.fetch_add(1, Relaxed);
+                let s = shard.clone();
+                glommio::spawn_local(async move {
+                    if let Err(e) = s.fetch(&path, block, Some(&attr)).await {
+                        tracing::debug!(shard = s.id, path, block, error = %e.message, "read-ahead failed");
+                    }
+                    s.readahead_inflight.set(s.readahead_inflight.get() - 1);
+                })
+                .detach();
             }
             ShardCmd::Expire { keys, after } => {
                 let at = Instant::now() + after;

@@ -24,6 +24,8 @@ pub struct ShardCounters {
     pub mem_hits: AtomicU64,
     pub pending_write_bytes: AtomicU64,
     pub mem_bytes: AtomicU64,
+    pub readahead_blocks: AtomicU64,
+    pub readahead_dropped: AtomicU64,
     pub recovery: parking_lot::Mutex<RecoveryStats>,
     /// Read latencies, published by the shard every second (metrics::latency).
     pub read_latency: crate::metrics::latency::ReadLatency,
@@ -51,6 +53,8 @@ impl ShardCounters {
             mem_hits: self.mem_hits.load(Relaxed),
             pending_write_bytes: self.pending_write_bytes.load(Relaxed),
             mem_bytes: self.mem_bytes.load(Relaxed),
+            readahead_blocks: self.readahead_blocks.load(Relaxed),
+            readahead_dropped: self.readahead_dropped.load(Relaxed),
         }
     }
 }

@@ -57,6 +57,29 @@ pub struct Welcome {
     /// Socket paths, one per shard; the client connects to each and sends
     /// its session id (u64 LE). The stream is then that shard's doorbell.
     pub shard_sockets: Vec<String>,
+    /// Mounts whose block size is not `block_bytes` (`--mount-opt
+    /// NAME:block_size=SIZE`, never larger than `block_bytes`). A client
+    /// cuts reads of `/NAME/...` at this mount's block boundaries.
+    #[serde(default)]
+    pub mount_block_bytes: std::collections::BTreeMap<String, u64>,
+}
+
+impl Welcome {
+    /// The block size of the mount `path` is under.
+    pub fn block_bytes_for(&self, path: &str) -> u64 {
+        block_bytes_for(&self.mount_block_bytes, self.block_bytes, path)
+    }
+}
+
+/// The block size of the mount `path` (`/NAME/...`) is under: its own if
+/// `per_mount` names it, else `default`.
+pub fn block_bytes_for(per_mount: &std::collections::BTreeMap<String, u64>, default: u64, path: &str) -> u64 {
+    if per_mount.is_empty() {
+        return default;
+    }
+    let rest = path.trim_start_matches('/');
+    let mount = rest.split('/').next().unwrap_or("");
+    per_mount.get(mount).copied().unwrap_or(default)
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +134,12 @@ pub struct ShardStats {
     pub pending_write_bytes: u64,
     #[serde(default)]
     pub mem_bytes: u64,
+    /// Blocks fetched ahead of sequential readers, and read-aheads not
+    /// started because too many were in flight.
+    #[serde(default)]
+    pub readahead_blocks: u64,
+    #[serde(default)]
+    pub readahead_dropped: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]

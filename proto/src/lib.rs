@@ -13,7 +13,7 @@ pub mod key;
 pub mod ring;
 
 /// Protocol version exchanged in the handshake; bumped on any wire change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Default control socket when neither `--socket` nor `STOKER_SOCKET` is given.
 pub const DEFAULT_SOCKET: &str = "/tmp/stoker.sock";

@@ -47,6 +47,8 @@ pub struct ServeSection {
     /// `NAME=URI` strings, like `--mount`.
     pub mounts: Option<Vec<String>>,
     pub block_size: Option<Size>,
+    /// Blocks fetched ahead of a sequential reader of a large file (0 = off).
+    pub readahead_blocks: Option<u64>,
     pub segment_size: Option<Size>,
     pub ufs_latency: Option<String>,
     pub ufs_bandwidth: Option<Size>,
@@ -128,6 +130,9 @@ impl ConfigFile {
         }
         if let Some(v) = &s.block_size {
             cfg.block_bytes = v.bytes("block_size")?;
+        }
+        if let Some(v) = s.readahead_blocks {
+            cfg.readahead_blocks = v;
         }
         if let Some(v) = &s.segment_size {
             cfg.segment_bytes = v.bytes("segment_size")?;

@@ -45,6 +45,8 @@ pub const EVICTED_BLOCKS: Def = def("stoker_evicted_blocks_total", Kind::Counter
 pub const REINSERTED_BLOCKS: Def = def("stoker_reinserted_blocks_total", Kind::Counter, SHARD, "Hot blocks rewritten into a new segment when theirs was reclaimed.");
 pub const CORRUPT_RECORDS: Def = def("stoker_corrupt_records_total", Kind::Counter, SHARD, "Records that failed their checksum or key check on read (served as misses).");
 pub const WRITE_DROPPED_BLOCKS: Def = def("stoker_write_dropped_blocks_total", Kind::Counter, SHARD, "Fetched blocks served without being cached because the write queue was full.");
+pub const READAHEAD_BLOCKS: Def = def("stoker_readahead_blocks_total", Kind::Counter, SHARD, "Blocks fetched ahead of a sequential reader of a large object.");
+pub const READAHEAD_DROPPED: Def = def("stoker_readahead_dropped_total", Kind::Counter, SHARD, "Read-ahead fetches not started because the shard had too many in flight.");
 
 // ---- gauges, per shard ----
 pub const CAPACITY_BYTES: Def = def("stoker_capacity_bytes", Kind::Gauge, SHARD, "Bytes of segment files the shard may use.");
@@ -93,6 +95,8 @@ pub const ALL: &[Def] = &[
     REINSERTED_BLOCKS,
     CORRUPT_RECORDS,
     WRITE_DROPPED_BLOCKS,
+    READAHEAD_BLOCKS,
+    READAHEAD_DROPPED,
     CAPACITY_BYTES,
     USED_BYTES,
     BLOCKS,

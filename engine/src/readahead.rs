@@ -1,0 +1,113 @@
+//! Sequential read-ahead for large objects.
+//!
+//! Blocks of one object live on different shards, so the shards share one
+//! table of streams (by path). A read of block N right after block N-1 (or
+//! of block 0) is sequential: the window of blocks fetched ahead starts at
+//! one and doubles on every new block up to the mount's limit, like the
+//! kernel's page-cache read-ahead. Any other jump resets the window, so a
+//! random reader of a large object fetches nothing extra.
+//!
+//! Only reads of multi-block objects come here; the small-file path never
+//! touches the lock.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::ops::Range;
+
+/// Streams tracked at most; past this the table starts afresh (a stream
+/// then just begins again with a window of one).
+const STREAMS_MAX: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    /// The last block read.
+    last: u64,
+    /// Blocks up to here (inclusive) have been asked for.
+    ahead_to: u64,
+    /// Current window in blocks (0 = not sequential yet).
+    window: u64,
+}
+
+#[derive(Default)]
+pub struct ReadAhead {
+    streams: Mutex<HashMap<String, Stream>>,
+}
+
+impl ReadAhead {
+    /// Note a read of `block` of `path` (an object of `nblocks` blocks) and
+    /// return the blocks to fetch ahead now, at most `max` past `block`.
+    pub fn on_read(&self, path: &str, block: u64, nblocks: u64, max: u64) -> Range<u64> {
+        if max == 0 || nblocks <= 1 {
+            return 0..0;
+        }
+        let mut streams = self.streams.lock();
+        if streams.len() >= STREAMS_MAX && !streams.contains_key(path) {
+            streams.clear();
+        }
+        let s = streams
+            .entry(path.to_string())
+            .or_insert(Stream { last: block, ahead_to: block, window: 0 });
+        let sequential = if block == s.last + 1 {
+            s.window = (s.window * 2).clamp(1, max);
+            true
+        } else if block == s.last {
+            // Another read inside the same block (FUSE reads in 1 MiB
+            // pieces); the first read of block 0 starts a stream.
+            if block == 0 && s.window == 0 {
+                s.window = 1;
+            }
+            s.window > 0
+        } else {
+            s.window = 0;
+            s.ahead_to = block;
+            false
+        };
+        s.last = block;
+        if !sequential {
+            return 0..0;
+        }
+        let target = (block + s.window).min(nblocks - 1);
+        let from = s.ahead_to.max(block) + 1;
+        s.ahead_to = s.ahead_to.max(target);
+        if block + 1 >= nblocks {
+            streams.remove(path); // read to the end
+        }
+        from..target + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(r: Range<u64>) -> Vec<u64> {
+        r.collect()
+    }
+
+    #[test]
+    fn sequential_reads_grow_the_window_and_random_reads_fetch_nothing() {
+        let ra = ReadAhead::default();
+        // Block 0 (read twice, as FUSE does): one block ahead, once.
+        assert_eq!(v(ra.on_read("/m/a", 0, 100, 8)), [1]);
+        assert_eq!(v(ra.on_read("/m/a", 0, 100, 8)), Vec::<u64>::new());
+        // Each next block doubles the window: 2, 4, 8, then stays at 8.
+        assert_eq!(v(ra.on_read("/m/a", 1, 100, 8)), [2, 3]);
+        assert_eq!(v(ra.on_read("/m/a", 2, 100, 8)), [4, 5, 6]);
+        assert_eq!(v(ra.on_read("/m/a", 3, 100, 8)), [7, 8, 9, 10, 11]);
+        assert_eq!(v(ra.on_read("/m/a", 4, 100, 8)), [12]);
+        // A jump resets: nothing ahead until reads are sequential again.
+        assert_eq!(v(ra.on_read("/m/a", 50, 100, 8)), Vec::<u64>::new());
+        assert_eq!(v(ra.on_read("/m/a", 20, 100, 8)), Vec::<u64>::new());
+        assert_eq!(v(ra.on_read("/m/a", 21, 100, 8)), [22]);
+        // Never past the last block; a finished stream is forgotten.
+        assert_eq!(v(ra.on_read("/m/b", 0, 2, 8)), [1]);
+        assert_eq!(v(ra.on_read("/m/b", 1, 2, 8)), Vec::<u64>::new());
+        assert!(ra.streams.lock().get("/m/b").is_none());
+        // Off, or a one-block object: nothing.
+        assert_eq!(v(ra.on_read("/m/c", 0, 100, 0)), Vec::<u64>::new());
+        assert_eq!(v(ra.on_read("/m/c", 0, 1, 8)), Vec::<u64>::new());
+        // A reader starting mid-object becomes sequential on its next block.
+        assert_eq!(v(ra.on_read("/m/d", 10, 100, 4)), Vec::<u64>::new());
+        assert_eq!(v(ra.on_read("/m/d", 11, 100, 4)), [12]);
+    }
+}
