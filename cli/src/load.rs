@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use stoker_client::{Client, Kind};
+use stoker_client::Client;
 use stoker_proto::control::{checksum, read_frame, write_frame, Request, Response};
 
 pub struct LoadOpts {
@@ -82,25 +82,10 @@ fn human_secs(s: f64) -> String {
     }
 }
 
-/// Walk `prefix` (a file or a directory tree) and return (path, size) of every file.
+/// Walk `prefix` (a file or a directory tree) and return (path, size) of
+/// every file, sorted (the engine lists directories concurrently).
 pub(crate) fn walk(c: &Client, prefix: &str) -> Result<Vec<(String, u64)>> {
-    let attr = c.stat(prefix)?;
-    if attr.kind == Kind::File {
-        return Ok(vec![(prefix.to_string(), attr.size)]);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![prefix.trim_end_matches('/').to_string()];
-    while let Some(dir) = stack.pop() {
-        for e in c.list(if dir.is_empty() { "/" } else { &dir })? {
-            let p = format!("{dir}/{}", e.name);
-            match e.attr.kind {
-                Kind::Dir => stack.push(p),
-                Kind::File => out.push((p, e.attr.size)),
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(c.walk(prefix)?.into_iter().map(|e| (e.name, e.attr.size)).collect())
 }
 
 /// Read `path` through the cache and compare it, range by range, with under

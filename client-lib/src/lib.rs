@@ -150,6 +150,16 @@ impl Client {
         }
     }
 
+    /// Every file at or under `path` (a file, a directory or a mount), as
+    /// entries named by full path, sorted. The engine lists the tree's
+    /// directories concurrently; up to 1,000,000 files.
+    pub fn walk(&self, path: &str) -> Result<Vec<DirEntry>> {
+        match self.control(Request::Walk { path: path.into() })? {
+            Response::Entries { entries } => Ok(entries),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Engine-wide and per-shard statistics.
     pub fn engine_stats(&self) -> Result<EngineStats> {
         match self.control(Request::EngineStat)? {

@@ -8,7 +8,7 @@ use crate::policy::covers;
 use crate::shard::ShardCmd;
 use futures::channel::oneshot;
 use std::time::Duration;
-use stoker_proto::control::{Attr, Kind, PathStats, Request, Response};
+use stoker_proto::control::{Attr, PathStats, Request, Response};
 use stoker_proto::key::shard_for;
 
 /// Files walked per command at most; past this the command is refused.
@@ -43,25 +43,7 @@ pub fn handle(ctx: &ControlCtx, req: Request) -> Response {
 
 /// Every file at or under `norm`, with its attributes.
 fn files_under(ctx: &ControlCtx, norm: &str) -> Result<Vec<(String, Attr)>, NsError> {
-    let attr = ctx.rt.block_on(ctx.ns.stat(norm))?;
-    if attr.kind == Kind::File {
-        return Ok(vec![(norm.to_string(), attr)]);
-    }
-    let mut out = Vec::new();
-    let mut dirs = vec![norm.to_string()];
-    while let Some(dir) = dirs.pop() {
-        for e in ctx.rt.block_on(ctx.ns.list(&dir))?.iter() {
-            let p = if dir == "/" { format!("/{}", e.name) } else { format!("{dir}/{}", e.name) };
-            match e.attr.kind {
-                Kind::Dir => dirs.push(p),
-                Kind::File => out.push((p, e.attr.clone())),
-            }
-        }
-        if out.len() > FILES_MAX {
-            return Err(NsError::new(libc::E2BIG, format!("{norm}: more than {FILES_MAX} files")));
-        }
-    }
-    Ok(out)
+    ctx.rt.block_on(ctx.ns.walk(norm, FILES_MAX))
 }
 
 /// Block key hashes of `files`, grouped by owning shard.

@@ -16,8 +16,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use stoker_proto::control::{
-    write_frame, EngineStats, Request, Response, Welcome, FRAME_BYTES_MAX,
+    write_frame, DirEntry, EngineStats, Request, Response, Welcome, FRAME_BYTES_MAX,
 };
+
+/// Files one `Walk` answers with at most (the answer must fit one frame).
+const WALK_FILES_MAX: usize = 1_000_000;
 
 pub struct ControlCtx {
     pub ns: Arc<Namespace>,
@@ -138,6 +141,16 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>) {
                     .rt
                     .block_on(ctx.ns.list(&p))
                     .map(|l| Response::Entries { entries: l.as_ref().clone() })
+                    .unwrap_or_else(error),
+            },
+            Request::Walk { path } => match normalise(&path) {
+                None => error(NsError::new(libc::EINVAL, format!("bad path {path:?}: must start with /"))),
+                Some(p) => ctx
+                    .rt
+                    .block_on(ctx.ns.walk(&p, WALK_FILES_MAX))
+                    .map(|files| Response::Entries {
+                        entries: files.into_iter().map(|(name, attr)| DirEntry { name, attr }).collect(),
+                    })
                     .unwrap_or_else(error),
             },
             Request::EngineStat => Response::Stats(engine_stats(&ctx)),

@@ -38,6 +38,8 @@ impl NsError {
 const LIST_PAGE: usize = 1000;
 /// Listings larger than this are refused rather than held in memory.
 const LIST_ENTRIES_MAX: usize = 10_000_000;
+/// Directories listed at once by a tree walk.
+pub const WALK_CONCURRENCY: usize = 16;
 
 /// A directory's entries as last listed.
 type Listing = Arc<Vec<DirEntry>>;
@@ -326,6 +328,44 @@ impl Namespace {
         Ok(entries)
     }
 
+    /// Every file at or under `norm` with its attributes, sorted by path.
+    /// Directories are listed `WALK_CONCURRENCY` at a time (each listing
+    /// paginated, cached and persisted like any other), so a tree of many
+    /// prefixes costs about one listing round trip per level, not one per
+    /// prefix. More than `max_files` files is an error (E2BIG).
+    pub async fn walk(&self, norm: &str, max_files: usize) -> Result<Vec<(String, Attr)>, NsError> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let attr = self.stat(norm).await?;
+        if attr.kind == Kind::File {
+            return Ok(vec![(norm.to_string(), attr)]);
+        }
+        let mut out = Vec::new();
+        let mut queue = std::collections::VecDeque::from([norm.to_string()]);
+        let mut listing = FuturesUnordered::new();
+        loop {
+            while listing.len() < WALK_CONCURRENCY {
+                let Some(dir) = queue.pop_front() else { break };
+                listing.push(async move {
+                    let l = self.list(&dir).await;
+                    (dir, l)
+                });
+            }
+            let Some((dir, entries)) = listing.next().await else { break };
+            for e in entries?.iter() {
+                let p = child_path(&dir, &e.name);
+                match e.attr.kind {
+                    Kind::Dir => queue.push_back(p),
+                    Kind::File => out.push((p, e.attr.clone())),
+                }
+            }
+            if out.len() > max_files {
+                return Err(NsError::new(libc::E2BIG, format!("{norm}: more than {max_files} files")));
+            }
+        }
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     /// Read a range and the object's attributes in one under-storage call,
     /// caching the attributes.
     pub async fn read_versioned(&self, norm: &str, off: u64, len: u64) -> UfsResult<(Attr, Vec<u8>)> {
@@ -351,6 +391,53 @@ impl Namespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ufs::{BoxFut, ListPage, Ufs};
+
+    /// A tree of `dirs` directories of two files each under the root. Every
+    /// listing of a directory waits until `together` listings are under
+    /// way at once: a walk that lists one directory at a time never
+    /// finishes (the test's timeout fails it).
+    struct Tree {
+        dirs: usize,
+        gate: tokio::sync::Barrier,
+    }
+
+    impl Ufs for Tree {
+        fn stat<'a>(&'a self, _rel: &'a str) -> BoxFut<'a, UfsResult<Attr>> {
+            Box::pin(async move { Ok(dir_attr()) })
+        }
+        fn read<'a>(&'a self, _: &'a str, _: u64, _: u64) -> BoxFut<'a, UfsResult<Vec<u8>>> {
+            Box::pin(async move { Err(UfsError::NotFound) })
+        }
+        fn list<'a>(&'a self, rel: &'a str, _: Option<String>, _: usize) -> BoxFut<'a, UfsResult<ListPage>> {
+            Box::pin(async move {
+                let file = |n: &str| (n.to_string(), Attr { kind: Kind::File, size: 1, mtime_ns: 0, version: "v".into() });
+                if rel.is_empty() {
+                    let mut entries: Vec<_> = (0..self.dirs).map(|i| (format!("d{i:02}"), dir_attr())).collect();
+                    entries.push(file("top"));
+                    return Ok(ListPage { entries, next: None });
+                }
+                self.gate.wait().await;
+                Ok(ListPage { entries: vec![file("a"), file("b")], next: None })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_walk_lists_prefixes_concurrently_and_finds_every_file() {
+        let tree = Arc::new(Tree { dirs: 32, gate: tokio::sync::Barrier::new(8) });
+        let g = Arc::new(Guarded::new(tree, Duration::from_secs(30), 1));
+        let ns = Namespace::new(BTreeMap::from([("m".to_string(), g)]), None);
+        let files = tokio::time::timeout(Duration::from_secs(20), ns.walk("/m", 1000))
+            .await
+            .expect("the walk listed fewer than 8 prefixes at once")
+            .unwrap();
+        assert_eq!(files.len(), 32 * 2 + 1);
+        assert_eq!(files[0].0, "/m/d00/a");
+        assert_eq!(files.last().unwrap().0, "/m/top");
+        let e = ns.walk("/m", 10).await.unwrap_err();
+        assert_eq!(e.errno, libc::E2BIG);
+    }
 
     #[test]
     fn normalise_paths() {

@@ -17,6 +17,9 @@ pub enum Request {
     Hello { version: u32, area_bytes: u64, ring_entries: u32 },
     Stat { path: String },
     List { path: String },
+    /// Every file at or under a path (answered with `Entries` whose names
+    /// are full paths, sorted); directories are listed concurrently.
+    Walk { path: String },
     EngineStat,
     /// Keep the blocks under a path cached through eviction.
     Pin { path: String },

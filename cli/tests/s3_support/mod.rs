@@ -3,6 +3,12 @@
 //! missing), started per test on a free port and killed when dropped.
 //! Objects are written through OpenDAL (`BlockingStore`), the same client
 //! code the engine reads with.
+//!
+//! With `STOKER_S3_SERVER=s3s-fs` (the measurements in s3_bench.rs) the
+//! server is s3s-fs 0.14.1 instead (`cargo install s3s-fs@0.14.1 --locked
+//! --features binary`), which keeps objects as files under a directory:
+//! large datasets are put in place as files (`bucket_dir`) instead of
+//! uploaded, and it serves reads several times faster than moto.
 
 #![allow(dead_code)]
 
@@ -33,6 +39,13 @@ pub fn moto_available() -> bool {
 pub struct S3Server {
     child: Option<Child>,
     pub port: u16,
+    /// The s3s-fs root (None: moto).
+    fs_root: Option<tempfile::TempDir>,
+}
+
+/// Whether the tests should run s3s-fs rather than moto.
+pub fn use_s3s_fs() -> bool {
+    std::env::var("STOKER_S3_SERVER").is_ok_and(|v| v == "s3s-fs")
 }
 
 fn free_port() -> u16 {
@@ -41,22 +54,40 @@ fn free_port() -> u16 {
 
 impl S3Server {
     pub fn start() -> S3Server {
-        let mut s = S3Server { child: None, port: free_port() };
+        let fs_root = use_s3s_fs().then(|| tempfile::tempdir_in("/var/tmp").unwrap());
+        let mut s = S3Server { child: None, port: free_port(), fs_root };
         s.spawn();
         s
     }
 
+    /// Where s3s-fs keeps `bucket`'s objects (one file per key), if it is
+    /// the server.
+    pub fn bucket_dir(&self, bucket: &str) -> Option<std::path::PathBuf> {
+        self.fs_root.as_ref().map(|r| r.path().join(bucket))
+    }
+
     fn spawn(&mut self) {
-        assert!(moto_available(), "moto server missing: pip install 'moto[server]' (scripts/test.sh does)");
-        let mut cmd = Command::new(python());
-        cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &self.port.to_string()]);
+        let mut cmd = match &self.fs_root {
+            Some(root) => {
+                let mut cmd = Command::new("s3s-fs");
+                cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string()]);
+                cmd.args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY]).arg(root.path());
+                cmd
+            }
+            None => {
+                assert!(moto_available(), "moto server missing: pip install 'moto[server]' (scripts/test.sh does)");
+                let mut cmd = Command::new(python());
+                cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &self.port.to_string()]);
+                cmd
+            }
+        };
         // The machine's CA variables make some clients load bundles even
         // for plain http; the server needs none of them.
         for v in ["AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"] {
             cmd.env_remove(v);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("spawning moto server");
+        let mut child = cmd.spawn().expect("spawning the S3 server");
         let t0 = Instant::now();
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Some(st) = child.try_wait().unwrap() {
@@ -86,8 +117,13 @@ impl S3Server {
         self.spawn();
     }
 
-    /// Create a bucket (moto takes unsigned requests).
+    /// Create a bucket (moto takes unsigned requests; s3s-fs buckets are
+    /// directories).
     pub fn create_bucket(&self, bucket: &str) {
+        if let Some(d) = self.bucket_dir(bucket) {
+            std::fs::create_dir_all(d).unwrap();
+            return;
+        }
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port)
             .unwrap();
@@ -132,7 +168,7 @@ impl Drop for S3Server {
 
 /// Skip (with a loud line) when moto cannot be found, unless CI requires it.
 pub fn require_moto() -> bool {
-    if moto_available() {
+    if use_s3s_fs() || moto_available() {
         return true;
     }
     if std::env::var_os("STOKER_REQUIRE_S3").is_some() {

@@ -382,7 +382,13 @@ impl Ufs for OpendalUfs {
                         Err(UfsError::NotFound)
                     }
                 }
-                Err(e) => Err(self.map_err(e)),
+                // Some servers answer a HEAD of a key that is also a
+                // prefix with an error (s3s-fs: HTTP 500): a prefix with
+                // objects under it is a directory whatever the HEAD said.
+                Err(e) => match self.dir_exists(rel).await {
+                    Ok(true) => Ok(dir_attr()),
+                    _ => Err(self.map_err(e)),
+                },
             }
         })
     }
@@ -406,6 +412,10 @@ impl Ufs for OpendalUfs {
                     // Past the end (e.g. an empty object): answer from stat.
                     Err(e) if e.kind() == ErrorKind::RangeNotSatisfied => {}
                     Err(e) if e.kind() == ErrorKind::NotFound && self.dir_exists(rel).await? => {
+                        return Err(UfsError::IsDir);
+                    }
+                    // A GET of a prefix some servers fail (see `stat`).
+                    Err(e) if e.kind() == ErrorKind::Unexpected && self.dir_exists(rel).await.unwrap_or(false) => {
                         return Err(UfsError::IsDir);
                     }
                     Err(e) if e.kind() == ErrorKind::Unsupported => {
