@@ -177,12 +177,14 @@ fn epoch_prefetch_runs_ahead_in_plan_order_within_its_window() {
     assert_eq!(misses(), 15);
 }
 
-/// Where cargo put libstoker_c.so for this profile (building it if needed).
+/// Where cargo put libstoker_c.so for this profile, built now: a test
+/// run does not rebuild the cdylib itself, and a stale one would speak an
+/// older protocol (a no-op when it is up to date).
 fn c_library() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let lib = profile_dir.join("libstoker_c.so");
-    if !lib.exists() {
+    {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "stoker-client-c"]);
