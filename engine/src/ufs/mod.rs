@@ -31,9 +31,13 @@ pub enum UfsError {
     NotDir,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-    /// `retryable` is true for transient failures (resets, 5xx, throttling).
+    /// `retryable` is true for transient failures (resets, 5xx).
     #[error("{message}")]
     Io { message: String, retryable: bool },
+    /// The store asked us to slow down (S3 `503 SlowDown`, HTTP 429):
+    /// retried after a longer backoff than other transient failures.
+    #[error("throttled by the store: {0}")]
+    Throttled(String),
 }
 
 impl UfsError {
@@ -43,12 +47,12 @@ impl UfsError {
             UfsError::IsDir => libc::EISDIR,
             UfsError::NotDir => libc::ENOTDIR,
             UfsError::Timeout(_) => libc::ETIMEDOUT,
-            UfsError::Io { .. } => libc::EIO,
+            UfsError::Io { .. } | UfsError::Throttled(_) => libc::EIO,
         }
     }
 
     fn retryable(&self) -> bool {
-        matches!(self, UfsError::Timeout(_) | UfsError::Io { retryable: true, .. })
+        matches!(self, UfsError::Timeout(_) | UfsError::Io { retryable: true, .. } | UfsError::Throttled(_))
     }
 }
 
@@ -139,7 +143,13 @@ fn open_local(uri: &str) -> Result<Arc<dyn Ufs>, String> {
     Ok(Arc::new(local::LocalDir::new(path.into())))
 }
 
-/// Timeout plus bounded retry with exponential backoff and jitter.
+/// Longest wait between two attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Shortest wait before retrying a throttled call.
+const THROTTLED_BACKOFF_MIN: Duration = Duration::from_secs(1);
+
+/// Timeout plus bounded retry with exponential backoff and jitter
+/// (from 20 ms, or from 1 s after a throttling answer, doubling up to 8 s).
 pub struct Guarded {
     inner: Arc<dyn Ufs>,
     timeout: Duration,
@@ -185,10 +195,15 @@ impl Guarded {
             };
             match res {
                 Err(e) if e.retryable() && attempt < self.attempts => {
+                    if matches!(e, UfsError::Throttled(_)) {
+                        // Slow down for real: a store that throttles wants
+                        // fewer requests, not the same ones again at once.
+                        backoff = backoff.max(THROTTLED_BACKOFF_MIN);
+                    }
                     let jitter = Duration::from_micros(rand_u64() % (backoff.as_micros() as u64 + 1));
                     tracing::debug!(attempt, error = %e, "under storage call failed, retrying");
                     tokio::time::sleep(backoff / 2 + jitter).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     attempt += 1;
                 }
                 other => return other,
@@ -250,17 +265,21 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    /// Fails `fail_first` times with a retryable error, then answers.
+    /// Fails `fail_first` times with a retryable error (or a throttling
+    /// answer), then answers.
     struct Flaky {
         calls: AtomicU32,
         fail_first: u32,
+        throttle: bool,
     }
 
     impl Ufs for Flaky {
         fn stat<'a>(&'a self, _rel: &'a str) -> BoxFut<'a, UfsResult<Attr>> {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst);
-                if n < self.fail_first {
+                if n < self.fail_first && self.throttle {
+                    Err(UfsError::Throttled("SlowDown".into()))
+                } else if n < self.fail_first {
                     Err(UfsError::Io { message: "reset".into(), retryable: true })
                 } else {
                     Ok(Attr { kind: stoker_proto::control::Kind::File, size: 1, mtime_ns: 0, version: "v".into() })
@@ -277,12 +296,12 @@ mod tests {
 
     #[tokio::test]
     async fn retries_are_bounded_and_timeouts_fire() {
-        let flaky = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 2 });
+        let flaky = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 2, throttle: false });
         let g = Guarded::new(flaky.clone(), Duration::from_millis(50), 3);
         assert!(g.stat("a").await.is_ok());
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
 
-        let flaky = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 10 });
+        let flaky = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 10, throttle: false });
         let g = Guarded::new(flaky.clone(), Duration::from_millis(50), 3);
         assert!(matches!(g.stat("a").await, Err(UfsError::Io { .. })));
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "must stop after 3 attempts");
@@ -291,8 +310,32 @@ mod tests {
         let g = Guarded::new(flaky, Duration::from_millis(20), 2);
         assert_eq!(g.read("a", 0, 1).await, Err(UfsError::Timeout(Duration::from_millis(20))));
         // NotFound is final: one call only.
-        let flaky = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 0 });
+        let flaky = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 0, throttle: false });
         let g = Guarded::new(flaky.clone(), Duration::from_millis(50), 3);
         assert_eq!(g.list("", None, 10).await.unwrap_err(), UfsError::NotFound);
+    }
+
+    /// Paused clock: the waits are the backoff alone, measured exactly.
+    #[tokio::test(start_paused = true)]
+    async fn throttling_backs_off_longer_and_stays_bounded() {
+        let t0 = tokio::time::Instant::now();
+        let reset = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 2, throttle: false });
+        assert!(Guarded::new(reset, Duration::from_secs(5), 3).stat("a").await.is_ok());
+        let plain = t0.elapsed();
+        assert!(plain < Duration::from_millis(200), "plain retries waited {plain:?}");
+
+        let t0 = tokio::time::Instant::now();
+        let slow = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 2, throttle: true });
+        assert!(Guarded::new(slow.clone(), Duration::from_secs(5), 3).stat("a").await.is_ok());
+        let throttled = t0.elapsed();
+        // Two waits of at least half of 1 s and of 2 s.
+        assert!(throttled >= Duration::from_millis(1500), "throttled retries waited only {throttled:?}");
+        assert_eq!(slow.calls.load(Ordering::SeqCst), 3);
+
+        // Still bounded: a store that always throttles gets an EIO-class error.
+        let always = Arc::new(Flaky { calls: AtomicU32::new(0), fail_first: 100, throttle: true });
+        let e = Guarded::new(always.clone(), Duration::from_secs(5), 3).stat("a").await.unwrap_err();
+        assert_eq!((e.errno(), always.calls.load(Ordering::SeqCst)), (libc::EIO, 3));
+        assert!(e.to_string().contains("throttled"), "{e}");
     }
 }

@@ -237,8 +237,9 @@ impl OpendalUfs {
             ErrorKind::NotFound => UfsError::NotFound,
             ErrorKind::IsADirectory => UfsError::IsDir,
             ErrorKind::NotADirectory => UfsError::NotDir,
+            ErrorKind::RateLimited => UfsError::Throttled(format!("{}://: {}", self.scheme, clean_message(&e))),
             _ => {
-                let retryable = e.is_temporary() || e.kind() == ErrorKind::RateLimited;
+                let retryable = e.is_temporary();
                 UfsError::Io { message: format!("{}://: {}", self.scheme, clean_message(&e)), retryable }
             }
         }
