@@ -1,5 +1,6 @@
 //! Object stores and remote filesystems through Apache OpenDAL: s3://, gs://,
-//! az://, oss://, cos://, webhdfs://, http(s):// (and file:// on request).
+//! az://, oss://, cos://, hdfs:// (hdfs-native, HDFS's own RPC in pure Rust),
+//! webhdfs://, http(s):// (and file:// on request).
 //!
 //! OpenDAL does the signing, credential loading and HTTP; this module maps a
 //! mount URI and its per-mount options onto an OpenDAL service and the
@@ -50,13 +51,14 @@ fn service_for(scheme: &str) -> Option<&'static str> {
         "oss" => "oss",
         "cos" => "cos",
         "webhdfs" => "webhdfs",
+        "hdfs" => "hdfs-native",
         "http" | "https" => "http",
         "file" => "fs",
         _ => return None,
     })
 }
 
-pub const SCHEMES: &str = "s3://, gs://, az://, oss://, cos://, webhdfs://, http(s)://, file://";
+pub const SCHEMES: &str = "s3://, gs://, az://, oss://, cos://, hdfs://, webhdfs://, http(s)://, file://";
 
 /// The configuration keys an OpenDAL service accepts: the fields of its
 /// config type (serialized defaults), so a misspelt option is refused
@@ -70,6 +72,7 @@ fn known_keys(service: &str) -> Vec<String> {
         "oss" => serde_json::to_value(OssConfig::default()),
         "cos" => serde_json::to_value(CosConfig::default()),
         "webhdfs" => serde_json::to_value(WebhdfsConfig::default()),
+        "hdfs-native" => serde_json::to_value(HdfsNativeConfig::default()),
         "http" => serde_json::to_value(HttpConfig::default()),
         "fs" => serde_json::to_value(FsConfig::default()),
         _ => return Vec::new(),
@@ -175,6 +178,13 @@ pub fn operator(uri: &str, options: &[(String, String)]) -> Result<(Operator, St
                 return Err(format!("bad URI {uri:?}: expected webhdfs://namenode:9870/path"));
             }
             cfg.entry("endpoint".into()).or_insert_with(|| format!("http://{authority}"));
+            cfg.insert("root".into(), root);
+        }
+        "hdfs-native" => {
+            if authority.is_empty() {
+                return Err(format!("bad URI {uri:?}: expected hdfs://namenode:8020/path (or hdfs://NAMESERVICE/path)"));
+            }
+            cfg.insert("name_node".into(), format!("hdfs://{authority}"));
             cfg.insert("root".into(), root);
         }
         "http" => {
@@ -528,6 +538,9 @@ mod tests {
         assert!(open(&format!("file://{}", tmp.display()), &[]).is_ok());
         assert!(open("http://127.0.0.1:1/data", &[]).is_ok());
         assert!(open("webhdfs://127.0.0.1:1/data", &[]).is_ok());
+        let r = open("hdfs://127.0.0.1:1/data", &[]);
+        assert!(r.is_ok(), "{:?}", r.err());
+        assert!(open("hdfs:///data", &[]).is_err());
         let gcs = [("endpoint".to_string(), "http://127.0.0.1:1".to_string()), ("allow_anonymous".into(), "true".into())];
         assert!(open("gs://bucket/p", &gcs).is_ok());
         let az = [
