@@ -117,6 +117,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if !a.mounts.is_empty() {
         cfg.mounts = a.mounts;
     }
+    // The file's per-mount options first; --mount-opt adds to them.
+    for (name, key, value) in file.mount_options()? {
+        let Some(m) = cfg.mounts.iter_mut().find(|m| m.name == name) else {
+            bail!("[serve.mount_options.{name}]: no mount named {name:?}");
+        };
+        m.options.push((key, value));
+    }
     for opt in &a.mount_opts {
         // The value is never echoed back: it may be a secret.
         let Some((name, kv)) = opt.split_once(':') else {

@@ -137,3 +137,35 @@ fn sequential_reads_fetch_ahead_and_random_reads_do_not() {
     assert_eq!(cached(&p2), 4, "random reads fetched ahead");
     srv.stop();
 }
+
+#[test]
+fn mount_options_from_the_config_file_apply_like_mount_opt() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let files = make_tree(&src, &[2_000_000], 3);
+    let (rel, data) = &files[0];
+    let cfg = dir.path().join("stoker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[serve]\nshards = 1\ncapacity = \"256M\"\nblock_size = \"1M\"\nreadahead_blocks = 0\n\
+             mounts = [\"small=file://{}\"]\n[serve.mount_options.small]\nblock_size = \"64K\"\n",
+            src.display()
+        ),
+    )
+    .unwrap();
+    let sock = dir.path().join("s.sock").to_string_lossy().into_owned();
+    let srv = Server::start(&dir.path().join("cache"), &sock, &["--config", cfg.to_str().unwrap()]);
+    let c = srv.client();
+    let before = ufs_bytes(&c);
+    assert_eq!(c.read(&format!("/small/{rel}"), 1_000_000, 10).unwrap(), data[1_000_000..1_000_010]);
+    assert_eq!(ufs_bytes(&c) - before, 64 << 10, "the file's block_size was not applied");
+    srv.stop();
+
+    // An option table for a mount that does not exist is one clear line.
+    std::fs::write(&cfg, format!("[serve]\nmounts = [\"a=file://{}\"]\n[serve.mount_options.b]\nsync = \"1s\"\n", src.display()))
+        .unwrap();
+    let out = run(&["serve", "--config", cfg.to_str().unwrap(), "--cache-dir", "/tmp/unused-mo", "--socket", "/tmp/unused-mo.sock"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("mount_options.b") && err.lines().count() == 1, "{err}");
+}

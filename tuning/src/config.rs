@@ -46,6 +46,10 @@ pub struct ServeSection {
     pub io_depth: Option<usize>,
     /// `NAME=URI` strings, like `--mount`.
     pub mounts: Option<Vec<String>>,
+    /// Per-mount options, like `--mount-opt NAME:key=value`: a table per
+    /// mount name (`[serve.mount_options.NAME]`), values strings, numbers
+    /// or booleans.
+    pub mount_options: Option<std::collections::BTreeMap<String, std::collections::BTreeMap<String, toml::Value>>>,
     pub block_size: Option<Size>,
     /// Blocks fetched ahead of a sequential reader of a large file (0 = off).
     pub readahead_blocks: Option<u64>,
@@ -106,6 +110,25 @@ impl ConfigFile {
                 bail!("[serve] mounts: bad entry {m:?}: expected \"NAME=URI\"");
             };
             out.push((name.to_string(), uri.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// `[serve.mount_options.NAME]` tables as (name, key, value), values as
+    /// text (`"4M"`, `8`, `true`).
+    pub fn mount_options(&self) -> Result<Vec<(String, String, String)>> {
+        let mut out = Vec::new();
+        for (name, table) in self.serve.mount_options.iter().flatten() {
+            for (key, v) in table {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    _ => bail!("[serve.mount_options.{name}] {key}: expected a string, number or boolean"),
+                };
+                out.push((name.clone(), key.clone(), text));
+            }
         }
         Ok(out)
     }
@@ -175,6 +198,16 @@ mod tests {
         assert_eq!(f.mount.readahead, Some(Size::Text("2M".into())));
         assert!(ConfigFile::parse("[serve]\nshard = 3\n").is_err());
         assert!(ConfigFile::parse("[serve]\nblock_size = \"4Q\"\n").unwrap().engine_config(Some("/x".into())).is_err());
+        let f = ConfigFile::parse(
+            "[serve]\nmounts = [\"s=s3://b\"]\n[serve.mount_options.s]\nendpoint = \"http://127.0.0.1:9000\"\nreadahead = 8\nread_only = true\n",
+        )
+        .unwrap();
+        let o = f.mount_options().unwrap();
+        assert_eq!(o.len(), 3);
+        assert!(o.contains(&("s".into(), "readahead".into(), "8".into())));
+        assert!(o.contains(&("s".into(), "read_only".into(), "true".into())));
+        let f = ConfigFile::parse("[serve.mount_options.s]\nx = [1]\n").unwrap();
+        assert!(f.mount_options().is_err());
         // No cache dir anywhere is an error; the file's is used when the flag is absent.
         assert!(ConfigFile::default().engine_config(None).is_err());
         let f = ConfigFile::parse("[serve]\ncache_dir = \"/var/cache/stoker\"\n").unwrap();
