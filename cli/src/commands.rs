@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// Cap under-storage reads at this many bytes per second (demos, tests).
     #[arg(long, value_parser = size_arg)]
     pub ufs_bandwidth: Option<u64>,
+    /// Threads running under-storage requests [default: half the cores, at least 1].
+    #[arg(long)]
+    pub ufs_threads: Option<usize>,
     /// Timeout of one under-storage call [default: 30s].
     #[arg(long, value_parser = duration_arg)]
     pub ufs_timeout: Option<Duration>,
@@ -154,6 +157,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(v) = a.ufs_timeout {
         cfg.ufs_timeout = v;
+    }
+    if let Some(v) = a.ufs_threads {
+        cfg.ufs_threads = v;
     }
     if let Some(v) = &a.metadata_sync {
         cfg.metadata_sync = parse_duration(v).map_err(anyhow::Error::msg)?;

@@ -115,6 +115,10 @@ pub struct EngineConfig {
     pub ufs_latency: Duration,
     /// Bandwidth cap on under-storage reads in bytes/s (demo/test knob). Default none.
     pub ufs_bandwidth: Option<u64>,
+    /// Threads running under-storage requests (HTTP, signing, parsing).
+    /// Default: half the cores, at least 1 — the shards have the rest. On 2
+    /// cores 1 thread beat 2 in the S3 cold pass (docs/STORAGE.md).
+    pub ufs_threads: usize,
     /// Timeout of one under-storage call. Default 30 s.
     pub ufs_timeout: Duration,
     /// Attempts per under-storage call on retryable errors. Default 3.
@@ -152,6 +156,7 @@ impl EngineConfig {
             segment_bytes: 256 << 20,
             ufs_latency: Duration::ZERO,
             ufs_bandwidth: None,
+            ufs_threads: (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) / 2).max(1),
             ufs_timeout: Duration::from_secs(30),
             ufs_attempts: 3,
             metadata_sync: Some(Duration::from_secs(60)),
@@ -217,6 +222,9 @@ impl EngineConfig {
             if *q < self.shards as u64 * (self.block_bytes + 8192) {
                 return bad(format!("--quota {m}={q} is smaller than one block per shard"));
             }
+        }
+        if !(1..=256).contains(&self.ufs_threads) {
+            return bad(format!("--ufs-threads must be 1..=256, got {}", self.ufs_threads));
         }
         if self.readahead_blocks > READAHEAD_MAX {
             return bad(format!("--readahead-blocks must be 0..={READAHEAD_MAX}, got {}", self.readahead_blocks));

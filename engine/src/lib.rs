@@ -115,7 +115,7 @@ impl Engine {
         let (root, lock) = prepare_cache_dir(&cfg)?;
 
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(cfg.ufs_threads)
             .max_blocking_threads(64)
             .thread_name("stoker-ufs")
             .enable_all()

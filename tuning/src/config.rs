@@ -57,6 +57,7 @@ pub struct ServeSection {
     pub ufs_latency: Option<String>,
     pub ufs_bandwidth: Option<Size>,
     pub ufs_timeout: Option<String>,
+    pub ufs_threads: Option<usize>,
     pub metadata_sync: Option<String>,
     pub socket: Option<String>,
 }
@@ -153,6 +154,9 @@ impl ConfigFile {
         }
         if let Some(v) = &s.block_size {
             cfg.block_bytes = v.bytes("block_size")?;
+        }
+        if let Some(v) = s.ufs_threads {
+            cfg.ufs_threads = v;
         }
         if let Some(v) = s.readahead_blocks {
             cfg.readahead_blocks = v;
