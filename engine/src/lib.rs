@@ -133,7 +133,11 @@ impl Engine {
             };
             let latency = metrics::ufs_latency();
             ufs_latency.push((m.name.clone(), latency.clone()));
-            let guarded = ufs::Guarded::new(raw, cfg.ufs_timeout, cfg.ufs_attempts).with_latency(latency);
+            // The mount's `concurrency` option (checked by the under storage) bounds it.
+            let limit = m.options.iter().find(|(k, _)| k.eq_ignore_ascii_case("concurrency")).and_then(|(_, v)| v.parse().ok());
+            let guarded = ufs::Guarded::new(raw, cfg.ufs_timeout, cfg.ufs_attempts)
+                .with_latency(latency)
+                .with_limit(limit.unwrap_or(ufs::LIMIT_DEFAULT));
             mounts.insert(m.name.clone(), Arc::new(guarded));
         }
         let fingerprint: Vec<String> =

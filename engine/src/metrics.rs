@@ -64,6 +64,10 @@ pub fn render_engine(s: &EngineSources) -> String {
     per_shard(&mut t, cs, &names::BLOCKS, |c| c.blocks.load(Relaxed));
     per_shard(&mut t, cs, &names::SEGMENTS, |c| c.segments.load(Relaxed));
     per_shard(&mut t, cs, &names::INFLIGHT_REQUESTS, |c| c.inflight_requests.load(Relaxed));
+    t.family(&names::UFS_INFLIGHT_LIMIT);
+    for (mount, limit) in s.ctx.ns.mount_limits() {
+        t.sample(&names::UFS_INFLIGHT_LIMIT, &[&mount], limit as u64);
+    }
     t.family(&names::SESSIONS);
     t.sample(&names::SESSIONS, &[], s.ctx.sessions.load(Relaxed));
     t.family(&names::SESSIONS_OPENED);

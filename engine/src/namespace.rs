@@ -145,6 +145,12 @@ impl Namespace {
         self
     }
 
+    /// Each mount's under-storage attempts allowed in flight now (lowered
+    /// while its store throttles).
+    pub fn mount_limits(&self) -> Vec<(String, usize)> {
+        self.mounts.iter().map(|(n, g)| (n.clone(), g.limit())).collect()
+    }
+
     /// The mounts whose block size is not the engine's (for the handshake).
     pub fn mount_block_bytes(&self) -> &BTreeMap<String, u64> {
         &self.mount_block_bytes

@@ -56,6 +56,7 @@ pub const SEGMENTS: Def = def("stoker_segments", Kind::Gauge, SHARD, "Segment fi
 pub const INFLIGHT_REQUESTS: Def = def("stoker_inflight_requests", Kind::Gauge, SHARD, "Requests the shard has taken off client rings and not answered yet (queue depth).");
 
 // ---- engine-wide ----
+pub const UFS_INFLIGHT_LIMIT: Def = def("stoker_ufs_inflight_limit", Kind::Gauge, &["mount"], "Under-storage requests a mount may have in flight now: its concurrency, halved while the store throttles and won back by successes.");
 pub const SESSIONS: Def = def("stoker_sessions", Kind::Gauge, &[], "Client sessions attached now.");
 pub const SESSIONS_OPENED: Def = def("stoker_sessions_opened_total", Kind::Counter, &[], "Client sessions accepted since start.");
 
@@ -102,6 +103,7 @@ pub const ALL: &[Def] = &[
     BLOCKS,
     SEGMENTS,
     INFLIGHT_REQUESTS,
+    UFS_INFLIGHT_LIMIT,
     SESSIONS,
     SESSIONS_OPENED,
     READ_DURATION,

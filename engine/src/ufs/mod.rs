@@ -7,6 +7,7 @@
 //! injects latency and a bandwidth cap so a local directory can stand in for
 //! remote object storage in demos and tests.
 
+pub mod aimd;
 pub mod local;
 pub mod blocking;
 pub mod opendal_ufs;
@@ -143,6 +144,10 @@ fn open_local(uri: &str) -> Result<Arc<dyn Ufs>, String> {
     Ok(Arc::new(local::LocalDir::new(path.into())))
 }
 
+/// Attempts in flight per mount unless told otherwise (OpenDAL mounts: their
+/// `concurrency` option).
+pub const LIMIT_DEFAULT: usize = 256;
+
 /// Longest wait between two attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// Shortest wait before retrying a throttled call.
@@ -156,11 +161,25 @@ pub struct Guarded {
     attempts: u32,
     /// Where each call's latency (retries included) goes. Default none.
     latency: Option<Arc<crate::metrics::latency::OpLatency>>,
+    /// Attempts in flight for the whole mount, cut when the store throttles.
+    limit: aimd::Aimd,
 }
 
 impl Guarded {
     pub fn new(inner: Arc<dyn Ufs>, timeout: Duration, attempts: u32) -> Guarded {
-        Guarded { inner, timeout, attempts: attempts.max(1), latency: None }
+        Guarded { inner, timeout, attempts: attempts.max(1), latency: None, limit: aimd::Aimd::new(LIMIT_DEFAULT) }
+    }
+
+    /// At most `n` attempts in flight for this mount (fewer while the store
+    /// throttles).
+    pub fn with_limit(mut self, n: usize) -> Guarded {
+        self.limit = aimd::Aimd::new(n);
+        self
+    }
+
+    /// Attempts allowed in flight now.
+    pub fn limit(&self) -> usize {
+        self.limit.limit()
     }
 
     /// Record every call's latency, by op (`metrics::names::UFS_OPS`), in `l`.
@@ -189,10 +208,17 @@ impl Guarded {
         let mut backoff = Duration::from_millis(20);
         let mut attempt = 1;
         loop {
+            let permit = self.limit.acquire().await;
             let res = match tokio::time::timeout(self.timeout, call()).await {
                 Ok(r) => r,
                 Err(_) => Err(UfsError::Timeout(self.timeout)),
             };
+            let outcome = match &res {
+                Ok(_) => aimd::Outcome::Ok,
+                Err(UfsError::Throttled(_)) => aimd::Outcome::Throttled,
+                Err(_) => aimd::Outcome::Other,
+            };
+            self.limit.done(permit, outcome);
             match res {
                 Err(e) if e.retryable() && attempt < self.attempts => {
                     if matches!(e, UfsError::Throttled(_)) {
@@ -337,5 +363,58 @@ mod tests {
         let e = Guarded::new(always.clone(), Duration::from_secs(5), 3).stat("a").await.unwrap_err();
         assert_eq!((e.errno(), always.calls.load(Ordering::SeqCst)), (libc::EIO, 3));
         assert!(e.to_string().contains("throttled"), "{e}");
+    }
+
+    /// A store that throttles whenever more than `cap` calls are under way.
+    struct Capped {
+        cap: u32,
+        inflight: AtomicU32,
+        peak: AtomicU32,
+        throttled: AtomicU32,
+    }
+
+    impl Ufs for Capped {
+        fn stat<'a>(&'a self, _rel: &'a str) -> BoxFut<'a, UfsResult<Attr>> {
+            Box::pin(async move {
+                let n = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                self.inflight.fetch_sub(1, Ordering::SeqCst);
+                if n > self.cap {
+                    self.throttled.fetch_add(1, Ordering::SeqCst);
+                    return Err(UfsError::Throttled("SlowDown".into()));
+                }
+                Ok(Attr { kind: stoker_proto::control::Kind::File, size: 1, mtime_ns: 0, version: "v".into() })
+            })
+        }
+        fn read<'a>(&'a self, _: &'a str, _: u64, _: u64) -> BoxFut<'a, UfsResult<Vec<u8>>> {
+            Box::pin(async move { Err(UfsError::NotFound) })
+        }
+        fn list<'a>(&'a self, _: &'a str, _: Option<String>, _: usize) -> BoxFut<'a, UfsResult<ListPage>> {
+            Box::pin(async move { Err(UfsError::NotFound) })
+        }
+    }
+
+    /// Bursts of 64 callers against a store that takes 4: the throttling
+    /// lowers the whole mount's limit (once per round, halving), so each
+    /// burst sends fewer requests over the store's capacity than the last
+    /// — with per-call backoff alone every burst would send 64 at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_throttling_store_slows_the_whole_mount_down() {
+        let store = Arc::new(Capped { cap: 4, inflight: AtomicU32::new(0), peak: AtomicU32::new(0), throttled: AtomicU32::new(0) });
+        let g = Guarded::new(store.clone(), Duration::from_secs(30), 8).with_limit(256);
+        let mut peaks = Vec::new();
+        let mut throttled = Vec::new();
+        for _ in 0..6 {
+            store.peak.store(0, Ordering::SeqCst);
+            let before = store.throttled.load(Ordering::SeqCst);
+            let got = futures::future::join_all((0..64).map(|_| g.stat("a"))).await;
+            assert!(got.iter().all(|r| r.is_ok()), "calls failed although retries remained");
+            peaks.push(store.peak.load(Ordering::SeqCst));
+            throttled.push(store.throttled.load(Ordering::SeqCst) - before);
+        }
+        assert_eq!(peaks[0], 64);
+        assert!(g.limit() < 64, "the throttling did not lower the mount's limit");
+        assert!(peaks[5] <= 16 && throttled[5] * 4 < throttled[0], "peaks {peaks:?}, throttled {throttled:?}");
     }
 }
