@@ -264,6 +264,20 @@ pub fn stat(socket: &str, json: bool) -> Result<()> {
     for sh in &s.shards {
         println!("{:<7} {:<12} {:<10} {:<10} {}", sh.shard, human(sh.used_bytes), sh.blocks, sh.hits, sh.misses);
     }
+    for m in &s.mounts {
+        let opts: Vec<String> = m.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "mount /{} = {}  sync={} block={} readahead={} inflight-limit={}{}{}",
+            m.name,
+            m.uri,
+            m.sync,
+            human(m.block_bytes),
+            m.readahead_blocks,
+            m.inflight_limit,
+            if m.read_only { " read-only" } else { "" },
+            if opts.is_empty() { String::new() } else { format!("  [{}]", opts.join(", ")) }
+        );
+    }
     Ok(())
 }
 

@@ -97,3 +97,45 @@ fn bad_mount_options_are_refused_with_one_line() {
         assert!(err.contains(word) && err.contains("\"m\""), "error names the mount and key: {err}");
     }
 }
+
+#[test]
+fn stat_shows_each_mount_with_its_settings_and_never_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let sock = dir.path().join("s.sock").to_string_lossy().into_owned();
+    let secret = "hunter2-DO-NOT-PRINT";
+    // An S3 mount is built without contacting its endpoint: nothing need listen.
+    let args = [
+        "--shards", "1", "--capacity", "256M", "--block-size", "1M", "--metadata-sync", "5s",
+        "--mount", &format!("local=file://{}", src.display()),
+        "--mount", "remote=s3://bucket/prefix",
+        "--mount-opt", "remote:endpoint=http://127.0.0.1:1",
+        "--mount-opt", "remote:access_key_id=AKIDEXAMPLE",
+        "--mount-opt", &format!("remote:secret_access_key={secret}"),
+        "--mount-opt", "remote:read_only=true",
+        "--mount-opt", "remote:sync=never",
+        "--mount-opt", "remote:block_size=256K",
+        "--mount-opt", "remote:concurrency=32",
+    ];
+    let srv = Server::start(&dir.path().join("cache"), &sock, &args);
+    let out = run(&["stat", "--json", "--socket", &sock]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!text.contains(secret), "secret in stat --json: {text}");
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mounts = j["mounts"].as_array().unwrap();
+    let m = |n: &str| mounts.iter().find(|m| m["name"] == n).unwrap().clone();
+    let (l, r) = (m("local"), m("remote"));
+    assert_eq!((l["read_only"].as_bool(), l["sync"].as_str(), l["block_bytes"].as_u64()), (Some(false), Some("5s"), Some(1 << 20)));
+    assert_eq!((r["read_only"].as_bool(), r["sync"].as_str(), r["block_bytes"].as_u64()), (Some(true), Some("never"), Some(256 << 10)));
+    assert_eq!(r["inflight_limit"].as_u64(), Some(32));
+    assert_eq!(r["uri"], "s3://bucket/prefix");
+    let opts = r["options"].as_array().unwrap();
+    assert!(opts.iter().any(|o| o[0] == "secret_access_key" && o[1] == "***"), "{opts:?}");
+    assert!(opts.iter().any(|o| o[0] == "access_key_id" && o[1] == "AKIDEXAMPLE"), "{opts:?}");
+    let human = run(&["stat", "--socket", &sock]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(!human.contains(secret) && human.contains("mount /remote = s3://bucket/prefix") && human.contains("read-only"), "{human}");
+    srv.stop();
+}

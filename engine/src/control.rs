@@ -36,6 +36,8 @@ pub struct ControlCtx {
     pub shard_cmds: Vec<futures::channel::mpsc::UnboundedSender<crate::shard::ShardCmd>>,
     pub policies: Arc<crate::policy::Policies>,
     pub capacity_bytes: u64,
+    /// The mounts as configured (secrets masked), for `stoker stat`.
+    pub mounts: Vec<stoker_proto::control::MountInfo>,
 }
 
 /// Accept control connections until `ctx.stopping` is set (the engine then
@@ -193,6 +195,11 @@ pub fn engine_stats(ctx: &ControlCtx) -> EngineStats {
         s.recovery.torn_bytes_dropped += r.torn_bytes_dropped;
         s.recovery.elapsed_us = s.recovery.elapsed_us.max(r.elapsed_us);
         s.shards.push(sh);
+    }
+    let limits: std::collections::HashMap<String, usize> = ctx.ns.mount_limits().into_iter().collect();
+    s.mounts = ctx.mounts.clone();
+    for m in &mut s.mounts {
+        m.inflight_limit = limits.get(&m.name).copied().unwrap_or(0) as u64;
     }
     s
 }

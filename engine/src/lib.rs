@@ -225,6 +225,23 @@ impl Engine {
             shard_cmds,
             policies,
             capacity_bytes: cfg.capacity_bytes,
+            mounts: cfg
+                .mounts
+                .iter()
+                .map(|m| stoker_proto::control::MountInfo {
+                    name: m.name.clone(),
+                    uri: m.uri.clone(),
+                    options: ufs::opendal_ufs::redacted(&m.options),
+                    sync: match m.sync_or(cfg.metadata_sync) {
+                        None => "never".into(),
+                        Some(d) => format!("{d:?}"),
+                    },
+                    read_only: m.read_only,
+                    block_bytes: m.block_bytes.unwrap_or(cfg.block_bytes),
+                    readahead_blocks: m.readahead.unwrap_or(cfg.readahead_blocks),
+                    inflight_limit: 0,
+                })
+                .collect(),
         });
         let mut engine = Engine {
             socket: cfg.socket.clone(),

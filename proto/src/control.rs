@@ -180,6 +180,27 @@ pub struct EngineStats {
     pub sessions: u64,
     pub shards: Vec<ShardStats>,
     pub recovery: RecoveryStats,
+    /// The namespace's mounts and their settings.
+    #[serde(default)]
+    pub mounts: Vec<MountInfo>,
+}
+
+/// One mount as `stoker stat` shows it. Option values of secret keys are
+/// `***`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountInfo {
+    pub name: String,
+    pub uri: String,
+    /// Under-storage options, secrets masked.
+    pub options: Vec<(String, String)>,
+    /// Metadata sync interval (`60s`, `never`).
+    pub sync: String,
+    pub read_only: bool,
+    pub block_bytes: u64,
+    pub readahead_blocks: u64,
+    /// Under-storage requests allowed in flight now (lowered while the
+    /// store throttles).
+    pub inflight_limit: u64,
 }
 
 /// The checksum `UfsChecksum` answers with (xxh3-64); clients hash the bytes
