@@ -32,7 +32,22 @@ impl Throttled {
             wait += *busy - now;
         }
         if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+            // tokio's timer ticks in whole milliseconds and rounds up (a 20 ms
+            // sleep took 20-21 ms), while the direct reader stoker is compared
+            // with sleeps with the OS's precision: sleep all but the last
+            // 2 ms on the timer, the rest on a blocking thread (which then
+            // holds a thread for 2 ms, not the whole latency).
+            let deadline = Instant::now() + wait;
+            if let Some(coarse) = wait.checked_sub(Duration::from_millis(2)) {
+                tokio::time::sleep(coarse).await;
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                let now = Instant::now();
+                if deadline > now {
+                    std::thread::sleep(deadline - now);
+                }
+            })
+            .await;
         }
     }
 }
