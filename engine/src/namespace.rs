@@ -104,6 +104,17 @@ fn child_path(dir: &str, name: &str) -> String {
     if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") }
 }
 
+/// Whether `listed` (a size+mtime token: no ETag in the listing) describes
+/// the same object as `known` (an ETag token with the same size and mtime).
+fn same_object_weaker_token(known: &Attr, listed: &Attr) -> bool {
+    known.kind == Kind::File
+        && listed.kind == Kind::File
+        && known.version.starts_with('e')
+        && listed.version.starts_with('s')
+        && known.size == listed.size
+        && known.mtime_ns == listed.mtime_ns
+}
+
 fn dir_attr() -> Attr {
     Attr { kind: Kind::Dir, size: 0, mtime_ns: 0, version: String::new() }
 }
@@ -317,6 +328,19 @@ impl Namespace {
         let now = Instant::now();
         let mut news = Vec::new();
         {
+            // A listing without ETags (some S3-compatible servers) describes
+            // the object a GET named by its ETag: keep that name, so its
+            // cached blocks stay found.
+            let attrs = self.attrs.read();
+            for e in &mut entries {
+                if let Some((known, _)) = attrs.get(&child_path(norm, &e.name)) {
+                    if same_object_weaker_token(known, &e.attr) {
+                        e.attr = known.clone();
+                    }
+                }
+            }
+        }
+        {
             let mut attrs = self.attrs.write();
             for e in &entries {
                 let child = child_path(norm, &e.name);
@@ -455,5 +479,42 @@ mod tests {
         assert_eq!(resolve("/"), Resolved::Root);
         assert_eq!(resolve("/m"), Resolved::Mount { mount: "m", rel: "" });
         assert_eq!(resolve("/m/x/y"), Resolved::Mount { mount: "m", rel: "x/y" });
+    }
+
+    /// GETs name objects by ETag, listings (on some servers) by size and
+    /// mtime only; `size` is what the listing reports for `f`.
+    struct NoEtagListing {
+        size: u64,
+    }
+
+    impl Ufs for NoEtagListing {
+        fn stat<'a>(&'a self, _rel: &'a str) -> BoxFut<'a, UfsResult<Attr>> {
+            Box::pin(async move { Ok(Attr { kind: Kind::File, size: 10, mtime_ns: 5, version: "eabc".into() }) })
+        }
+        fn read<'a>(&'a self, _: &'a str, _: u64, _: u64) -> BoxFut<'a, UfsResult<Vec<u8>>> {
+            Box::pin(async move { Err(UfsError::NotFound) })
+        }
+        fn list<'a>(&'a self, _: &'a str, _: Option<String>, _: usize) -> BoxFut<'a, UfsResult<ListPage>> {
+            Box::pin(async move {
+                let a = Attr { kind: Kind::File, size: self.size, mtime_ns: 5, version: format!("s{}-m5", self.size) };
+                Ok(ListPage { entries: vec![("f".into(), a)], next: None })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_without_etags_keeps_the_etag_of_the_same_object() {
+        let ns = |size| {
+            let g = Arc::new(Guarded::new(Arc::new(NoEtagListing { size }), Duration::from_secs(5), 1));
+            Namespace::new(BTreeMap::from([("m".to_string(), g)]), Some(Duration::ZERO))
+        };
+        // Same size and mtime: the ETag name stays, in the listing too.
+        let same = ns(10);
+        assert_eq!(same.stat("/m/f").await.unwrap().version, "eabc");
+        assert_eq!(same.list("/m").await.unwrap()[0].attr.version, "eabc");
+        // Another size: another object; the listing's token wins.
+        let changed = ns(11);
+        assert_eq!(changed.stat("/m/f").await.unwrap().version, "eabc");
+        assert_eq!(changed.list("/m").await.unwrap()[0].attr.version, "s11-m5");
     }
 }

@@ -208,8 +208,14 @@ impl Guarded {
         let mut backoff = Duration::from_millis(20);
         let mut attempt = 1;
         loop {
-            let permit = self.limit.acquire().await;
-            let res = match tokio::time::timeout(self.timeout, call()).await {
+            // Waiting for a slot counts against the attempt's timeout: a
+            // mount slowed down by throttling fails calls, it never hangs them.
+            let t0 = tokio::time::Instant::now();
+            let Ok(permit) = tokio::time::timeout(self.timeout, self.limit.acquire()).await else {
+                return Err(UfsError::Timeout(self.timeout));
+            };
+            let left = self.timeout.saturating_sub(t0.elapsed());
+            let res = match tokio::time::timeout(left, call()).await {
                 Ok(r) => r,
                 Err(_) => Err(UfsError::Timeout(self.timeout)),
             };
