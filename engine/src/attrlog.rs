@@ -17,7 +17,8 @@
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+/// Path-keyed maps: foldhash instead of SipHash (start-up cost, see Cargo.toml).
+pub type PathMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -43,8 +44,8 @@ struct Rec {
 /// What a log held: file attributes and directory listings by path.
 #[derive(Default)]
 pub struct Loaded {
-    pub attrs: HashMap<String, Attr>,
-    pub lists: HashMap<String, Vec<ListEntry>>,
+    pub attrs: PathMap<Attr>,
+    pub lists: PathMap<Vec<ListEntry>>,
 }
 
 pub struct AttrLog {
@@ -92,25 +93,27 @@ impl AttrLog {
             Err(e) => return Err(e),
         }
         let (recs, good) = decode_all(&bytes);
-        let mut attrs = HashMap::new();
-        let mut lists = HashMap::new();
+        let mut attrs = PathMap::default();
+        let mut lists = PathMap::default();
         let ours = recs.first().and_then(|r| r.m.as_deref()) == Some(fingerprint);
+        let nrecs = recs.len();
         if ours {
-            for r in recs.iter().skip(1) {
-                if let Some(l) = &r.l {
-                    lists.insert(r.p.clone(), l.clone());
+            // By value: the records' strings move into the maps, uncopied.
+            for r in recs.into_iter().skip(1) {
+                if let Some(l) = r.l {
+                    lists.insert(r.p, l);
                     continue;
                 }
-                match &r.a {
-                    Some(a) => attrs.insert(r.p.clone(), a.clone()),
+                match r.a {
+                    Some(a) => attrs.insert(r.p, a),
                     None => attrs.remove(&r.p),
                 };
             }
-        } else if !recs.is_empty() {
+        } else if nrecs > 0 {
             tracing::info!(path = %path.display(), "attribute log was written for other mounts; starting afresh");
         }
         let live = attrs.len() + lists.len();
-        let superseded = recs.len().saturating_sub(1 + live);
+        let superseded = nrecs.saturating_sub(1 + live);
         let loaded = Loaded { attrs, lists };
         let file = if ours && good == bytes.len() && superseded <= live {
             OpenOptions::new().append(true).open(path)?

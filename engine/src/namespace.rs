@@ -9,7 +9,7 @@
 //! Callable from any thread; under-storage calls must be awaited on the
 //! engine's tokio runtime.
 
-use crate::attrlog::AttrLog;
+use crate::attrlog::{AttrLog, PathMap};
 use crate::ufs::{Guarded, UfsError, UfsResult};
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
@@ -47,8 +47,8 @@ type Listing = Arc<Vec<DirEntry>>;
 pub struct Namespace {
     mounts: BTreeMap<String, Arc<Guarded>>,
     log: Option<AttrLog>,
-    attrs: RwLock<HashMap<String, (Attr, Instant)>>,
-    lists: RwLock<HashMap<String, (Listing, Instant)>>,
+    attrs: RwLock<PathMap<(Attr, Instant)>>,
+    lists: RwLock<PathMap<(Listing, Instant)>>,
     /// The engine-wide sync interval, for mounts without their own.
     sync: Option<Duration>,
     /// Per-mount sync intervals (`--mount-opt NAME:sync=...`).
@@ -214,15 +214,27 @@ impl Namespace {
     /// does not relist. A listing naming a file whose attribute was dropped
     /// (invalidated) is not loaded.
     pub fn with_attr_log(mut self, path: &std::path::Path, fingerprint: &str) -> std::io::Result<Namespace> {
+        let t0 = Instant::now();
         let (log, loaded) = AttrLog::open(path, fingerprint)?;
+        let read_ms = t0.elapsed().as_millis();
         let now = Instant::now();
         let lists = self.lists.get_mut();
+        let mut child = String::new();
         'dirs: for (dir, l) in loaded.lists {
             let mut entries = Vec::with_capacity(l.len());
             for (name, attr) in l {
                 let attr = match attr {
                     Some(a) => a,
-                    None => match loaded.attrs.get(&child_path(&dir, &name)) {
+                    None => match loaded.attrs.get({
+                        // One buffer for every lookup: no allocation per entry.
+                        child.clear();
+                        child.push_str(&dir);
+                        if dir != "/" {
+                            child.push('/');
+                        }
+                        child.push_str(&name);
+                        child.as_str()
+                    }) {
                         Some(a) => a.clone(),
                         None => continue 'dirs,
                     },
@@ -231,7 +243,16 @@ impl Namespace {
             }
             lists.insert(dir, (Arc::new(entries), now));
         }
-        self.attrs.get_mut().extend(loaded.attrs.into_iter().map(|(p, a)| (p, (a, now))));
+        let attrs = self.attrs.get_mut();
+        attrs.reserve(loaded.attrs.len());
+        attrs.extend(loaded.attrs.into_iter().map(|(p, a)| (p, (a, now))));
+        tracing::info!(
+            attrs = attrs.len(),
+            listings = self.lists.get_mut().len(),
+            read_ms,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "attribute log loaded"
+        );
         self.log = Some(log);
         Ok(self)
     }
