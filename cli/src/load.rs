@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use stoker_client::Client;
+use stoker_client::{Client, Kind};
 use stoker_proto::control::{checksum, read_frame, write_frame, Request, Response};
 
 pub struct LoadOpts {
@@ -83,9 +83,35 @@ fn human_secs(s: f64) -> String {
 }
 
 /// Walk `prefix` (a file or a directory tree) and return (path, size) of
-/// every file, sorted (the engine lists directories concurrently).
+/// every file, sorted. The engine walks it in one request, listing
+/// directories concurrently; a tree too large for one answer (over a
+/// million files) is walked here instead, one directory listing at a time.
 pub(crate) fn walk(c: &Client, prefix: &str) -> Result<Vec<(String, u64)>> {
-    Ok(c.walk(prefix)?.into_iter().map(|e| (e.name, e.attr.size)).collect())
+    match c.walk(prefix) {
+        Ok(files) => Ok(files.into_iter().map(|e| (e.name, e.attr.size)).collect()),
+        Err(e) if e.errno == libc::E2BIG => walk_by_listing(c, prefix),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn walk_by_listing(c: &Client, prefix: &str) -> Result<Vec<(String, u64)>> {
+    let attr = c.stat(prefix)?;
+    if attr.kind == Kind::File {
+        return Ok(vec![(prefix.to_string(), attr.size)]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![prefix.trim_end_matches('/').to_string()];
+    while let Some(dir) = stack.pop() {
+        for e in c.list(if dir.is_empty() { "/" } else { &dir })? {
+            let p = format!("{dir}/{}", e.name);
+            match e.attr.kind {
+                Kind::Dir => stack.push(p),
+                Kind::File => out.push((p, e.attr.size)),
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Read `path` through the cache and compare it, range by range, with under

@@ -609,7 +609,10 @@ async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver<ShardCmd>)
                 if shard.has_or_fetching(&path, block, &attr) {
                     continue;
                 }
-                if shard.readahead_inflight.get() >= READAHEAD_INFLIGHT_MAX {
+                // A disk behind on writes would drop what is fetched ahead.
+                if shard.readahead_inflight.get() >= READAHEAD_INFLIGHT_MAX
+                    || shard.write_queue_bytes.get() > shard.write_queue_bytes_max / 2
+                {
                     shard.counters.readahead_dropped.fetch_add(1, Relaxed);
                     continue;
                 }

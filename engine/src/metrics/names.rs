@@ -46,7 +46,7 @@ pub const REINSERTED_BLOCKS: Def = def("stoker_reinserted_blocks_total", Kind::C
 pub const CORRUPT_RECORDS: Def = def("stoker_corrupt_records_total", Kind::Counter, SHARD, "Records that failed their checksum or key check on read (served as misses).");
 pub const WRITE_DROPPED_BLOCKS: Def = def("stoker_write_dropped_blocks_total", Kind::Counter, SHARD, "Fetched blocks served without being cached because the write queue was full.");
 pub const READAHEAD_BLOCKS: Def = def("stoker_readahead_blocks_total", Kind::Counter, SHARD, "Blocks fetched ahead of a sequential reader of a large object.");
-pub const READAHEAD_DROPPED: Def = def("stoker_readahead_dropped_total", Kind::Counter, SHARD, "Read-ahead fetches not started because the shard had too many in flight.");
+pub const READAHEAD_DROPPED: Def = def("stoker_readahead_dropped_total", Kind::Counter, SHARD, "Read-ahead fetches not started: 16 already in flight on the shard, or its write queue more than half full.");
 
 // ---- gauges, per shard ----
 pub const CAPACITY_BYTES: Def = def("stoker_capacity_bytes", Kind::Gauge, SHARD, "Bytes of segment files the shard may use.");
