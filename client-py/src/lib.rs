@@ -119,6 +119,11 @@ impl Client {
         Ok(serde_json::to_string(&l).expect("entries serialize"))
     }
 
+    fn walk_json(&self, py: Python<'_>, path: &str) -> PyResult<String> {
+        let l = py.allow_threads(|| self.inner.walk(path)).map_err(err)?;
+        Ok(serde_json::to_string(&l).expect("entries serialize"))
+    }
+
     fn engine_stats_json(&self, py: Python<'_>) -> PyResult<String> {
         let s = py.allow_threads(|| self.inner.engine_stats()).map_err(err)?;
         Ok(serde_json::to_string(&s).expect("stats serialize"))

@@ -43,6 +43,9 @@ def main():
         assert "/m/no/such/file" in str(e), e
     assert c.engine_stats()["sessions"] >= 1
     assert any(e["name"] == "m" for e in c.list("/"))
+    walked = c.walk("/m")
+    assert sorted(paths) == [e["name"] for e in walked if e["name"] in want], walked[:3]
+    assert all(e["attr"]["size"] == len(want[e["name"]]) for e in walked if e["name"] in want)
 
     # Map-style dataset, bytes and zero-copy items.
     ds = stoker.StokerDataset(paths, socket=sock)

@@ -31,6 +31,10 @@ class Client(_Client):
     def list(self, path):
         return json.loads(self.list_json(path))
 
+    def walk(self, path):
+        """Every file at or under `path`: entries named by full path, sorted."""
+        return json.loads(self.walk_json(path))
+
     def engine_stats(self):
         return json.loads(self.engine_stats_json())
 
