@@ -33,10 +33,21 @@ pub struct Aimd {
     st: Mutex<State>,
 }
 
-/// One attempt's right to be in flight; hand it back with `Aimd::done`.
+/// One attempt's right to be in flight; hand it back with `Aimd::done`
+/// (dropped without that, e.g. when the call is cancelled, it counts as an
+/// attempt that ended for another reason).
 pub struct Permit<'a> {
-    permit: SemaphorePermit<'a>,
+    aimd: &'a Aimd,
+    permit: Option<SemaphorePermit<'a>>,
     round: u64,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            self.aimd.release(p, self.round, Outcome::Other);
+        }
+    }
 }
 
 /// How an attempt ended, as far as the limit cares.
@@ -62,13 +73,19 @@ impl Aimd {
         let permit = self.sem.acquire().await.expect("the semaphore is never closed");
         let mut st = self.st.lock();
         st.inflight += 1;
-        Permit { permit, round: st.round }
+        Permit { aimd: self, permit: Some(permit), round: st.round }
     }
 
-    pub fn done(&self, p: Permit<'_>, outcome: Outcome) {
+    pub fn done(&self, mut p: Permit<'_>, outcome: Outcome) {
+        if let Some(permit) = p.permit.take() {
+            self.release(permit, p.round, outcome);
+        }
+    }
+
+    fn release(&self, permit: SemaphorePermit<'_>, round: u64, outcome: Outcome) {
         let mut st = self.st.lock();
         match outcome {
-            Outcome::Throttled if p.round == st.round => {
+            Outcome::Throttled if round == st.round => {
                 let new = (st.limit.min(st.inflight) / 2).max(1);
                 if new < st.limit {
                     st.debt += st.limit - new;
@@ -98,7 +115,7 @@ impl Aimd {
         st.inflight -= 1;
         if st.debt > 0 {
             st.debt -= 1;
-            p.permit.forget();
+            permit.forget();
         }
     }
 }
@@ -140,5 +157,8 @@ mod tests {
             a.done(p, Outcome::Ok);
         }
         assert_eq!((a.limit(), a.sem.available_permits()), (64, 64));
+        // A permit dropped without `done` (a cancelled call) comes back too.
+        drop(a.acquire().await);
+        assert_eq!((a.st.lock().inflight, a.sem.available_permits()), (0, 64));
     }
 }
