@@ -128,8 +128,14 @@ pub fn operator(uri: &str, options: &[(String, String)]) -> Result<(Operator, St
     let known = known_keys(service);
     let mut cfg: HashMap<String, String> = HashMap::new();
     let mut concurrency = CONCURRENCY_DEFAULT;
+    // Hadoop client settings (`dfs.*`, `hadoop.*`, `fs.*`) for hdfs://.
+    let mut hadoop: HashMap<String, String> = HashMap::new();
     for (k, v) in options {
         let key = k.to_ascii_lowercase();
+        if service == "hdfs-native" && ["dfs.", "hadoop.", "fs."].iter().any(|p| key.starts_with(p)) {
+            hadoop.insert(k.clone(), v.clone());
+            continue;
+        }
         match key.as_str() {
             "concurrency" => {
                 concurrency = v
@@ -157,7 +163,8 @@ pub fn operator(uri: &str, options: &[(String, String)]) -> Result<(Operator, St
                     .collect();
                 valid.sort_unstable();
                 valid.dedup();
-                return Err(format!("mount {uri}: unknown option {key:?} for {scheme}:// (known: {})", valid.join(", ")));
+                let hadoop = if service == "hdfs-native" { "; and Hadoop client settings dfs.*, hadoop.*, fs.*" } else { "" };
+                return Err(format!("mount {uri}: unknown option {key:?} for {scheme}:// (known: {}{hadoop})", valid.join(", ")));
             }
         }
     }
@@ -212,7 +219,20 @@ pub fn operator(uri: &str, options: &[(String, String)]) -> Result<(Operator, St
     }
 
     init_opendal();
-    let op = Operator::via_iter(service, cfg)
+    let op = if service == "hdfs-native" {
+        // The client's own failover loop retries a refused connection for
+        // minutes (15 attempts, backoff to 15 s); `Guarded` owns retries, so
+        // it gets one attempt unless the mount says otherwise.
+        hadoop.entry("dfs.client.failover.max.attempts".into()).or_insert_with(|| "0".into());
+        let b = opendal::services::HdfsNative::default()
+            .name_node(&cfg["name_node"])
+            .root(&cfg["root"])
+            .options(hadoop);
+        Operator::new(b)
+    } else {
+        Operator::via_iter(service, cfg)
+    };
+    let op = op
         .map_err(|e| format!("mount {uri}: {}", clean_message(&e)))?
         .layer(opendal::layers::ConcurrentLimitLayer::new(concurrency));
     Ok((op, scheme))
@@ -249,7 +269,12 @@ impl OpendalUfs {
             ErrorKind::NotADirectory => UfsError::NotDir,
             ErrorKind::RateLimited => UfsError::Throttled(format!("{}://: {}", self.scheme, clean_message(&e))),
             _ => {
-                let retryable = e.is_temporary();
+                // Some services (hdfs-native) report a refused or reset
+                // connection as a plain error: still a transient one.
+                let transient_io = ["Connection refused", "Connection reset", "Broken pipe"]
+                    .iter()
+                    .any(|m| e.message().contains(m) || e.to_string().contains(m));
+                let retryable = e.is_temporary() || transient_io;
                 UfsError::Io { message: format!("{}://: {}", self.scheme, clean_message(&e)), retryable }
             }
         }
@@ -553,5 +578,24 @@ mod tests {
         let ep = [("endpoint".to_string(), "http://127.0.0.1:1".to_string())];
         assert!(open("oss://bucket/p", &ep).is_ok());
         assert!(open("cos://bucket/p", &ep).is_ok());
+    }
+
+    /// A name node that refuses connections is a transient error at once
+    /// (hdfs-native's own failover loop would retry it for minutes), so
+    /// `Guarded` retries it a bounded number of times and then says so.
+    #[tokio::test]
+    async fn hdfs_refused_connection_is_one_retryable_error() {
+        let ufs = open("hdfs://127.0.0.1:1/data", &[]).unwrap();
+        match ufs.stat("x").await {
+            Err(UfsError::Io { message, retryable }) => {
+                assert!(retryable && message.contains("Connection refused"), "{message}");
+            }
+            other => panic!("expected a retryable I/O error, got {other:?}"),
+        }
+        // Hadoop client settings pass through; other unknown keys do not.
+        let opts = [("dfs.client.failover.max.attempts".to_string(), "2".to_string())];
+        assert!(open("hdfs://127.0.0.1:1/data", &opts).is_ok());
+        let e = open("hdfs://127.0.0.1:1/data", &[("nonsense".to_string(), "1".to_string())]).err().unwrap();
+        assert!(e.contains("dfs.*"), "{e}");
     }
 }
