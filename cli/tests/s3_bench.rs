@@ -8,7 +8,9 @@
 //! - listing time of a 100,000-key directory, first and after a restart.
 //!
 //! `STOKER_BENCH_FILES` (default 20000) and `STOKER_BENCH_KEYS` (default
-//! 100000) scale them down for a quick look.
+//! 100000) scale them down for a quick look; `STOKER_BENCH_SERVE_ARGS` adds
+//! engine flags to the cold pass (e.g. `--shards 1`); `STOKER_S3_SERVER=s3s-fs`
+//! runs s3s-fs instead of moto.
 
 mod common;
 mod s3_support;
@@ -100,6 +102,9 @@ fn s3_cold_pass_stoker_vs_direct() {
     let mounts = s3.mount_args("s3", "s3://bench");
     let mut args: Vec<&str> = vec!["--capacity", "8G", "--metadata-sync", "never"];
     args.extend(mounts.iter().map(String::as_str));
+    // `STOKER_BENCH_SERVE_ARGS="--shards 1"`: engine flags to compare.
+    let extra = std::env::var("STOKER_BENCH_SERVE_ARGS").unwrap_or_default();
+    args.extend(extra.split_whitespace());
     let srv = Server::start(&dir.path().join("cache"), &sock, &args);
     drop_page_cache();
     let out = stoker()
