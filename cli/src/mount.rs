@@ -52,6 +52,12 @@ pub struct MountArgs {
     /// else /var/cache/stoker as root, else ~/.cache/stoker].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// With a URI: an option of the mount, KEY=VALUE (repeatable), as for
+    /// `stoker serve --mount-opt`: under-storage options (endpoint, region,
+    /// credentials, ...; values never printed) and stoker's own (sync,
+    /// block_size, readahead), e.g. --mount-opt endpoint=http://10.0.0.5:9000.
+    #[arg(long = "mount-opt", value_name = "KEY=VALUE")]
+    pub mount_opts: Vec<String>,
     /// With a URI: most bytes the cache may use on disk.
     #[arg(long, value_parser = size_arg, default_value = "10G")]
     pub capacity: u64,
@@ -153,6 +159,9 @@ fn plan(a: &MountArgs) -> Result<Source> {
         }
         Ok(Source::Uri { uri: a.source.clone(), root: format!("/{}", a.name) })
     } else if a.source.starts_with('/') {
+        if !a.mount_opts.is_empty() {
+            bail!("--mount-opt applies to a URI source; the engine behind --socket has its mounts' options already");
+        }
         Ok(Source::Namespace { socket: stoker_proto::socket_from_env(a.socket.as_deref()), root: a.source.clone() })
     } else {
         bail!("bad source {:?}: expected a URI such as file:///data/train, or /NAME with --socket", a.source)
@@ -236,7 +245,16 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
                 cfg.shards = n;
             }
             cfg.socket = socket.clone();
-            cfg.mounts = vec![MountSpec { name: a.name.clone(), uri, ..Default::default() }];
+            let mut options = Vec::new();
+            for opt in &a.mount_opts {
+                // NAME:KEY=VALUE is accepted too, for symmetry with `serve`.
+                let opt = opt.strip_prefix(&format!("{}:", a.name)).unwrap_or(opt);
+                let Some((k, v)) = opt.split_once('=') else {
+                    bail!("bad --mount-opt: expected KEY=VALUE, e.g. region=us-east-1");
+                };
+                options.push((k.trim().to_string(), v.to_string()));
+            }
+            cfg.mounts = vec![MountSpec { name: a.name.clone(), uri, options, ..Default::default() }];
             cfg.block_bytes = a.block_size;
             cfg.readahead_blocks = a.readahead_blocks;
             cfg.ufs_latency = a.ufs_latency;
