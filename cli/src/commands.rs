@@ -220,10 +220,12 @@ pub fn cat(socket: &str, path: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn ls(socket: &str, path: &str, long: bool) -> Result<()> {
+pub fn ls(socket: &str, path: &str, long: bool, recursive: bool) -> Result<()> {
     let c = connect(socket)?;
     let attr = c.stat(path)?;
-    let entries = if attr.kind == Kind::Dir {
+    let entries = if recursive {
+        c.walk(path)?
+    } else if attr.kind == Kind::Dir {
         c.list(path)?
     } else {
         let name = path.rsplit('/').next().unwrap_or(path).to_string();

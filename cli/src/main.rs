@@ -52,6 +52,10 @@ enum Cmd {
         /// Long format: kind, size, name.
         #[arg(short, long)]
         long: bool,
+        /// Every file under PATH, by full path (the engine lists the tree's
+        /// directories concurrently).
+        #[arg(short = 'R', long)]
+        recursive: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -144,7 +148,7 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Serve(a) => commands::serve(a),
         Cmd::Cat { path, socket } => commands::cat(&socket.path(), &path),
-        Cmd::Ls { path, long, socket } => commands::ls(&socket.path(), &path, long),
+        Cmd::Ls { path, long, recursive, socket } => commands::ls(&socket.path(), &path, long, recursive),
         Cmd::Stat { path: Some(p), json, socket } => policy_cmd::path_stat(&socket.path(), &p, json),
         Cmd::Stat { path: None, json, socket } => commands::stat(&socket.path(), json),
         Cmd::Pin { path, socket } => policy_cmd::pin(&socket.path(), &path, true),

@@ -84,6 +84,14 @@ fn serve_reads_every_byte_from_threads_and_processes() {
     let out = run(&["ls", "/m", "--socket", &sock]);
     let names: Vec<_> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
     assert_eq!(names, ["c0", "c1", "c2", "c3", "c4", "c5", "c6"]);
+    // ls -R: every file by full path, sorted, sizes with -l.
+    let out = run(&["ls", "-R", "-l", "/m", "--socket", &sock]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
+    let mut want: Vec<(String, usize)> = tree.iter().map(|(r, d)| (format!("/m/{r}"), d.len())).collect();
+    want.sort();
+    let want: Vec<String> = want.iter().map(|(p, n)| format!("- {n:>14} {p}")).collect();
+    assert_eq!(got, want);
     drop(c);
     srv.stop();
 }
