@@ -4,25 +4,18 @@
 
 mod common;
 
-use common::{run, Server};
+use common::{files_under, run, Server};
 use serde_json::Value;
 use std::path::Path;
 
 fn digest(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
+    files_under(dir)
+        .into_iter()
+        .map(|rel| {
+            let data = std::fs::read(dir.join(&rel)).unwrap();
+            (rel, data)
+        })
+        .collect()
 }
 
 fn ok(args: &[&str]) -> String {

@@ -7,19 +7,9 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use stoker_client::{Client, Kind};
+use stoker_client::Client;
 
 const SEGMENT: u64 = 2 << 20;
-
-fn walk(c: &Client, dir: &str, out: &mut Vec<String>) {
-    for e in c.list(dir).unwrap() {
-        let p = format!("{dir}/{}", e.name);
-        match e.attr.kind {
-            Kind::Dir => walk(c, &p, out),
-            Kind::File => out.push(p),
-        }
-    }
-}
 
 fn verify_all(c: &Client, tree: &[(String, Vec<u8>)]) {
     for (rel, data) in tree {
@@ -78,9 +68,7 @@ fn kill9_during_load_then_restart_serves_right_bytes() {
     assert!(s.ufs_bytes_read > ufs_before, "files not loaded before the crash must be fetched");
     let total: u64 = tree.iter().map(|(_, d)| d.len() as u64).sum();
     assert!(s.ufs_bytes_read - ufs_before < total, "every file was refetched after the restart");
-    let mut listed = Vec::new();
-    walk(&c, "/m", &mut listed);
-    assert_eq!(listed.len(), tree.len());
+    assert_eq!(c.walk("/m").unwrap().len(), tree.len());
     drop(c);
     srv.stop();
 

@@ -35,8 +35,8 @@ fn quota_holds_under_a_flood_and_after_restart() {
     let c = srv.client();
     for _pass in 0..2 {
         for m in ["a", "b"] {
-            for e in walk(&c, &format!("/{m}")) {
-                c.read_file(&e).unwrap();
+            for e in c.walk(&format!("/{m}")).unwrap() {
+                c.read_file(&e.name).unwrap();
             }
         }
     }
@@ -55,8 +55,8 @@ fn quota_holds_under_a_flood_and_after_restart() {
     // After a restart the quota still holds for a new flood.
     let srv = Server::start(&cache, &sock, &args);
     let c = srv.client();
-    for e in walk(&c, "/a") {
-        c.read_file(&e).unwrap();
+    for e in c.walk("/a").unwrap() {
+        c.read_file(&e.name).unwrap();
     }
     wait_for("background writes", std::time::Duration::from_secs(30), || {
         c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0)
@@ -65,16 +65,4 @@ fn quota_holds_under_a_flood_and_after_restart() {
     assert!(a_bytes <= quota, "after restart mount a holds {a_bytes} bytes over its quota");
     drop(c);
     srv.stop();
-}
-
-fn walk(c: &stoker_client::Client, dir: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in c.list(dir).unwrap() {
-        let p = format!("{dir}/{}", e.name);
-        match e.attr.kind {
-            stoker_client::Kind::Dir => out.extend(walk(c, &p)),
-            stoker_client::Kind::File => out.push(p),
-        }
-    }
-    out
 }
