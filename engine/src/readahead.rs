@@ -41,12 +41,15 @@ impl ReadAhead {
             return 0..0;
         }
         let mut streams = self.streams.lock();
-        if streams.len() >= STREAMS_MAX && !streams.contains_key(path) {
-            streams.clear();
+        // Look up before inserting: a read of a known stream (the common
+        // case) allocates nothing.
+        if !streams.contains_key(path) {
+            if streams.len() >= STREAMS_MAX {
+                streams.clear();
+            }
+            streams.insert(path.to_string(), Stream { last: block, ahead_to: block, window: 0 });
         }
-        let s = streams
-            .entry(path.to_string())
-            .or_insert(Stream { last: block, ahead_to: block, window: 0 });
+        let s = streams.get_mut(path).expect("inserted above");
         let sequential = if block == s.last + 1 {
             s.window = (s.window * 2).clamp(1, max);
             true

@@ -301,6 +301,13 @@ async fn serve(
     let _ = bell.try_send(());
 }
 
+/// The in-flight fetch table's key: (path, block) whatever the version, as a
+/// fetch brings the attributes it read under, so every waiter gets a
+/// consistent answer.
+fn flight_key(path: &str, block: u64) -> Vec<u8> {
+    BlockKey::new(path, "", block).bytes
+}
+
 fn invalid(m: &str) -> NsError {
     NsError::new(libc::EINVAL, m)
 }
@@ -413,9 +420,7 @@ impl Shard {
     /// ask for it at the same time. With `attr` unknown, the attributes come
     /// back with the data. The block is then cached in the background.
     async fn fetch(&self, path: &str, block: u64, attr: Option<&Attr>) -> Fetched {
-        // Keyed by (path, block) whatever the version: a fetch brings the
-        // attributes it read under, so every waiter gets a consistent answer.
-        let flight_key = BlockKey::new(path, "", block).bytes;
+        let flight_key = flight_key(path, block);
         let waiter = {
             let mut inflight = self.inflight.borrow_mut();
             match inflight.get_mut(&flight_key) {
@@ -507,7 +512,7 @@ impl Shard {
         self.mem.get(key.hash, &key.bytes).is_some()
             || self.store.contains(key.hash)
             || self.unwritten.borrow().contains_key(&key.bytes)
-            || self.inflight.borrow().contains_key(&BlockKey::new(path, "", block).bytes)
+            || self.inflight.borrow().contains_key(&flight_key(path, block))
     }
 
     fn cache_in_background(&self, path: &str, key: BlockKey, data: Rc<Vec<u8>>) {
