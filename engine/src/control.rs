@@ -122,7 +122,7 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>) {
                                 session: id,
                                 shards: ctx.counters.len() as u32,
                                 block_bytes: ctx.block_bytes,
-                                mount_block_bytes: ctx.ns.mount_block_bytes().clone(),
+                                mount_block_bytes: ctx.ns.mount_block_bytes(),
                                 ring_entries,
                                 shard_sockets: (0..ctx.counters.len())
                                     .map(|s| stoker_proto::shard_socket_path(&ctx.socket, s))

@@ -142,20 +142,19 @@ impl Engine {
         }
         let fingerprint: Vec<String> =
             cfg.mounts.iter().map(|m| format!("{}={} {:?}", m.name, m.uri, m.options)).collect();
-        let mut ns = namespace::Namespace::new(mounts, cfg.metadata_sync)
-            .with_blocks(cfg.block_bytes, cfg.readahead_blocks.min(config::READAHEAD_MAX));
-        for m in &cfg.mounts {
-            let sync = m.sync_or(cfg.metadata_sync);
-            let block_bytes = m.block_bytes.unwrap_or(cfg.block_bytes);
-            let readahead = m.readahead.unwrap_or(cfg.readahead_blocks);
-            tracing::info!(mount = %m.name, sync = ?sync, read_only = m.read_only, block_bytes, readahead, "mount");
-            if m.sync.is_some() {
-                ns = ns.with_mount_sync(&m.name, sync);
-            }
-            ns = ns.with_mount_block_bytes(&m.name, block_bytes);
-            if let Some(r) = m.readahead {
-                ns = ns.with_mount_readahead(&m.name, r);
-            }
+        let settings: Vec<namespace::MountSettings> = cfg
+            .mounts
+            .iter()
+            .map(|m| namespace::MountSettings {
+                sync: m.sync_or(cfg.metadata_sync),
+                block_bytes: m.block_bytes.unwrap_or(cfg.block_bytes),
+                readahead: m.readahead.unwrap_or(cfg.readahead_blocks),
+            })
+            .collect();
+        let mut ns = namespace::Namespace::new(mounts, cfg.metadata_sync).with_block_bytes(cfg.block_bytes);
+        for (m, s) in cfg.mounts.iter().zip(&settings) {
+            tracing::info!(mount = %m.name, settings = ?s, read_only = m.read_only, "mount");
+            ns = ns.with_mount_settings(&m.name, *s);
         }
         let ns = ns
             // Only a hash of the mount list is kept on disk: URIs may carry secrets.
@@ -228,17 +227,15 @@ impl Engine {
             mounts: cfg
                 .mounts
                 .iter()
-                .map(|m| stoker_proto::control::MountInfo {
+                .zip(&settings)
+                .map(|(m, s)| stoker_proto::control::MountInfo {
                     name: m.name.clone(),
                     uri: m.uri.clone(),
                     options: ufs::opendal_ufs::redacted(&m.options),
-                    sync: match m.sync_or(cfg.metadata_sync) {
-                        None => "never".into(),
-                        Some(d) => format!("{d:?}"),
-                    },
+                    sync: s.sync.map_or("never".into(), |d| format!("{d:?}")),
                     read_only: m.read_only,
-                    block_bytes: m.block_bytes.unwrap_or(cfg.block_bytes),
-                    readahead_blocks: m.readahead.unwrap_or(cfg.readahead_blocks),
+                    block_bytes: s.block_bytes,
+                    readahead_blocks: s.readahead,
                     inflight_limit: 0,
                 })
                 .collect(),

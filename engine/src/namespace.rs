@@ -51,14 +51,21 @@ pub struct Namespace {
     lists: RwLock<PathMap<(Listing, Instant)>>,
     /// The engine-wide sync interval, for mounts without their own.
     sync: Option<Duration>,
-    /// Per-mount sync intervals (`--mount-opt NAME:sync=...`).
-    mount_sync: HashMap<String, Option<Duration>>,
-    /// The engine's block size, and the mounts with their own (smaller) one.
+    /// The engine's block size (a mount's may be smaller).
     block_bytes: u64,
-    mount_block_bytes: BTreeMap<String, u64>,
-    /// Blocks read ahead on sequential access: engine-wide and per mount.
-    readahead: u64,
-    mount_readahead: HashMap<String, u64>,
+    /// Each mount's settings, resolved against the engine's.
+    settings: HashMap<String, MountSettings>,
+}
+
+/// A mount's settings as the namespace applies them (its own, else the
+/// engine's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountSettings {
+    /// Metadata sync interval; None = never re-check.
+    pub sync: Option<Duration>,
+    pub block_bytes: u64,
+    /// Blocks read ahead of a sequential reader (0 = off).
+    pub readahead: u64,
 }
 
 /// A normalised namespace path: `/` or `/mount` or `/mount/rel/path`.
@@ -127,33 +134,31 @@ impl Namespace {
             attrs: RwLock::default(),
             lists: RwLock::default(),
             sync,
-            mount_sync: HashMap::new(),
             block_bytes: 4 << 20,
-            mount_block_bytes: BTreeMap::new(),
-            readahead: 0,
-            mount_readahead: HashMap::new(),
+            settings: HashMap::new(),
         }
     }
 
-    /// The engine's block size and its read-ahead (blocks, 0 = off).
-    pub fn with_blocks(mut self, block_bytes: u64, readahead: u64) -> Namespace {
+    /// The engine's block size.
+    pub fn with_block_bytes(mut self, block_bytes: u64) -> Namespace {
         self.block_bytes = block_bytes;
-        self.readahead = readahead;
         self
     }
 
-    /// Give mount `name` its own block size (at most the engine's).
-    pub fn with_mount_block_bytes(mut self, name: &str, bytes: u64) -> Namespace {
-        if bytes != self.block_bytes {
-            self.mount_block_bytes.insert(name.to_string(), bytes);
+    /// Mount `name`'s settings (a mount without them gets the engine-wide
+    /// sync interval, the engine's block size and no read-ahead).
+    pub fn with_mount_settings(mut self, name: &str, settings: MountSettings) -> Namespace {
+        self.settings.insert(name.to_string(), settings);
+        self
+    }
+
+    /// The settings of the mount `norm` is under (None for `/` or a mount
+    /// without its own).
+    fn settings_of(&self, norm: &str) -> Option<&MountSettings> {
+        match resolve(norm) {
+            Resolved::Root => None,
+            Resolved::Mount { mount, .. } => self.settings.get(mount),
         }
-        self
-    }
-
-    /// Give mount `name` its own read-ahead (blocks, 0 = off).
-    pub fn with_mount_readahead(mut self, name: &str, blocks: u64) -> Namespace {
-        self.mount_readahead.insert(name.to_string(), blocks);
-        self
     }
 
     /// Each mount's under-storage attempts allowed in flight now (lowered
@@ -163,13 +168,17 @@ impl Namespace {
     }
 
     /// The mounts whose block size is not the engine's (for the handshake).
-    pub fn mount_block_bytes(&self) -> &BTreeMap<String, u64> {
-        &self.mount_block_bytes
+    pub fn mount_block_bytes(&self) -> BTreeMap<String, u64> {
+        self.settings
+            .iter()
+            .filter(|(_, s)| s.block_bytes != self.block_bytes)
+            .map(|(n, s)| (n.clone(), s.block_bytes))
+            .collect()
     }
 
     /// The block size of the mount `norm` is under.
     pub fn block_bytes(&self, norm: &str) -> u64 {
-        stoker_proto::control::block_bytes_for(&self.mount_block_bytes, self.block_bytes, norm)
+        self.settings_of(norm).map_or(self.block_bytes, |s| s.block_bytes)
     }
 
     /// The name of block `block` of `norm` at `version`. Blocks of a mount
@@ -186,25 +195,13 @@ impl Namespace {
 
     /// Blocks to read ahead of a sequential reader under `norm` (0 = off).
     pub fn readahead_blocks(&self, norm: &str) -> u64 {
-        match resolve(norm) {
-            Resolved::Mount { mount, .. } => self.mount_readahead.get(mount).copied().unwrap_or(self.readahead),
-            Resolved::Root => 0,
-        }
-    }
-
-    /// Give mount `name` its own metadata sync interval (None = never).
-    pub fn with_mount_sync(mut self, name: &str, sync: Option<Duration>) -> Namespace {
-        self.mount_sync.insert(name.to_string(), sync);
-        self
+        self.settings_of(norm).map_or(0, |s| s.readahead)
     }
 
     /// The sync interval that applies to `norm` (its mount's, else the
     /// engine-wide one).
     fn sync_of(&self, norm: &str) -> Option<Duration> {
-        match resolve(norm) {
-            Resolved::Root => self.sync,
-            Resolved::Mount { mount, .. } => self.mount_sync.get(mount).copied().unwrap_or(self.sync),
-        }
+        self.settings_of(norm).map_or(self.sync, |s| s.sync)
     }
 
     /// Persist file attributes and listings in `path` and load what an
