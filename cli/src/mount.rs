@@ -245,15 +245,11 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
                 cfg.shards = n;
             }
             cfg.socket = socket.clone();
-            let mut options = Vec::new();
-            for opt in &a.mount_opts {
-                // NAME:KEY=VALUE is accepted too, for symmetry with `serve`.
-                let opt = opt.strip_prefix(&format!("{}:", a.name)).unwrap_or(opt);
-                let Some((k, v)) = opt.split_once('=') else {
-                    bail!("bad --mount-opt: expected KEY=VALUE, e.g. region=us-east-1");
-                };
-                options.push((k.trim().to_string(), v.to_string()));
-            }
+            // NAME:KEY=VALUE is accepted too, for symmetry with `serve`.
+            let prefix = format!("{}:", a.name);
+            let opts: Vec<&str> = a.mount_opts.iter().map(|o| o.strip_prefix(&prefix).unwrap_or(o)).collect();
+            let options = stoker_engine::ufs::opendal_ufs::parse_options(&opts)
+                .map_err(|e| anyhow!("--mount-opt: {e}"))?;
             cfg.mounts = vec![MountSpec { name: a.name.clone(), uri, options, ..Default::default() }];
             cfg.block_bytes = a.block_size;
             cfg.readahead_blocks = a.readahead_blocks;

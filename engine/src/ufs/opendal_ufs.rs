@@ -16,7 +16,7 @@
 
 use super::{BoxFut, ListPage, Ufs, UfsError, UfsResult};
 use opendal::{EntryMode, ErrorKind, Metadata, Operator};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use stoker_proto::control::{Attr, Kind};
 
@@ -523,14 +523,16 @@ impl Ufs for OpendalUfs {
     }
 }
 
-/// Parse `key=value` pairs given as one string each (CLI form).
-pub fn parse_options(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for p in pairs {
-        let (k, v) = p.split_once('=').ok_or_else(|| format!("bad option {p:?}: expected key=value"))?;
-        out.insert(k.trim().to_string(), v.to_string());
-    }
-    Ok(out)
+/// Parse `key=value` pairs given as one string each (CLI form), in order.
+/// A malformed pair is never echoed: it may hold a secret.
+pub fn parse_options<S: AsRef<str>>(pairs: &[S]) -> Result<Vec<(String, String)>, String> {
+    pairs
+        .iter()
+        .map(|p| {
+            let (k, v) = p.as_ref().split_once('=').ok_or("bad option: expected KEY=VALUE, e.g. region=us-east-1")?;
+            Ok((k.trim().to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
