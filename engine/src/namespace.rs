@@ -12,7 +12,7 @@
 use crate::attrlog::{AttrLog, PathMap};
 use crate::ufs::{Guarded, UfsError, UfsResult};
 use parking_lot::RwLock;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stoker_proto::control::{Attr, DirEntry, Kind};
@@ -54,7 +54,7 @@ pub struct Namespace {
     /// The engine's block size (a mount's may be smaller).
     block_bytes: u64,
     /// Each mount's settings, resolved against the engine's.
-    settings: HashMap<String, MountSettings>,
+    settings: PathMap<MountSettings>,
 }
 
 /// A mount's settings as the namespace applies them (its own, else the
@@ -135,7 +135,7 @@ impl Namespace {
             lists: RwLock::default(),
             sync,
             block_bytes: 4 << 20,
-            settings: HashMap::new(),
+            settings: PathMap::default(),
         }
     }
 
