@@ -261,6 +261,8 @@ pub fn stat(socket: &str, json: bool) -> Result<()> {
     println!("misses     {}", s.misses);
     println!("ufs read   {}", human(s.ufs_bytes_read));
     println!("served     {}", human(s.bytes_served));
+    let amp = if s.bytes_served > 0 { s.device_bytes_read as f64 / s.bytes_served as f64 } else { 0.0 };
+    println!("disk read  {} ({amp:.2}x served)", human(s.device_bytes_read));
     println!("sessions   {}", s.sessions);
     println!("shard   used         blocks     hits       misses");
     for sh in &s.shards {

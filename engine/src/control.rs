@@ -187,6 +187,7 @@ pub fn engine_stats(ctx: &ControlCtx) -> EngineStats {
         s.misses += sh.misses;
         s.ufs_bytes_read += sh.ufs_bytes_read;
         s.bytes_served += sh.bytes_served;
+        s.device_bytes_read += sh.device_bytes_read;
         let r = c.recovery.lock();
         s.recovery.sealed_segments += r.sealed_segments;
         s.recovery.sealed_entries += r.sealed_entries;

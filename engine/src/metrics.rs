@@ -52,6 +52,7 @@ pub fn render_engine(s: &EngineSources) -> String {
     per_shard(&mut t, cs, &names::HITS, |c| c.hits.load(Relaxed));
     per_shard(&mut t, cs, &names::MISSES, |c| c.misses.load(Relaxed));
     per_shard(&mut t, cs, &names::SERVED_BYTES, |c| c.bytes_served.load(Relaxed));
+    per_shard(&mut t, cs, &names::DEVICE_READ_BYTES, |c| c.device_bytes_read.load(Relaxed));
     per_shard(&mut t, cs, &names::UFS_READ_BYTES, |c| c.ufs_bytes_read.load(Relaxed));
     per_shard(&mut t, cs, &names::EVICTED_BLOCKS, |c| c.evicted_blocks.load(Relaxed));
     per_shard(&mut t, cs, &names::REINSERTED_BLOCKS, |c| c.reinserted_blocks.load(Relaxed));

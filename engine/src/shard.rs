@@ -389,15 +389,31 @@ impl Shard {
             crate::metrics::record_read(true, t0);
             return serve(&data, attr.size);
         }
-        match self.store.get(key.hash, &key.bytes).await {
-            Ok(Some(block)) if block.data().len() as u64 == block_len => {
+        // Read only the asked range (the store verifies just the sub-blocks
+        // it touches); the DRAM tier keeps whole blocks, so it reads whole.
+        let whole = self.mem.enabled();
+        let (_, start, end) = want(attr.size);
+        let (roff, rlen) = if whole {
+            (0, block_len)
+        } else if req.flags & FLAG_NO_DATA != 0 {
+            (start as u64, 0)
+        } else {
+            (start as u64, (end - start) as u64)
+        };
+        match self.store.get_range(key.hash, &key.bytes, block_len, roff, rlen).await {
+            Ok(Some(block)) if block.block_len() == block_len => {
                 self.counters.hits.fetch_add(1, Relaxed);
                 crate::metrics::record_read(true, t0);
-                if self.mem.enabled() {
+                if whole {
                     self.mem.insert(key.hash, &key.bytes, Rc::new(block.data().to_vec()));
                     self.counters.mem_bytes.store(self.mem.used_bytes(), Relaxed);
+                    return serve(block.data(), attr.size);
                 }
-                return serve(block.data(), attr.size);
+                if req.flags & FLAG_NO_DATA == 0 {
+                    area.write_data(req.buf_off, block.data());
+                    self.counters.bytes_served.fetch_add(block.len() as u64, Relaxed);
+                }
+                return Ok(((end - start) as u64, attr.size));
             }
             Ok(Some(_)) => {
                 // Same key, different length: cannot be the block we want.
@@ -577,6 +593,7 @@ fn publish_store(store: &Store, c: &ShardCounters) {
     c.evicted_blocks.store(s.evicted_blocks, Relaxed);
     c.reinserted_blocks.store(s.reinserted_blocks, Relaxed);
     c.corrupt_records.store(s.corrupt_records, Relaxed);
+    c.device_bytes_read.store(s.device_bytes_read, Relaxed);
 }
 
 /// Apply control-plane commands in arrival order.

@@ -5,7 +5,7 @@
 mod store_common;
 
 use store_common::{block, cfg, files_with_ext, flip_byte, key, key_hash, run};
-use stoker_engine::store::format::{align_up, HEADER_LEN};
+use stoker_engine::store::format::{align_up, table_len, HEADER_LEN};
 use stoker_engine::store::Store;
 
 /// Writes blocks 0..3 (5000 bytes each, two 4 KiB units per record) into the
@@ -21,7 +21,7 @@ fn flipped_record_is_refused(offset_in_record: u64) {
             store.put(key_hash(&k), &k, &block(i, 5000)).await.unwrap();
         }
         store.flush().await.unwrap();
-        let rec_len = align_up((HEADER_LEN + key(0).len() + 5000) as u64);
+        let rec_len = align_up((HEADER_LEN + key(0).len() + table_len(5000) + 5000) as u64);
         let seg = &files_with_ext(&path, ".dat")[0];
         flip_byte(seg, rec_len + offset_in_record);
         let k1 = key(1);
@@ -37,7 +37,7 @@ fn flipped_record_is_refused(offset_in_record: u64) {
 
 #[test]
 fn flipped_data_byte_is_refused() {
-    flipped_record_is_refused((HEADER_LEN + key(0).len() + 1234) as u64);
+    flipped_record_is_refused((HEADER_LEN + key(0).len() + table_len(5000) + 1234) as u64);
 }
 
 #[test]
@@ -65,7 +65,7 @@ fn torn_tail_is_truncated_at_recovery() {
         }
         store.flush().await.unwrap();
         drop(store);
-        let rec_len = align_up((HEADER_LEN + key(0).len() + 9000) as u64);
+        let rec_len = align_up((HEADER_LEN + key(0).len() + table_len(9000) + 9000) as u64);
         let seg = files_with_ext(&path, ".dat")[0].clone();
         // Cut the file in the middle of the third record.
         let cut = 2 * rec_len + 5000;

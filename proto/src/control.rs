@@ -118,6 +118,10 @@ pub struct ShardStats {
     pub misses: u64,
     pub ufs_bytes_read: u64,
     pub bytes_served: u64,
+    /// Bytes read from segment files to serve hits (see read amplification:
+    /// device_bytes_read / bytes_served).
+    #[serde(default)]
+    pub device_bytes_read: u64,
     pub evicted_blocks: u64,
     pub reinserted_blocks: u64,
     pub corrupt_records: u64,
@@ -177,6 +181,9 @@ pub struct EngineStats {
     pub misses: u64,
     pub ufs_bytes_read: u64,
     pub bytes_served: u64,
+    /// Bytes read from segment files to serve hits, all shards.
+    #[serde(default)]
+    pub device_bytes_read: u64,
     pub sessions: u64,
     pub shards: Vec<ShardStats>,
     pub recovery: RecoveryStats,

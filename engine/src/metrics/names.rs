@@ -40,6 +40,7 @@ const SHARD: &[&str] = &["shard"];
 pub const HITS: Def = def("stoker_hits_total", Kind::Counter, SHARD, "Block requests served from the cache (store or write-pending table).");
 pub const MISSES: Def = def("stoker_misses_total", Kind::Counter, SHARD, "Block fetches from under storage (concurrent misses of one block count once).");
 pub const SERVED_BYTES: Def = def("stoker_served_bytes_total", Kind::Counter, SHARD, "Bytes copied into clients' shared areas.");
+pub const DEVICE_READ_BYTES: Def = def("stoker_device_read_bytes_total", Kind::Counter, SHARD, "Bytes read from segment files to serve hits (read amplification: this / stoker_served_bytes_total).");
 pub const UFS_READ_BYTES: Def = def("stoker_ufs_read_bytes_total", Kind::Counter, SHARD, "Bytes read from under storage by block fetches.");
 pub const EVICTED_BLOCKS: Def = def("stoker_evicted_blocks_total", Kind::Counter, SHARD, "Blocks dropped when their segment was reclaimed.");
 pub const REINSERTED_BLOCKS: Def = def("stoker_reinserted_blocks_total", Kind::Counter, SHARD, "Hot blocks rewritten into a new segment when theirs was reclaimed.");
@@ -91,6 +92,7 @@ pub const ALL: &[Def] = &[
     HITS,
     MISSES,
     SERVED_BYTES,
+    DEVICE_READ_BYTES,
     UFS_READ_BYTES,
     EVICTED_BLOCKS,
     REINSERTED_BLOCKS,

@@ -1,26 +1,36 @@
 //! On-disk record format of a segment file: constants, the record header
-//! (hand-written little-endian encode/decode) and whole-record verification.
+//! (hand-written little-endian encode/decode), whole-record verification and
+//! the checks of a partial read (a range of sub-blocks).
 //!
 //! This module owns the byte layout described in docs/FORMAT.md and nothing
 //! else: it never does I/O and never panics on bad input — every decode of
 //! bytes read from disk returns a typed [`FormatError`].
+//!
+//! Version 2 (written now) keeps one crc32c per [`SUB_BLOCK`] of data in a
+//! table after the key, so a read of a range verifies only the sub-blocks it
+//! touches. Version 1 records (one crc over the whole data) are still read.
 
 use std::fmt;
 
 /// First four bytes of every record ("STKB": stoker block).
 pub const MAGIC: [u8; 4] = *b"STKB";
-/// Version of the record layout. Bump on any incompatible change.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the record layout written. Bump on any incompatible change.
+pub const FORMAT_VERSION: u16 = 2;
+/// The previous layout: still read, never written.
+pub const FORMAT_V1: u16 = 1;
 /// Records start and end on this boundary (O_DIRECT and the index unit).
 pub const ALIGN: u64 = 4096;
 /// Fixed size of the encoded record header.
 pub const HEADER_LEN: usize = 32;
+/// Bytes of data each entry of a version 2 crc table covers.
+pub const SUB_BLOCK: usize = 4096;
 /// Largest key accepted by `put`.
 pub const MAX_KEY_LEN: usize = 4096;
 /// Largest block accepted by `put`: 4 MiB plus 64 KiB of slack.
 pub const MAX_DATA_LEN: usize = (4 << 20) + (64 << 10);
-/// Largest record on disk (header + key + data, rounded up to ALIGN).
-pub const MAX_RECORD_LEN: u64 = align_up((HEADER_LEN + MAX_KEY_LEN + MAX_DATA_LEN) as u64);
+/// Largest record on disk (header + key + crc table + data, rounded up to ALIGN).
+pub const MAX_RECORD_LEN: u64 =
+    align_up((HEADER_LEN + MAX_KEY_LEN + table_len(MAX_DATA_LEN) + MAX_DATA_LEN) as u64);
 
 /// Record flag: the record is a tombstone (no key, no data); at recovery it
 /// removes any earlier record of the same key_hash.
@@ -36,6 +46,16 @@ pub const fn align_up(v: u64) -> u64 {
     (v + ALIGN - 1) & !(ALIGN - 1)
 }
 
+/// Rounds `v` down to a multiple of [`ALIGN`].
+pub const fn align_down(v: u64) -> u64 {
+    v & !(ALIGN - 1)
+}
+
+/// Bytes of the version 2 crc table for `data_len` bytes of data.
+pub const fn table_len(data_len: usize) -> usize {
+    data_len.div_ceil(SUB_BLOCK) * 4
+}
+
 /// Why a record read from disk was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FormatError {
@@ -47,7 +67,11 @@ pub enum FormatError {
     /// key_len or data_len out of bounds.
     BadLength,
     HeaderCrc,
+    /// The crc table (version 2) does not match its crc.
+    TableCrc,
+    /// The data (version 1) or one sub-block of it (version 2, the index given) failed its crc.
     DataCrc,
+    SubBlockCrc(usize),
 }
 
 impl fmt::Display for FormatError {
@@ -59,7 +83,9 @@ impl fmt::Display for FormatError {
             FormatError::UnknownFlags(x) => write!(f, "unknown record flags {x:#x}"),
             FormatError::BadLength => write!(f, "record length out of bounds"),
             FormatError::HeaderCrc => write!(f, "record header crc mismatch"),
+            FormatError::TableCrc => write!(f, "record crc table mismatch"),
             FormatError::DataCrc => write!(f, "record data crc mismatch"),
+            FormatError::SubBlockCrc(i) => write!(f, "record sub-block {i} crc mismatch"),
         }
     }
 }
@@ -74,32 +100,42 @@ impl fmt::Display for FormatError {
 /// | 8   | 8   | key_hash   |
 /// | 16  | 4   | key_len    |
 /// | 20  | 4   | data_len   |
-/// | 24  | 4   | data_crc   |
+/// | 24  | 4   | body_crc: v2 crc32c of the crc table; v1 crc32c of the data |
 /// | 28  | 4   | header_crc (crc32c of bytes 0..28 followed by the key) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
+    pub version: u16,
     pub flags: u16,
     pub key_hash: u64,
     pub key_len: u32,
     pub data_len: u32,
-    pub data_crc: u32,
+    pub body_crc: u32,
 }
 
 impl RecordHeader {
-    /// Header for a data record.
+    /// Header for a data record of the current version. `body_crc` is
+    /// filled in by [`encode_record`], which computes the crc table.
     pub fn for_block(key_hash: u64, key: &[u8], data: &[u8]) -> RecordHeader {
         RecordHeader {
+            version: FORMAT_VERSION,
             flags: 0,
             key_hash,
             key_len: key.len() as u32,
             data_len: data.len() as u32,
-            data_crc: crc32c::crc32c(data),
+            body_crc: 0,
         }
     }
 
     /// Header for a tombstone of `key_hash`.
     pub fn tombstone(key_hash: u64) -> RecordHeader {
-        RecordHeader { flags: FLAG_TOMBSTONE, key_hash, key_len: 0, data_len: 0, data_crc: crc32c::crc32c(&[]) }
+        RecordHeader {
+            version: FORMAT_VERSION,
+            flags: FLAG_TOMBSTONE,
+            key_hash,
+            key_len: 0,
+            data_len: 0,
+            body_crc: crc32c::crc32c(&[]),
+        }
     }
 
     pub const fn serialized_len() -> usize {
@@ -110,21 +146,40 @@ impl RecordHeader {
         self.flags & FLAG_TOMBSTONE != 0
     }
 
+    /// Bytes of the crc table (0 for version 1).
+    pub fn table_len(&self) -> usize {
+        if self.version == FORMAT_V1 {
+            0
+        } else {
+            table_len(self.data_len as usize)
+        }
+    }
+
+    /// Offset of the crc table in the record (right after the key).
+    pub fn table_start(&self) -> usize {
+        HEADER_LEN + self.key_len as usize
+    }
+
+    /// Offset of the first data byte in the record.
+    pub fn data_start(&self) -> usize {
+        self.table_start() + self.table_len()
+    }
+
     /// Length of the whole record on disk, padding included.
     pub fn record_len(&self) -> u64 {
-        align_up(HEADER_LEN as u64 + self.key_len as u64 + self.data_len as u64)
+        align_up((self.data_start() + self.data_len as usize) as u64)
     }
 
     /// Writes the header into `out[..HEADER_LEN]`; `key` must be the key
     /// bytes that follow it (they are covered by the header crc).
     fn encode(&self, key: &[u8], out: &mut [u8]) {
         out[0..4].copy_from_slice(&MAGIC);
-        out[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[4..6].copy_from_slice(&self.version.to_le_bytes());
         out[6..8].copy_from_slice(&self.flags.to_le_bytes());
         out[8..16].copy_from_slice(&self.key_hash.to_le_bytes());
         out[16..20].copy_from_slice(&self.key_len.to_le_bytes());
         out[20..24].copy_from_slice(&self.data_len.to_le_bytes());
-        out[24..28].copy_from_slice(&self.data_crc.to_le_bytes());
+        out[24..28].copy_from_slice(&self.body_crc.to_le_bytes());
         let crc = header_crc(&out[..HEADER_CRC_AT], key);
         out[28..32].copy_from_slice(&crc.to_le_bytes());
     }
@@ -140,7 +195,7 @@ impl RecordHeader {
             return Err(FormatError::BadMagic);
         }
         let version = u16::from_le_bytes([buf[4], buf[5]]);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_V1 {
             return Err(FormatError::BadVersion(version));
         }
         let flags = u16::from_le_bytes([buf[6], buf[7]]);
@@ -151,11 +206,12 @@ impl RecordHeader {
         let mut hash = [0u8; 8];
         hash.copy_from_slice(&buf[8..16]);
         let header = RecordHeader {
+            version,
             flags,
             key_hash: u64::from_le_bytes(hash),
             key_len: u32_at(16),
             data_len: u32_at(20),
-            data_crc: u32_at(24),
+            body_crc: u32_at(24),
         };
         if header.key_len as usize > MAX_KEY_LEN || header.data_len as usize > MAX_DATA_LEN {
             return Err(FormatError::BadLength);
@@ -171,17 +227,27 @@ fn header_crc(fixed: &[u8], key: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(fixed), key)
 }
 
-/// Encodes a full record (header, key, data, zero padding) into `out`, which
-/// must be exactly `header.record_len()` bytes long.
+/// Encodes a full record (header, key, crc table, data, zero padding) of
+/// the current version into `out`, which must be exactly
+/// `header.record_len()` bytes long. The crc table and `body_crc` are
+/// computed here, in one pass over the data.
 pub fn encode_record(header: &RecordHeader, key: &[u8], data: &[u8], out: &mut [u8]) {
+    debug_assert_eq!(header.version, FORMAT_VERSION);
     debug_assert_eq!(out.len() as u64, header.record_len());
     debug_assert_eq!(key.len(), header.key_len as usize);
     debug_assert_eq!(data.len(), header.data_len as usize);
-    header.encode(key, out);
-    let key_end = HEADER_LEN + key.len();
-    out[HEADER_LEN..key_end].copy_from_slice(key);
-    let data_end = key_end + data.len();
-    out[key_end..data_end].copy_from_slice(data);
+    let table_start = header.table_start();
+    let data_start = header.data_start();
+    out[HEADER_LEN..table_start].copy_from_slice(key);
+    for (i, sub) in data.chunks(SUB_BLOCK).enumerate() {
+        let at = table_start + 4 * i;
+        out[at..at + 4].copy_from_slice(&crc32c::crc32c(sub).to_le_bytes());
+    }
+    let mut h = *header;
+    h.body_crc = crc32c::crc32c(&out[table_start..data_start]);
+    h.encode(key, out);
+    let data_end = data_start + data.len();
+    out[data_start..data_end].copy_from_slice(data);
     out[data_end..].fill(0);
 }
 
@@ -203,23 +269,87 @@ impl RecordView {
     }
 }
 
-/// Verifies magic, version, lengths, header crc (header + key) and data crc
-/// of the record at the start of `buf`. `buf` must hold the whole record.
-pub fn check_record(buf: &[u8]) -> Result<RecordView, FormatError> {
+/// Verifies magic, version, lengths, header crc (header + key) and, for
+/// version 2, the crc table's own crc. `buf` holds the record from its
+/// start; it must reach at least to the end of the crc table.
+pub fn check_head(buf: &[u8]) -> Result<RecordView, FormatError> {
     let (header, stored_header_crc) = RecordHeader::decode(buf)?;
     let key_start = HEADER_LEN;
-    let data_start = key_start + header.key_len as usize;
-    let data_end = data_start + header.data_len as usize;
+    let table_start = header.table_start();
+    let data_start = header.data_start();
+    if buf.len() < data_start {
+        return Err(FormatError::Short);
+    }
+    if header_crc(&buf[..HEADER_CRC_AT], &buf[key_start..table_start]) != stored_header_crc {
+        return Err(FormatError::HeaderCrc);
+    }
+    if header.version != FORMAT_V1 && crc32c::crc32c(&buf[table_start..data_start]) != header.body_crc {
+        return Err(FormatError::TableCrc);
+    }
+    Ok(RecordView { header, key_start, data_start })
+}
+
+/// Verifies the version 2 sub-blocks `first..` that `data` holds: `data`
+/// starts at the first byte of sub-block `first` and ends at a sub-block
+/// boundary or at the end of the data. `head` is the buffer `view` was
+/// checked in (it holds the crc table).
+pub fn check_sub_blocks(head: &[u8], view: &RecordView, first: usize, data: &[u8]) -> Result<(), FormatError> {
+    let h = &view.header;
+    let subs = (h.data_len as usize).div_ceil(SUB_BLOCK);
+    let count = data.len().div_ceil(SUB_BLOCK);
+    if h.version == FORMAT_V1 || first + count > subs {
+        return Err(FormatError::Short);
+    }
+    let end_of_data = first * SUB_BLOCK + data.len();
+    if data.len() % SUB_BLOCK != 0 && end_of_data != h.data_len as usize {
+        return Err(FormatError::Short);
+    }
+    let table = h.table_start();
+    for (j, sub) in data.chunks(SUB_BLOCK).enumerate() {
+        let at = table + 4 * (first + j);
+        let stored = u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+        if crc32c::crc32c(sub) != stored {
+            return Err(FormatError::SubBlockCrc(first + j));
+        }
+    }
+    Ok(())
+}
+
+/// Verifies a whole record at the start of `buf` (either version): the head
+/// as [`check_head`], then every byte of data against its crc(s).
+pub fn check_record(buf: &[u8]) -> Result<RecordView, FormatError> {
+    let view = check_head(buf)?;
+    let data_end = view.data_start + view.header.data_len as usize;
     if buf.len() < data_end {
         return Err(FormatError::Short);
     }
-    if header_crc(&buf[..HEADER_CRC_AT], &buf[key_start..data_start]) != stored_header_crc {
-        return Err(FormatError::HeaderCrc);
+    let data = &buf[view.data_start..data_end];
+    if view.header.version == FORMAT_V1 {
+        if crc32c::crc32c(data) != view.header.body_crc {
+            return Err(FormatError::DataCrc);
+        }
+    } else {
+        check_sub_blocks(buf, &view, 0, data)?;
     }
-    if crc32c::crc32c(&buf[data_start..data_end]) != header.data_crc {
-        return Err(FormatError::DataCrc);
-    }
-    Ok(RecordView { header, key_start, data_start })
+    Ok(view)
+}
+
+/// Encodes a version 1 record (one crc over the data, no table), as the
+/// previous release wrote it. Only for upgrade tests and tools.
+pub fn encode_record_v1(key_hash: u64, key: &[u8], data: &[u8]) -> Vec<u8> {
+    let header = RecordHeader {
+        version: FORMAT_V1,
+        flags: 0,
+        key_hash,
+        key_len: key.len() as u32,
+        data_len: data.len() as u32,
+        body_crc: crc32c::crc32c(data),
+    };
+    let mut out = vec![0u8; header.record_len() as usize];
+    header.encode(key, &mut out);
+    out[HEADER_LEN..HEADER_LEN + key.len()].copy_from_slice(key);
+    out[HEADER_LEN + key.len()..HEADER_LEN + key.len() + data.len()].copy_from_slice(data);
+    out
 }
 
 /// File name of a segment's data file.
@@ -279,18 +409,59 @@ mod tests {
         let v = check_record(&rec).unwrap();
         assert_eq!(v.key(&rec), b"k");
         assert_eq!(v.data(&rec), b"hello");
-        assert!(rec[HEADER_LEN + 6..].iter().all(|&b| b == 0));
+        assert!(rec[HEADER_LEN + 1 + 4 + 5..].iter().all(|&b| b == 0));
     }
 
     #[test]
     fn every_flipped_byte_is_detected() {
         let rec = record(b"key", b"some data");
-        let used = HEADER_LEN + 3 + 9;
+        let used = HEADER_LEN + 3 + 4 + 9;
         for i in 0..used {
             let mut bad = rec.clone();
             bad[i] ^= 0x01;
             assert!(check_record(&bad).is_err(), "flip at {i} not detected");
         }
+    }
+
+    #[test]
+    fn version_1_records_still_check() {
+        let data: Vec<u8> = (0..9000u32).map(|i| i as u8).collect();
+        let rec = encode_record_v1(9, b"old", &data);
+        let v = check_record(&rec).unwrap();
+        assert_eq!(v.header.version, FORMAT_V1);
+        assert_eq!(v.data(&rec), &data[..]);
+        let mut bad = rec.clone();
+        bad[HEADER_LEN + 3 + 5000] ^= 0x10;
+        assert_eq!(check_record(&bad), Err(FormatError::DataCrc));
+    }
+
+    #[test]
+    fn sub_blocks_check_alone_and_catch_any_flip() {
+        let data: Vec<u8> = (0..(3 * SUB_BLOCK + 100) as u32).map(|i| (i * 7) as u8).collect();
+        let rec = record(b"k2", &data);
+        let view = check_head(&rec).unwrap();
+        assert_eq!(view.data_start, HEADER_LEN + 2 + 16);
+        let d = |from: usize, to: usize| &rec[view.data_start + from..view.data_start + to];
+        // Each sub-block alone, the short last one included.
+        for i in 0..4 {
+            let end = ((i + 1) * SUB_BLOCK).min(data.len());
+            check_sub_blocks(&rec, &view, i, d(i * SUB_BLOCK, end)).unwrap();
+        }
+        // A range that does not end on a sub-block boundary (nor at the end) is refused.
+        assert_eq!(check_sub_blocks(&rec, &view, 0, d(0, 100)), Err(FormatError::Short));
+        // One flipped byte in any sub-block fails that sub-block, and the whole record.
+        for i in 0..4 {
+            let mut bad = rec.clone();
+            bad[view.data_start + i * SUB_BLOCK + 17] ^= 0x01;
+            let end = ((i + 1) * SUB_BLOCK).min(data.len());
+            let sub = &bad[view.data_start + i * SUB_BLOCK..view.data_start + end];
+            assert_eq!(check_sub_blocks(&bad, &view, i, sub), Err(FormatError::SubBlockCrc(i)));
+            assert!(check_record(&bad).is_err());
+        }
+        // A flip in the table is caught by the head check.
+        let mut bad = rec.clone();
+        bad[HEADER_LEN + 2 + 5] ^= 0x01;
+        assert_eq!(check_head(&bad), Err(FormatError::TableCrc));
     }
 
     #[test]

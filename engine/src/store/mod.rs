@@ -27,7 +27,7 @@ use futures::channel::{mpsc, oneshot};
 use glommio::io::ReadResult;
 use glommio::sync::Semaphore;
 
-use format::{check_record, RecordHeader, MAX_DATA_LEN, MAX_KEY_LEN};
+use format::{align_down, align_up, check_head, check_record, check_sub_blocks, RecordHeader, MAX_DATA_LEN, MAX_KEY_LEN, SUB_BLOCK};
 use index::{IndexMap, Location};
 use segment::{Pending, Segments, WriterMsg};
 
@@ -122,16 +122,27 @@ pub struct StoreStats {
     pub evicted_blocks: u64,
     pub reinserted_blocks: u64,
     pub corrupt_records: u64,
+    /// Bytes read from segment files to serve `get` and `get_range`.
+    pub device_bytes_read: u64,
 }
 
-/// A block read from the store; holds the read buffer.
+/// A block (or the range of one asked of `get_range`) read from the store;
+/// holds the read buffer.
 pub struct Block {
     buf: ReadResult,
     start: usize,
     len: usize,
+    /// Length of the whole block as its record says.
+    block_len: u64,
 }
 
 impl Block {
+    /// Length of the whole block the record holds (a range read returns
+    /// fewer bytes in `data`).
+    pub fn block_len(&self) -> u64 {
+        self.block_len
+    }
+
     pub fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
@@ -156,6 +167,7 @@ struct Counters {
     evicted_blocks: Cell<u64>,
     reinserted_blocks: Cell<u64>,
     corrupt_records: Cell<u64>,
+    device_bytes_read: Cell<u64>,
 }
 
 /// State shared by the `Store` handle and its writer task.
@@ -262,17 +274,10 @@ impl Store {
     /// Looks `key` up. `None` on a miss or when the record fails a check
     /// (then the index entry is dropped and `corrupt_records` counted).
     /// A key_hash collision (valid record, other key) is a plain miss.
+    /// Reads and verifies the whole record.
     pub async fn get(&self, key_hash: u64, key: &[u8]) -> Result<Option<Block>> {
-        let Some(packed) = self.shared.index.borrow().get(&key_hash).copied() else {
-            return Ok(None);
-        };
-        let loc = Location::unpack(packed);
-        let Some(file) = self.shared.segs.borrow().file(loc.seg_id) else {
-            // Should not happen: the segment went away under a live entry.
-            self.drop_corrupt(key_hash, packed, "segment file missing");
-            return Ok(None);
-        };
-        let buf = file.read_at_aligned(loc.offset_bytes(), loc.len_bytes() as usize).await?;
+        let Some((packed, loc, file)) = self.locate(key_hash) else { return Ok(None) };
+        let buf = self.read(&file, loc.offset_bytes(), loc.len_bytes()).await?;
         let view = match check_record(&buf) {
             Ok(v) => v,
             Err(e) => {
@@ -280,14 +285,130 @@ impl Store {
                 return Ok(None);
             }
         };
+        if !self.matches(key_hash, key, packed, loc, &view, &buf) {
+            return Ok(None);
+        }
+        let block_len = view.header.data_len as u64;
+        Ok(Some(Block { start: view.data_start, len: block_len as usize, buf, block_len }))
+    }
+
+    /// Bytes `[off, off + len)` of the block under `key`, whose length the
+    /// caller expects to be `block_len`. Reads the record's head (header,
+    /// key, crc table) and only the sub-blocks the range touches, and
+    /// verifies exactly those: one read when they are near the head, two
+    /// at once otherwise. `len` 0 checks that the block is there (head
+    /// only). A block of another length comes back with no data and its
+    /// own `block_len()`, for the caller to drop. A version 1 record is read
+    /// and verified whole.
+    pub async fn get_range(&self, key_hash: u64, key: &[u8], block_len: u64, off: u64, len: u64) -> Result<Option<Block>> {
+        let Some((packed, loc, file)) = self.locate(key_hash) else { return Ok(None) };
+        let d = block_len as usize;
+        let off = (off as usize).min(d);
+        let end = off.saturating_add(len as usize).min(d);
+        // Where everything is if the record is a version 2 record of this key and length.
+        let expect = RecordHeader { key_len: key.len() as u32, data_len: block_len as u32, ..RecordHeader::for_block(key_hash, key, &[]) };
+        if d > MAX_DATA_LEN || expect.record_len() != loc.len_bytes() {
+            return self.get_whole_as_range(key_hash, key, off, end).await;
+        }
+        let head_len = expect.data_start() as u64;
+        let first = off / SUB_BLOCK;
+        let subs_end = if end > off { end.div_ceil(SUB_BLOCK) } else { first };
+        let data_from = head_len + (first * SUB_BLOCK) as u64;
+        let data_to = head_len + (subs_end * SUB_BLOCK).min(d) as u64;
+        let head_to = align_up(head_len);
+        let (disk_from, disk_to) = (align_down(data_from), align_up(data_to));
+        let base = loc.offset_bytes();
+        // Near the head (within 64 KiB): one read from the record start.
+        let (head, data, data_buf_at) = if subs_end == first || disk_to <= head_to || disk_from <= head_to + (64 << 10) {
+            let to = if subs_end == first { head_to } else { disk_to.max(head_to) };
+            let buf = self.read(&file, base, to).await?;
+            (None, buf, 0u64)
+        } else {
+            let (h, b) = futures::join!(
+                self.read(&file, base, head_to),
+                self.read(&file, base + disk_from, disk_to - disk_from)
+            );
+            (Some(h?), b?, disk_from)
+        };
+        let head_buf: &[u8] = head.as_deref().unwrap_or(&data);
+        let view = match check_head(head_buf) {
+            Ok(v) => v,
+            Err(e) => {
+                self.drop_corrupt(key_hash, packed, &e.to_string());
+                return Ok(None);
+            }
+        };
+        if view.header.version == format::FORMAT_V1 {
+            return self.get_whole_as_range(key_hash, key, off, end).await;
+        }
+        if !self.matches(key_hash, key, packed, loc, &view, head_buf) {
+            return Ok(None);
+        }
+        if view.header.data_len as u64 != block_len {
+            return Ok(Some(Block { buf: data, start: 0, len: 0, block_len: view.header.data_len as u64 }));
+        }
+        if subs_end == first {
+            return Ok(Some(Block { buf: data, start: 0, len: 0, block_len }));
+        }
+        let at = (data_from - data_buf_at) as usize;
+        let sub_bytes = (data_to - data_from) as usize;
+        let Some(range) = data.get(at..at + sub_bytes) else {
+            self.drop_corrupt(key_hash, packed, "short read of a record");
+            return Ok(None);
+        };
+        if let Err(e) = check_sub_blocks(head_buf, &view, first, range) {
+            self.drop_corrupt(key_hash, packed, &e.to_string());
+            return Ok(None);
+        }
+        let start = at + (off - first * SUB_BLOCK);
+        Ok(Some(Block { buf: data, start, len: end - off, block_len }))
+    }
+
+    /// `get_range` for a record that must be read whole (version 1, or a
+    /// length that does not fit the version 2 layout).
+    async fn get_whole_as_range(&self, key_hash: u64, key: &[u8], off: usize, end: usize) -> Result<Option<Block>> {
+        let Some(mut b) = self.get(key_hash, key).await? else { return Ok(None) };
+        if b.block_len as usize >= end {
+            b.start += off;
+            b.len = end - off;
+        } else {
+            b.len = 0;
+        }
+        Ok(Some(b))
+    }
+
+    /// The index entry of `key_hash` and its segment file.
+    fn locate(&self, key_hash: u64) -> Option<(u64, Location, Rc<glommio::io::DmaFile>)> {
+        let packed = self.shared.index.borrow().get(&key_hash).copied()?;
+        let loc = Location::unpack(packed);
+        let Some(file) = self.shared.segs.borrow().file(loc.seg_id) else {
+            // Should not happen: the segment went away under a live entry.
+            self.drop_corrupt(key_hash, packed, "segment file missing");
+            return None;
+        };
+        Some((packed, loc, file))
+    }
+
+    /// One O_DIRECT read, counted in `device_bytes_read`.
+    async fn read(&self, file: &glommio::io::DmaFile, pos: u64, len: u64) -> Result<ReadResult> {
+        let buf = file.read_at_aligned(pos, len as usize).await?;
+        let c = &self.shared.counters.device_bytes_read;
+        c.set(c.get() + len);
+        Ok(buf)
+    }
+
+    /// Whether a record whose head passed its checks is the block of `key`
+    /// the index points to; a mismatch with the index is corruption, another
+    /// key with the same hash a plain miss. A match marks the block read.
+    fn matches(&self, key_hash: u64, key: &[u8], packed: u64, loc: Location, view: &format::RecordView, buf: &[u8]) -> bool {
         let h = view.header;
         if h.is_tombstone() || h.key_hash != key_hash || h.record_len() != loc.len_bytes() {
             self.drop_corrupt(key_hash, packed, "record does not match its index entry");
-            return Ok(None);
+            return false;
         }
-        if view.key(&buf) != key {
+        if view.key(buf) != key {
             // A different key with the same 64-bit hash: its record is fine.
-            return Ok(None);
+            return false;
         }
         if let Some(v) = self.shared.index.borrow_mut().get_mut(&key_hash) {
             if Location::same_place(*v, packed) {
@@ -297,7 +418,7 @@ impl Store {
         let tick = self.shared.clock.get() + 1;
         self.shared.clock.set(tick);
         self.shared.last_read.borrow_mut().insert(loc.seg_id, tick);
-        Ok(Some(Block { start: view.data_start, len: h.data_len as usize, buf }))
+        true
     }
 
     fn drop_corrupt(&self, key_hash: u64, packed: u64, why: &str) {
@@ -392,6 +513,7 @@ impl Store {
             evicted_blocks: c.evicted_blocks.get(),
             reinserted_blocks: c.reinserted_blocks.get(),
             corrupt_records: c.corrupt_records.get(),
+            device_bytes_read: c.device_bytes_read.get(),
         }
     }
 
