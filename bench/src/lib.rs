@@ -5,6 +5,8 @@
 //! - `target`: what is read — a local directory or FUSE mount, the under
 //!   storage with injected latency, or the stoker cache through client-lib;
 //! - `workload`: `epoch`, `stat`, `random` and `seq` passes with T readers;
+//! - `loader`: the DataLoader shape, N worker processes reading whole files
+//!   (the caller spawns the workers; this crate runs both ends of their pipe);
 //! - `ceiling`: the device itself, with O_DIRECT reads through io_uring;
 //! - `report`: hdrhistogram percentiles, CPU seconds, Markdown and JSON.
 //!
@@ -14,6 +16,7 @@
 pub mod ceiling;
 pub mod epoch;
 pub mod gen;
+pub mod loader;
 pub mod report;
 pub mod target;
 pub mod workload;

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct Report {
-    /// `epoch`, `random`, `stat`, `seq` or `ceiling`.
+    /// `epoch`, `random`, `stat`, `seq`, `ceiling`, or `loader-Np` (N worker
+    /// processes).
     #[serde(default)]
     pub workload: String,
     pub target: String,
@@ -14,7 +15,8 @@ pub struct Report {
     /// where it is the number of ranges read).
     pub files: u64,
     /// Timed operations (histogram samples): a whole-file read (`epoch`), a
-    /// range read (`random`, `seq` chunks, `ceiling`) or a stat (`stat`).
+    /// range read (`random`, `seq` chunks, `ceiling`) or a stat (`stat`); a
+    /// whole-file read in `loader` too.
     #[serde(default)]
     pub ops: u64,
     pub bytes: u64,
@@ -30,6 +32,8 @@ pub struct Report {
     pub p999_us: u64,
     /// User + system CPU seconds of this process during the pass (the bench
     /// client; an engine or FUSE daemon in another process is not included).
+    /// For `loader`, the sum over the worker processes of their CPU during
+    /// their reads.
     pub cpu_secs: f64,
     /// MiB/s as a fraction of the device ceiling that fits this workload (see
     /// `Ceiling::fraction`); None when no ceiling was measured or it does not

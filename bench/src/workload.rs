@@ -40,16 +40,17 @@ impl Workload {
     }
 }
 
-/// One thread's counters; merged into the pass's report at the end.
+/// One reader's counters (a thread's, or a `loader` worker process's);
+/// merged into the pass's report at the end.
 pub struct Recorder {
-    hist: Histogram<u64>,
-    ops: u64,
-    bytes: u64,
-    errors: u64,
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) ops: u64,
+    pub(crate) bytes: u64,
+    pub(crate) errors: u64,
 }
 
 impl Recorder {
-    fn new() -> Recorder {
+    pub(crate) fn new() -> Recorder {
         Recorder {
             hist: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("histogram bounds"),
             ops: 0,
@@ -60,7 +61,7 @@ impl Recorder {
 
     /// Time one operation that yields a value and a byte count; an error is
     /// printed and counted, not timed.
-    fn op<T>(&mut self, what: &str, f: impl FnOnce() -> std::io::Result<(T, u64)>) -> Option<T> {
+    pub(crate) fn op<T>(&mut self, what: &str, f: impl FnOnce() -> std::io::Result<(T, u64)>) -> Option<T> {
         let t = Instant::now();
         match f() {
             Ok((v, n)) => {
@@ -77,9 +78,17 @@ impl Recorder {
         }
     }
 
-    fn mismatch(&mut self, what: &str) {
+    pub(crate) fn mismatch(&mut self, what: &str) {
         eprintln!("MISMATCH {what}");
         self.errors += 1;
+    }
+
+    /// Fold another reader's counters into these.
+    pub(crate) fn add(&mut self, r: &Recorder) {
+        self.hist.add(&r.hist).expect("same histogram bounds");
+        self.ops += r.ops;
+        self.bytes += r.bytes;
+        self.errors += r.errors;
     }
 }
 
@@ -109,16 +118,17 @@ fn run_pass(
                     }
                     work(i, &mut r);
                 }
-                let mut t = total.lock().unwrap();
-                t.hist.add(&r.hist).expect("same histogram bounds");
-                t.ops += r.ops;
-                t.bytes += r.bytes;
-                t.errors += r.errors;
+                total.lock().unwrap().add(&r);
             });
         }
     });
-    let secs = t0.elapsed().as_secs_f64().max(1e-9);
-    let r = total.into_inner().unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    report(workload, target, pass, files, &total.into_inner().unwrap(), secs, cpu_secs() - cpu0)
+}
+
+/// The report of a pass that took `secs` of wall time and `cpu_secs` of CPU.
+pub(crate) fn report(workload: &str, target: &str, pass: &str, files: u64, r: &Recorder, secs: f64, cpu_secs: f64) -> Report {
+    let secs = secs.max(1e-9);
     Report {
         workload: workload.to_string(),
         target: target.to_string(),
@@ -135,12 +145,12 @@ fn run_pass(
         p90_us: r.hist.value_at_quantile(0.90),
         p99_us: r.hist.value_at_quantile(0.99),
         p999_us: r.hist.value_at_quantile(0.999),
-        cpu_secs: cpu_secs() - cpu0,
+        cpu_secs,
         ceiling_fraction: None,
     }
 }
 
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut SmallRng::seed_from_u64(seed));
     order
@@ -162,6 +172,20 @@ fn pread_source(src: &Path, rel: &str, off: u64, len: u64) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// One timed whole-file read of `rel` (an `epoch` or `loader` op); with
+/// `verify`, the bytes are compared with the same file under that directory.
+pub(crate) fn read_whole(target: &dyn Target, rel: &str, verify: Option<&Path>, r: &mut Recorder) {
+    let data = r.op(rel, || target.read_file(rel).map(|d| {
+        let len = d.len() as u64;
+        (d, len)
+    }));
+    if let (Some(data), Some(src)) = (data, verify) {
+        if std::fs::read(src.join(rel)).ok().as_deref() != Some(&data[..]) {
+            r.mismatch(rel);
+        }
+    }
+}
+
 /// One pass of `workload` over `files` (relative path, size in bytes). With
 /// `verify`, every byte read is compared with the same range of the same file
 /// under that directory and a mismatch counts as an error.
@@ -179,18 +203,7 @@ pub fn run(
     match *workload {
         Workload::Epoch => {
             let order = shuffled(n, seed);
-            run_pass("epoch", &name, pass, threads, n, n as u64, |i, r| {
-                let (rel, _) = &files[order[i]];
-                let data = r.op(rel, || target.read_file(rel).map(|d| {
-                    let len = d.len() as u64;
-                    (d, len)
-                }));
-                if let (Some(data), Some(src)) = (data, verify) {
-                    if std::fs::read(src.join(rel)).ok().as_deref() != Some(&data[..]) {
-                        r.mismatch(rel);
-                    }
-                }
-            })
+            run_pass("epoch", &name, pass, threads, n, n as u64, |i, r| read_whole(target, &files[order[i]].0, verify, r))
         }
         Workload::Stat => {
             // Every file twice: two independently shuffled rounds back to back.

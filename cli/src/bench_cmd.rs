@@ -44,6 +44,19 @@ pub enum BenchCmd {
     },
     /// Read every file once in a shuffled order with T threads, per target.
     Epoch(EpochArgs),
+    /// DataLoader-shaped: N worker processes each read whole files, one at a
+    /// time, worker k taking items k, k+N, ... of one shuffle; per target and N
+    /// (--threads is not used).
+    Loader {
+        #[command(flatten)]
+        run: EpochArgs,
+        /// Worker process counts; one pass (per --passes) for each.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+        procs: Vec<usize>,
+    },
+    /// One `loader` worker process (started by `bench loader`; talks over stdin/stdout).
+    #[command(hide = true)]
+    LoaderWorker(LoaderWorkerArgs),
     /// Metadata storm: stat every file twice (shuffled), per target.
     Stat(EpochArgs),
     /// Random aligned ranges in the files (meant for the --large set), per target.
@@ -155,6 +168,22 @@ pub struct EpochArgs {
     pub socket: crate::SocketArg,
 }
 
+/// What `bench loader` passes to each worker it starts.
+#[derive(Args, Debug)]
+pub struct LoaderWorkerArgs {
+    /// One target, as in --targets.
+    #[arg(long)]
+    pub target: String,
+    #[arg(long)]
+    pub source: PathBuf,
+    #[arg(long)]
+    pub prefix: Option<String>,
+    #[arg(long)]
+    pub verify: bool,
+    #[command(flatten)]
+    pub socket: crate::SocketArg,
+}
+
 pub fn bench(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Gen { dir, files, mean_size, dirs, seed, large, large_files, large_size } => {
@@ -167,6 +196,8 @@ pub fn bench(cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
         BenchCmd::Epoch(a) => run(a, Workload::Epoch),
+        BenchCmd::Loader { run: a, procs } => loader(a, procs),
+        BenchCmd::LoaderWorker(w) => loader_worker(w),
         BenchCmd::Stat(a) => run(a, Workload::Stat),
         BenchCmd::Random { run: a, ops, range_size } => run(a, Workload::Random { ops, range_bytes: range_size }),
         BenchCmd::Seq { run: a, chunk } => run(a, Workload::Seq { chunk_bytes: chunk }),
@@ -195,47 +226,94 @@ fn ceiling_summary(c: &Ceiling) -> String {
     )
 }
 
-fn target(a: &EpochArgs, t: &str) -> Result<Box<dyn stoker_bench::Target>> {
+/// The target named `t` (an entry of --targets) over the dataset at `source`
+/// (in stoker at `prefix`, through the engine at `socket`).
+fn target(t: &str, source: &std::path::Path, prefix: Option<&str>, socket: &str) -> Result<Box<dyn stoker_bench::Target>> {
     Ok(match t {
-        "local" => Box::new(stoker_bench::LocalTarget { name: "local".into(), root: a.source.clone() }),
+        "local" => Box::new(stoker_bench::LocalTarget { name: "local".into(), root: source.to_path_buf() }),
         "stoker" => {
-            let Some(prefix) = &a.prefix else { bail!("target stoker needs --prefix /NAME") };
+            let Some(prefix) = prefix else { bail!("target stoker needs --prefix /NAME") };
             Box::new(stoker_bench::StokerTarget {
                 name: "stoker (client-lib)".into(),
-                client: Client::connect(&a.socket.path())?,
+                client: Client::connect(socket)?,
                 prefix: prefix.trim_end_matches('/').to_string(),
             })
         }
         direct if direct.starts_with("direct:") => {
             let latency = parse_duration(&direct["direct:".len()..]).map_err(anyhow::Error::msg)?.unwrap_or_default();
-            Box::new(stoker_bench::RemoteTarget { root: a.source.clone(), latency })
+            Box::new(stoker_bench::RemoteTarget { root: source.to_path_buf(), latency })
         }
         dir if dir.starts_with('/') => Box::new(stoker_bench::LocalTarget { name: dir.into(), root: dir.into() }),
         other => bail!("unknown target {other:?}: use local, stoker, direct:20ms or a directory path"),
     })
 }
 
-fn run(a: EpochArgs, workload: Workload) -> Result<()> {
+fn dataset(a: &EpochArgs) -> Result<Vec<(String, u64)>> {
     let files = stoker_bench::list_files_sized(&a.source).with_context(|| format!("listing {}", a.source.display()))?;
     if files.is_empty() {
         bail!("{}: no files", a.source.display());
     }
+    Ok(files)
+}
+
+fn run(a: EpochArgs, workload: Workload) -> Result<()> {
+    let files = dataset(&a)?;
+    let verify = a.verify.then_some(a.source.as_path());
+    run_passes(&a, &[()], |t, _, (), pass, seed| Ok(stoker_bench::run(t, &workload, pass, &files, a.threads, seed, verify)))
+}
+
+fn loader(a: EpochArgs, procs: Vec<usize>) -> Result<()> {
+    if procs.is_empty() || procs.contains(&0) {
+        bail!("--procs takes worker process counts of at least 1, e.g. 1,4,8");
+    }
+    let files = dataset(&a)?;
+    let exe = std::env::current_exe().context("finding the stoker binary")?;
+    let socket = a.socket.path();
+    run_passes(&a, &procs, |t, spec, &n, pass, seed| {
+        let name = t.name();
+        let p = stoker_bench::loader::LoaderPass { target: &name, pass, procs: n, files: &files, seed };
+        stoker_bench::loader::run(&p, &|_| {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["bench", "loader-worker", "--target", spec, "--socket", socket.as_str()]).arg("--source").arg(&a.source);
+            if let Some(prefix) = &a.prefix {
+                cmd.args(["--prefix", prefix]);
+            }
+            if a.verify {
+                cmd.arg("--verify");
+            }
+            cmd
+        })
+    })
+}
+
+fn loader_worker(w: LoaderWorkerArgs) -> Result<()> {
+    let t = target(&w.target, &w.source, w.prefix.as_deref(), &w.socket.path())?;
+    let verify = w.verify.then_some(w.source.as_path());
+    stoker_bench::loader::worker(t.as_ref(), verify, &mut std::io::stdin().lock(), &mut std::io::stdout().lock())
+}
+
+/// Every target in --targets, every variant (e.g. a worker count), --passes
+/// passes each, in that order; `one(target, its --targets entry, variant,
+/// pass label, seed)` runs a pass. Prints the reports (and the ceiling);
+/// read errors in any pass fail the command after everything is printed.
+fn run_passes<V>(a: &EpochArgs, variants: &[V], mut one: impl FnMut(&dyn stoker_bench::Target, &str, &V, &str, u64) -> Result<Report>) -> Result<()> {
     let ceiling = a.ceiling.get(a.json)?;
     let mut reports: Vec<Report> = Vec::new();
     let mut errors = 0;
-    for t in &a.targets {
-        let target = target(&a, t)?;
-        for p in 0..a.passes {
-            if a.cold {
-                stoker_bench::drop_page_cache().context("dropping the page cache (needs root)")?;
+    for spec in &a.targets {
+        let target = target(spec, &a.source, a.prefix.as_deref(), &a.socket.path())?;
+        for v in variants {
+            for p in 0..a.passes {
+                if a.cold {
+                    stoker_bench::drop_page_cache().context("dropping the page cache (needs root)")?;
+                }
+                let r = one(target.as_ref(), spec, v, &format!("{}", p + 1), a.seed + p as u64)?;
+                if !a.json {
+                    eprintln!("bench {}: {} pass {}: {:.0} ops/s, {:.1} MiB/s", r.workload, r.target, r.pass, r.ops_per_s, r.mib_per_s);
+                }
+                errors += r.errors;
+                reports.push(r);
             }
-            let verify = a.verify.then_some(a.source.as_path());
-            let r = stoker_bench::run(target.as_ref(), &workload, &format!("{}", p + 1), &files, a.threads, a.seed + p as u64, verify);
-            if !a.json {
-                eprintln!("bench {}: {} pass {}: {:.0} ops/s, {:.1} MiB/s", r.workload, r.target, r.pass, r.ops_per_s, r.mib_per_s);
-            }
-            errors += r.errors;
-            reports.push(r);
         }
     }
     if let Some(c) = &ceiling {

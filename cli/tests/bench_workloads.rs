@@ -154,3 +154,36 @@ fn ceiling_rows_and_fractions_come_with_a_workload() {
     assert!((rs[0]["ceiling_fraction"].as_f64().unwrap() - want).abs() < 1e-6);
     assert!(!t.path().join("stoker-ceiling.dat").exists(), "scratch file left behind");
 }
+
+#[test]
+fn loader_runs_worker_processes_one_row_per_count() {
+    let t = tempfile::tempdir().unwrap();
+    let s = t.path().join("small").display().to_string();
+    ok(&["bench", "gen", &s, "--files", "25", "--mean-size", "4K", "--dirs", "3"]);
+    let bytes: u64 = digest(Path::new(&s)).iter().map(|f| f.1.len() as u64).sum();
+    let sock = t.path().join("s.sock").display().to_string();
+    let srv = Server::start(&t.path().join("cache"), &sock, &["--mount", &format!("small=file://{s}"), "--shards", "2", "--capacity", "64M"]);
+
+    let out = ok(&[
+        "bench", "loader", "--source", &s, "--prefix", "/small", "--targets", "local,stoker", "--procs", "1,2", "--verify", "--json", "--socket", &sock,
+    ]);
+    let rs = reports(&out);
+    let rows: Vec<(&str, &str)> = rs.iter().map(|r| (r["workload"].as_str().unwrap(), r["target"].as_str().unwrap())).collect();
+    assert_eq!(rows, [("loader-1p", "local"), ("loader-2p", "local"), ("loader-1p", "stoker (client-lib)"), ("loader-2p", "stoker (client-lib)")]);
+    for r in &rs {
+        check_report(r, r["workload"].as_str().unwrap(), 25, 25);
+        assert_eq!(r["bytes"].as_u64(), Some(bytes), "{r}");
+    }
+    srv.stop();
+
+    // Reads that fail inside the workers are counted, and fail the command in one line.
+    let missing = t.path().join("missing").display().to_string();
+    let o = run(&["bench", "loader", "--source", &s, "--targets", &missing, "--procs", "2", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().last(), Some("stoker: error: 25 read errors or mismatches"), "{err}");
+    assert_eq!(reports(&String::from_utf8(o.stdout).unwrap())[0]["errors"].as_u64(), Some(25));
+    let o = run(&["bench", "loader", "--source", &s, "--procs", "2,0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--procs"));
+}
