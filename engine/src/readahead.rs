@@ -37,8 +37,14 @@ impl ReadAhead {
     /// Note a read of `block` of `path` (an object of `nblocks` blocks) and
     /// return the blocks to fetch ahead now, at most `max` past `block`.
     pub fn on_read(&self, path: &str, block: u64, nblocks: u64, max: u64) -> Range<u64> {
+        self.on_read_window(path, block, nblocks, max).0
+    }
+
+    /// As `on_read`, with the stream's window after this read (0 = not
+    /// sequential; 1 after the first step, doubling from there).
+    pub fn on_read_window(&self, path: &str, block: u64, nblocks: u64, max: u64) -> (Range<u64>, u64) {
         if max == 0 || nblocks <= 1 {
-            return 0..0;
+            return (0..0, 0);
         }
         let mut streams = self.streams.lock();
         // Look up before inserting: a read of a known stream (the common
@@ -67,15 +73,16 @@ impl ReadAhead {
         };
         s.last = block;
         if !sequential {
-            return 0..0;
+            return (0..0, 0);
         }
-        let target = (block + s.window).min(nblocks - 1);
+        let window = s.window;
+        let target = (block + window).min(nblocks - 1);
         let from = s.ahead_to.max(block) + 1;
         s.ahead_to = s.ahead_to.max(target);
         if block + 1 >= nblocks {
             streams.remove(path); // read to the end
         }
-        from..target + 1
+        (from..target + 1, window)
     }
 }
 
@@ -85,6 +92,15 @@ mod tests {
 
     fn v(r: Range<u64>) -> Vec<u64> {
         r.collect()
+    }
+
+    #[test]
+    fn the_window_says_how_far_a_stream_has_gone() {
+        let ra = ReadAhead::default();
+        assert_eq!(ra.on_read_window("/m/w", 5, 100, 8).1, 0, "a first read mid-object is not a stream");
+        assert_eq!(ra.on_read_window("/m/w", 6, 100, 8).1, 1, "one step");
+        assert_eq!(ra.on_read_window("/m/w", 7, 100, 8).1, 2, "two steps: a stream");
+        assert_eq!(ra.on_read_window("/m/w", 40, 100, 8), (0..0, 0), "a jump resets it");
     }
 
     #[test]

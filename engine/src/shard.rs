@@ -76,12 +76,19 @@ pub enum ShardCmd {
     /// Count these (key hash, length) blocks against a mount's quota, if cached (at start-up).
     Track { mount: String, blocks: Vec<(u64, u64)> },
     /// Fetch this block ahead of a sequential reader, unless cached or on its way.
-    Prefetch { path: String, block: u64, attr: Attr },
+    /// With `from_cache`, a cached block is read from its segment into the
+    /// shard's read-ahead buffer; without, only a block not cached is fetched.
+    Prefetch { path: String, block: u64, attr: Attr, from_cache: bool },
 }
 
 /// Read-ahead fetches in flight per shard at most; more are dropped (the
 /// reader then fetches the block itself when it gets there).
 const READAHEAD_INFLIGHT_MAX: usize = 16;
+
+/// Bytes of cached blocks a shard holds in memory ahead of sequential
+/// readers (read from its segments before the reader asks; least recently
+/// used dropped first).
+const READAHEAD_BUFFER_BYTES: u64 = 64 << 20;
 
 /// A block fetched from under storage, with the attributes it was read under.
 struct Fetch {
@@ -114,6 +121,8 @@ struct Shard {
     expiry: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
     quotas: Rc<crate::quota::Quotas>,
     mem: crate::memtier::MemTier,
+    /// Cached blocks read from the segments ahead of sequential readers.
+    ahead: crate::memtier::MemTier,
     peers: Arc<Vec<mpsc::UnboundedSender<ShardCmd>>>,
     readahead: Arc<crate::readahead::ReadAhead>,
     readahead_inflight: Rc<Cell<usize>>,
@@ -184,6 +193,7 @@ async fn run(
         expiry: RefCell::default(),
         quotas: Rc::new(crate::quota::Quotas::new(setup.quotas)),
         mem: crate::memtier::MemTier::new(setup.memory_cache_bytes),
+        ahead: crate::memtier::MemTier::new(READAHEAD_BUFFER_BYTES),
         peers: setup.peers,
         readahead: setup.readahead,
         readahead_inflight: Rc::default(),
@@ -383,8 +393,8 @@ impl Shard {
             crate::metrics::record_read(true, t0);
             return serve(&data, attr.size);
         }
-        let unwritten = self.unwritten.borrow().get(&key.bytes).cloned();
-        if let Some(data) = unwritten {
+        let staged = self.ahead.get(key.hash, &key.bytes).or_else(|| self.unwritten.borrow().get(&key.bytes).cloned());
+        if let Some(data) = staged {
             self.counters.hits.fetch_add(1, Relaxed);
             crate::metrics::record_read(true, t0);
             return serve(&data, attr.size);
@@ -400,7 +410,9 @@ impl Shard {
         } else {
             (start as u64, (end - start) as u64)
         };
-        match self.store.get_range(key.hash, &key.bytes, block_len, roff, rlen).await {
+        let got = self.store.get_range(key.hash, &key.bytes, block_len, roff, rlen).await;
+        self.counters.device_bytes_read.store(self.store.device_bytes_read(), Relaxed);
+        match got {
             Ok(Some(block)) if block.block_len() == block_len => {
                 self.counters.hits.fetch_add(1, Relaxed);
                 crate::metrics::record_read(true, t0);
@@ -514,9 +526,14 @@ impl Shard {
     /// stream should fetch ahead to the shards that own them.
     fn read_ahead(&self, path: &str, block: u64, attr: &Attr, bs: u64) {
         let max = self.ns.readahead_blocks(path);
-        for b in self.readahead.on_read(path, block, attr.size.div_ceil(bs), max) {
+        let (blocks, window) = self.readahead.on_read_window(path, block, attr.size.div_ceil(bs), max);
+        // Cached blocks are read ahead only once the stream has gone on for
+        // a few blocks: one step across a block boundary (a random reader,
+        // or the kernel's own read-ahead) must not read 4 MiB for nothing.
+        let from_cache = window >= 2;
+        for b in blocks {
             let owner = stoker_proto::key::shard_for(path, b, self.peers.len());
-            let cmd = ShardCmd::Prefetch { path: path.to_string(), block: b, attr: attr.clone() };
+            let cmd = ShardCmd::Prefetch { path: path.to_string(), block: b, attr: attr.clone(), from_cache };
             let _ = self.peers[owner].unbounded_send(cmd);
         }
     }
@@ -529,6 +546,35 @@ impl Shard {
             || self.store.contains(key.hash)
             || self.unwritten.borrow().contains_key(&key.bytes)
             || self.inflight.borrow().contains_key(&flight_key(path, block))
+    }
+
+    /// Read cached block `block` of `path` whole from its segment into the
+    /// read-ahead buffer, unless it is in memory already or too many
+    /// read-aheads are in flight.
+    fn stage(self: &Rc<Self>, key: BlockKey, path: &str, block: u64, attr: &Attr) {
+        if self.ahead.get(key.hash, &key.bytes).is_some() || self.mem.get(key.hash, &key.bytes).is_some() {
+            return;
+        }
+        if self.readahead_inflight.get() >= READAHEAD_INFLIGHT_MAX {
+            self.counters.readahead_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        let bs = self.ns.block_bytes(path);
+        let block_len = attr.size.saturating_sub(block.saturating_mul(bs)).min(bs);
+        self.readahead_inflight.set(self.readahead_inflight.get() + 1);
+        self.counters.readahead_blocks.fetch_add(1, Relaxed);
+        let s = self.clone();
+        glommio::spawn_local(async move {
+            let got = s.store.get_range(key.hash, &key.bytes, block_len, 0, block_len).await;
+            s.counters.device_bytes_read.store(s.store.device_bytes_read(), Relaxed);
+            if let Ok(Some(b)) = got {
+                if b.block_len() == block_len {
+                    s.ahead.insert(key.hash, &key.bytes, Rc::new(b.data().to_vec()));
+                }
+            }
+            s.readahead_inflight.set(s.readahead_inflight.get() - 1);
+        })
+        .detach();
     }
 
     fn cache_in_background(&self, path: &str, key: BlockKey, data: Rc<Vec<u8>>) {
@@ -609,6 +655,7 @@ async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver<ShardCmd>)
             ShardCmd::Remove { keys, reply } => {
                 for k in &keys {
                     shard.mem.remove(*k);
+                    shard.ahead.remove(*k);
                 }
                 let n = keys.iter().filter(|k| shard.store.remove(**k)).count() as u64;
                 for k in &keys {
@@ -627,7 +674,15 @@ async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver<ShardCmd>)
                 }
                 shard.publish();
             }
-            ShardCmd::Prefetch { path, block, attr } => {
+            ShardCmd::Prefetch { path, block, attr, from_cache } => {
+                let key = shard.ns.block_key(&path, &attr.version, block);
+                if shard.store.contains(key.hash) {
+                    // Cached: read it from the segment ahead of the reader.
+                    if from_cache {
+                        shard.stage(key, &path, block, &attr);
+                    }
+                    continue;
+                }
                 if shard.has_or_fetching(&path, block, &attr) {
                     continue;
                 }
@@ -671,6 +726,7 @@ async fn expire_forever(shard: Rc<Shard>) {
             }
             let Some(Reverse((_, key))) = shard.expiry.borrow_mut().pop() else { break };
             shard.mem.remove(key);
+            shard.ahead.remove(key);
             if shard.store.remove(key) {
                 dropped += 1;
             }

@@ -54,30 +54,47 @@ fn a_range_reads_only_the_head_and_the_sub_blocks_it_touches() {
         let len = 4 << 20;
         let data = block(7, len);
         store.put(key_hash(&k), &k, &data).await.unwrap();
-        let head = HEADER_LEN + k.len() + table_len(len);
+        // A block this large starts its data on a page after its head.
+        let head = align_up((HEADER_LEN + k.len() + table_len(len)) as u64);
+        let read = |before: u64| store.stats().device_bytes_read - before;
+        // 4 KiB in the middle: the head's pages and one data page, in two reads.
         let before = store.stats().device_bytes_read;
-        // 4 KiB in the middle: the head's pages plus the two pages the
-        // (unaligned) sub-block spans, in two reads.
         let off = 2 << 20;
         let b = store.get_range(key_hash(&k), &k, len as u64, off as u64, 4096).await.unwrap().unwrap();
         assert!(b.data() == &data[off..off + 4096]);
-        let read = store.stats().device_bytes_read - before;
-        let expect = align_up(head as u64) + 2 * 4096;
-        assert_eq!(read, expect, "a 4 KiB range read {read} bytes from the device");
-        // 1 MiB of a 4 MiB block reads about 1 MiB, not 4.
+        assert_eq!(read(before), head + 4096, "first 4 KiB range");
+        // The head is kept in memory: the next 4 KiB range reads one page.
+        let before = store.stats().device_bytes_read;
+        let off = 3 << 20;
+        let b = store.get_range(key_hash(&k), &k, len as u64, off as u64 + 10, 4000).await.unwrap().unwrap();
+        assert!(b.data() == &data[off + 10..off + 4010]);
+        assert_eq!(read(before), 4096, "second 4 KiB range");
+        // 1 MiB of a 4 MiB block reads 1 MiB, not 4.
         let before = store.stats().device_bytes_read;
         let b = store.get_range(key_hash(&k), &k, len as u64, 1 << 20, 1 << 20).await.unwrap().unwrap();
         assert!(b.data() == &data[1 << 20..2 << 20]);
-        let read = store.stats().device_bytes_read - before;
-        assert!(read <= (1 << 20) + 3 * 4096 + align_up(head as u64), "1 MiB range read {read} bytes");
+        assert_eq!(read(before), 1 << 20);
         // A whole get reads the whole record.
         let before = store.stats().device_bytes_read;
         store.get(key_hash(&k), &k).await.unwrap().unwrap();
-        assert_eq!(store.stats().device_bytes_read - before, align_up((head + len) as u64));
-        // A zero-length range (is it there?) reads the head alone.
+        assert_eq!(read(before), head + len as u64);
+        // Is it there? With the head in memory, no read at all.
         let before = store.stats().device_bytes_read;
-        store.get_range(key_hash(&k), &k, len as u64, 0, 0).await.unwrap().unwrap();
-        assert_eq!(store.stats().device_bytes_read - before, align_up(head as u64));
+        assert_eq!(store.get_range(key_hash(&k), &k, len as u64, 0, 0).await.unwrap().unwrap().block_len(), len as u64);
+        assert_eq!(read(before), 0);
+        // A small file is one read of its own record.
+        let k2 = key(8);
+        store.put(key_hash(&k2), &k2, &block(8, 110 * 1024)).await.unwrap();
+        let before = store.stats().device_bytes_read;
+        let b = store.get_range(key_hash(&k2), &k2, 110 * 1024, 0, 110 * 1024).await.unwrap().unwrap();
+        assert!(b.data() == block(8, 110 * 1024).as_slice());
+        assert_eq!(read(before), align_up((HEADER_LEN + k2.len() + table_len(110 * 1024) + 110 * 1024) as u64));
+        // A record rewritten elsewhere is never checked against the old head.
+        let new = block(70, len);
+        store.put(key_hash(&k), &k, &new).await.unwrap();
+        let b = store.get_range(key_hash(&k), &k, len as u64, 3 << 20, 4096).await.unwrap().unwrap();
+        assert!(b.data() == &new[3 << 20..(3 << 20) + 4096]);
+        assert_eq!(store.stats().corrupt_records, 0);
     });
 }
 

@@ -24,6 +24,11 @@ pub const ALIGN: u64 = 4096;
 pub const HEADER_LEN: usize = 32;
 /// Bytes of data each entry of a version 2 crc table covers.
 pub const SUB_BLOCK: usize = 4096;
+/// A version 2 block of at least this many bytes starts its data on an
+/// ALIGN boundary (the head is zero padded), so its sub-blocks are whole
+/// device pages: a 4 KiB read reads one page, not two. Smaller blocks keep
+/// the data right after the head (a small file pays no padding page).
+pub const ALIGNED_DATA_MIN: usize = 256 << 10;
 /// Largest key accepted by `put`.
 pub const MAX_KEY_LEN: usize = 4096;
 /// Largest block accepted by `put`: 4 MiB plus 64 KiB of slack.
@@ -160,9 +165,20 @@ impl RecordHeader {
         HEADER_LEN + self.key_len as usize
     }
 
-    /// Offset of the first data byte in the record.
-    pub fn data_start(&self) -> usize {
+    /// End of the head: header, key and crc table.
+    pub fn head_len(&self) -> usize {
         self.table_start() + self.table_len()
+    }
+
+    /// Offset of the first data byte in the record: right after the head,
+    /// or at the next ALIGN boundary for blocks of [`ALIGNED_DATA_MIN`] or more.
+    pub fn data_start(&self) -> usize {
+        let head = self.head_len();
+        if self.version != FORMAT_V1 && self.data_len as usize >= ALIGNED_DATA_MIN {
+            align_up(head as u64) as usize
+        } else {
+            head
+        }
     }
 
     /// Length of the whole record on disk, padding included.
@@ -237,14 +253,16 @@ pub fn encode_record(header: &RecordHeader, key: &[u8], data: &[u8], out: &mut [
     debug_assert_eq!(key.len(), header.key_len as usize);
     debug_assert_eq!(data.len(), header.data_len as usize);
     let table_start = header.table_start();
+    let head_len = header.head_len();
     let data_start = header.data_start();
     out[HEADER_LEN..table_start].copy_from_slice(key);
+    out[head_len..data_start].fill(0);
     for (i, sub) in data.chunks(SUB_BLOCK).enumerate() {
         let at = table_start + 4 * i;
         out[at..at + 4].copy_from_slice(&crc32c::crc32c(sub).to_le_bytes());
     }
     let mut h = *header;
-    h.body_crc = crc32c::crc32c(&out[table_start..data_start]);
+    h.body_crc = crc32c::crc32c(&out[table_start..head_len]);
     h.encode(key, out);
     let data_end = data_start + data.len();
     out[data_start..data_end].copy_from_slice(data);
@@ -271,19 +289,20 @@ impl RecordView {
 
 /// Verifies magic, version, lengths, header crc (header + key) and, for
 /// version 2, the crc table's own crc. `buf` holds the record from its
-/// start; it must reach at least to the end of the crc table.
+/// start; it must reach at least to the end of the crc table (the head).
 pub fn check_head(buf: &[u8]) -> Result<RecordView, FormatError> {
     let (header, stored_header_crc) = RecordHeader::decode(buf)?;
     let key_start = HEADER_LEN;
     let table_start = header.table_start();
+    let head_len = header.head_len();
     let data_start = header.data_start();
-    if buf.len() < data_start {
+    if buf.len() < head_len {
         return Err(FormatError::Short);
     }
     if header_crc(&buf[..HEADER_CRC_AT], &buf[key_start..table_start]) != stored_header_crc {
         return Err(FormatError::HeaderCrc);
     }
-    if header.version != FORMAT_V1 && crc32c::crc32c(&buf[table_start..data_start]) != header.body_crc {
+    if header.version != FORMAT_V1 && crc32c::crc32c(&buf[table_start..head_len]) != header.body_crc {
         return Err(FormatError::TableCrc);
     }
     Ok(RecordView { header, key_start, data_start })
@@ -462,6 +481,18 @@ mod tests {
         let mut bad = rec.clone();
         bad[HEADER_LEN + 2 + 5] ^= 0x01;
         assert_eq!(check_head(&bad), Err(FormatError::TableCrc));
+    }
+
+    #[test]
+    fn large_blocks_start_their_data_on_a_page() {
+        let data = vec![3u8; ALIGNED_DATA_MIN];
+        let rec = record(b"big", &data);
+        let v = check_record(&rec).unwrap();
+        assert_eq!(v.data_start, ALIGN as usize);
+        assert_eq!(rec.len(), ALIGN as usize + ALIGNED_DATA_MIN);
+        assert!(rec[v.header.head_len()..v.data_start].iter().all(|&b| b == 0));
+        let small = record(b"small", &data[..ALIGNED_DATA_MIN - 1]);
+        assert_eq!(check_record(&small).unwrap().data_start, HEADER_LEN + 5 + table_len(ALIGNED_DATA_MIN - 1));
     }
 
     #[test]

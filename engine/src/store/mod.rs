@@ -16,6 +16,7 @@ pub mod format;
 pub mod index;
 
 mod evict;
+mod heads;
 mod recover;
 mod segment;
 
@@ -84,6 +85,9 @@ pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 /// Bytes of encoded records that may wait for the writer before `put` waits
 /// (backpressure bound on queued memory).
 const QUEUE_BYTES_MAX: u64 = 16 << 20;
+/// Bytes of record heads kept in memory per store: 16 MiB holds the heads
+/// (8 KiB each) of 2,048 blocks of 4 MiB, 8 GiB of large-file data.
+const HEAD_CACHE_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -129,7 +133,8 @@ pub struct StoreStats {
 /// A block (or the range of one asked of `get_range`) read from the store;
 /// holds the read buffer.
 pub struct Block {
-    buf: ReadResult,
+    /// None for a block asked for no bytes.
+    buf: Option<ReadResult>,
     start: usize,
     len: usize,
     /// Length of the whole block as its record says.
@@ -144,7 +149,10 @@ impl Block {
     }
 
     pub fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
+        match &self.buf {
+            Some(b) => &b[self.start..self.start + self.len],
+            None => &[],
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -185,6 +193,8 @@ struct Shared {
     /// (used by `Eviction::Lru`).
     clock: Cell<u64>,
     last_read: RefCell<std::collections::HashMap<u32, u64>>,
+    /// Verified heads of large records, so a range read of one reads only data.
+    heads: RefCell<heads::HeadCache>,
 }
 
 /// How a full store picks what to drop.
@@ -261,6 +271,7 @@ impl Store {
             eviction: Cell::new(Eviction::default()),
             clock: Cell::new(0),
             last_read: RefCell::default(),
+            heads: RefCell::new(heads::HeadCache::new(HEAD_CACHE_BYTES)),
         });
         evict::enforce_capacity(&shared).await?;
         report.elapsed_us = started.elapsed().as_micros() as u64;
@@ -289,7 +300,7 @@ impl Store {
             return Ok(None);
         }
         let block_len = view.header.data_len as u64;
-        Ok(Some(Block { start: view.data_start, len: block_len as usize, buf, block_len }))
+        Ok(Some(Block { start: view.data_start, len: block_len as usize, buf: Some(buf), block_len }))
     }
 
     /// Bytes `[off, off + len)` of the block under `key`, whose length the
@@ -308,29 +319,41 @@ impl Store {
         // Where everything is if the record is a version 2 record of this key and length.
         let expect = RecordHeader { key_len: key.len() as u32, data_len: block_len as u32, ..RecordHeader::for_block(key_hash, key, &[]) };
         if d > MAX_DATA_LEN || expect.record_len() != loc.len_bytes() {
-            return self.get_whole_as_range(key_hash, key, off, end).await;
+            return self.get_whole_as_range(key_hash, key, block_len, off, end).await;
         }
-        let head_len = expect.data_start() as u64;
+        let data_start = expect.data_start() as u64;
+        let head_to = align_up(expect.head_len() as u64);
         let first = off / SUB_BLOCK;
         let subs_end = if end > off { end.div_ceil(SUB_BLOCK) } else { first };
-        let data_from = head_len + (first * SUB_BLOCK) as u64;
-        let data_to = head_len + (subs_end * SUB_BLOCK).min(d) as u64;
-        let head_to = align_up(head_len);
+        let data_from = data_start + (first * SUB_BLOCK) as u64;
+        let data_to = data_start + (subs_end * SUB_BLOCK).min(d) as u64;
         let (disk_from, disk_to) = (align_down(data_from), align_up(data_to));
         let base = loc.offset_bytes();
-        // Near the head (within 64 KiB): one read from the record start.
-        let (head, data, data_buf_at) = if subs_end == first || disk_to <= head_to || disk_from <= head_to + (64 << 10) {
-            let to = if subs_end == first { head_to } else { disk_to.max(head_to) };
-            let buf = self.read(&file, base, to).await?;
-            (None, buf, 0u64)
-        } else {
-            let (h, b) = futures::join!(
-                self.read(&file, base, head_to),
-                self.read(&file, base + disk_from, disk_to - disk_from)
-            );
-            (Some(h?), b?, disk_from)
+        let empty = subs_end == first;
+        let cached = self.shared.heads.borrow_mut().get(key_hash, packed);
+        // The head from memory (large blocks read before), one read from the
+        // record start when the range is near the head, or two at once.
+        let (head, data, data_buf_at): (Option<Rc<[u8]>>, Option<ReadResult>, u64) = match cached {
+            Some(h) if empty => (Some(h), None, 0),
+            Some(h) => (Some(h), Some(self.read(&file, base + disk_from, disk_to - disk_from).await?), disk_from),
+            None if empty => (None, Some(self.read(&file, base, head_to).await?), 0),
+            None if disk_to <= head_to || disk_from <= head_to + (64 << 10) => {
+                (None, Some(self.read(&file, base, disk_to.max(head_to)).await?), 0)
+            }
+            None => {
+                let (h, b) = futures::join!(
+                    self.read(&file, base, head_to),
+                    self.read(&file, base + disk_from, disk_to - disk_from)
+                );
+                let h: Rc<[u8]> = Rc::from(&h?[..]);
+                (Some(h), Some(b?), disk_from)
+            }
         };
-        let head_buf: &[u8] = head.as_deref().unwrap_or(&data);
+        let head_buf: &[u8] = match (&head, &data) {
+            (Some(h), _) => h,
+            (None, Some(d)) => d,
+            (None, None) => unreachable!("a head is read or cached"),
+        };
         let view = match check_head(head_buf) {
             Ok(v) => v,
             Err(e) => {
@@ -339,20 +362,23 @@ impl Store {
             }
         };
         if view.header.version == format::FORMAT_V1 {
-            return self.get_whole_as_range(key_hash, key, off, end).await;
+            return self.get_whole_as_range(key_hash, key, block_len, off, end).await;
         }
         if !self.matches(key_hash, key, packed, loc, &view, head_buf) {
             return Ok(None);
         }
         if view.header.data_len as u64 != block_len {
-            return Ok(Some(Block { buf: data, start: 0, len: 0, block_len: view.header.data_len as u64 }));
+            return Ok(Some(Block { buf: None, start: 0, len: 0, block_len: view.header.data_len as u64 }));
         }
-        if subs_end == first {
-            return Ok(Some(Block { buf: data, start: 0, len: 0, block_len }));
+        if let Some(h) = &head {
+            self.shared.heads.borrow_mut().insert(key_hash, packed, h.clone());
         }
+        let (false, Some(dbuf)) = (empty, data.as_ref()) else {
+            return Ok(Some(Block { buf: None, start: 0, len: 0, block_len }));
+        };
         let at = (data_from - data_buf_at) as usize;
         let sub_bytes = (data_to - data_from) as usize;
-        let Some(range) = data.get(at..at + sub_bytes) else {
+        let Some(range) = dbuf.get(at..at + sub_bytes) else {
             self.drop_corrupt(key_hash, packed, "short read of a record");
             return Ok(None);
         };
@@ -366,9 +392,9 @@ impl Store {
 
     /// `get_range` for a record that must be read whole (version 1, or a
     /// length that does not fit the version 2 layout).
-    async fn get_whole_as_range(&self, key_hash: u64, key: &[u8], off: usize, end: usize) -> Result<Option<Block>> {
+    async fn get_whole_as_range(&self, key_hash: u64, key: &[u8], block_len: u64, off: usize, end: usize) -> Result<Option<Block>> {
         let Some(mut b) = self.get(key_hash, key).await? else { return Ok(None) };
-        if b.block_len as usize >= end {
+        if b.block_len == block_len {
             b.start += off;
             b.len = end - off;
         } else {
@@ -422,6 +448,7 @@ impl Store {
     }
 
     fn drop_corrupt(&self, key_hash: u64, packed: u64, why: &str) {
+        self.shared.heads.borrow_mut().remove(key_hash);
         let mut index = self.shared.index.borrow_mut();
         if index.get(&key_hash).is_some_and(|v| Location::same_place(*v, packed)) {
             index.remove(&key_hash);
@@ -523,6 +550,12 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.tx.unbounded_send(WriterMsg::Flush(tx)).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Bytes read from segment files to serve `get` and `get_range` so far
+    /// (cheap: for publishing after every read).
+    pub fn device_bytes_read(&self) -> u64 {
+        self.shared.counters.device_bytes_read.get()
     }
 
     /// Effective segment size after clamping.
