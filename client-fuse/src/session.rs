@@ -1,4 +1,4 @@
-//! Mounting: fuser session options (threads, max_read, auto_unmount), the
+//! Mounting: fuser session options (read-only, threads, max_read, auto_unmount), the
 //! kernel readahead knob, and finding/unmounting stoker mounts.
 //!
 //! A session runs `threads` event loops, each with its own /dev/fuse clone
