@@ -103,6 +103,10 @@ pub struct MountArgs {
     /// Kernel readahead per open file (needs root to raise above 128 KiB) [default: 1M].
     #[arg(long, value_parser = size_arg)]
     pub readahead: Option<u64>,
+    /// Have the kernel send a FUSE open and release for every file opened
+    /// (the default skips both when the kernel supports it; docs/SEMANTICS.md).
+    #[arg(long)]
+    pub fuse_open: bool,
     /// Let other users read the mount (FUSE allow_other).
     #[arg(long)]
     pub allow_other: bool,
@@ -296,6 +300,7 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
         auto_unmount: !a.no_auto_unmount && stoker_fuse::session::fusermount_path().is_some(),
         allow_other: a.allow_other,
         fsname: format!("stoker:{root}"),
+        no_open: !a.fuse_open,
         ..MountOptions::default()
     };
     if !a.no_auto_unmount && !mopts.auto_unmount {
@@ -344,6 +349,7 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
         reads = c.reads.load(ld),
         bytes_read = c.bytes_read.load(ld),
         lookups = c.lookups.load(ld),
+        opens = c.opens.load(ld),
         errors = c.errors.load(ld),
         refused_writes = c.refused_writes.load(ld),
         "unmounted {}",

@@ -115,6 +115,11 @@ impl DirItem<'_> {
     }
 }
 
+/// The handle reads carry when the kernel did not open the file (no-open
+/// connections, see `fuse.rs`): the read names the file by inode only.
+/// Never handed out by [`StokerFs::open`] (handles start at 1).
+pub const NO_HANDLE: u64 = 0;
+
 #[derive(Clone)]
 struct OpenFile {
     path: Arc<str>,
@@ -147,6 +152,16 @@ pub struct StatFs {
 #[derive(Default, Debug)]
 pub struct FsCounters {
     pub lookups: AtomicU64,
+    /// FUSE opens served (0 on a no-open connection, see `fuse.rs`).
+    pub opens: AtomicU64,
+    /// FUSE releases served (0 on a no-open connection).
+    pub releases: AtomicU64,
+    /// Opens answered "not implemented" so the kernel stops sending open and
+    /// release (at most one per connection; see `fuse.rs`).
+    pub opens_declined: AtomicU64,
+    /// FLUSH requests received (at most one per connection: it is answered
+    /// "not implemented" and the kernel stops sending it).
+    pub flushes: AtomicU64,
     pub backend_stats: AtomicU64,
     pub backend_lists: AtomicU64,
     pub reads: AtomicU64,
@@ -374,11 +389,27 @@ impl<B: Backend> StokerFs<B> {
         self.dirs.write().remove(&fh);
     }
 
-    /// Open a file for reading. Any write intent is refused with EROFS.
-    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+    /// Refuse an open with write intent (EROFS); `Ok` for a plain read open.
+    fn check_read_only_open(&self, ino: u64, flags: i32) -> Result<()> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Err(self.refuse("open for writing", ino, None));
         }
+        Ok(())
+    }
+
+    /// A read open that creates no handle (the kernel is told to stop
+    /// sending opens; later reads carry [`NO_HANDLE`]). Any write intent is
+    /// still refused with EROFS.
+    pub fn open_without_handle(&self, ino: u64, flags: i32) -> Result<()> {
+        self.check_read_only_open(ino, flags)?;
+        self.counters.opens_declined.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Open a file for reading. Any write intent is refused with EROFS.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        self.check_read_only_open(ino, flags)?;
+        self.counters.opens.fetch_add(1, Ordering::Relaxed);
         let e = self.getattr(ino)?;
         let path = self.inodes.path(ino).ok_or(FsError::StaleInode(ino))?;
         if e.attr.kind == Kind::Dir {
@@ -390,9 +421,23 @@ impl<B: Backend> StokerFs<B> {
         Ok(Opened { fh, keep_cache })
     }
 
-    /// Read into `buf` at `off` from open file `fh`; short (or 0) at EOF.
-    pub fn read(&self, fh: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
-        let f = self.files.read().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
+    /// Read into `buf` at `off` from file `ino`; short (or 0) at EOF.
+    ///
+    /// `fh` is the handle from [`StokerFs::open`], whose size snapshot bounds
+    /// the read, or [`NO_HANDLE`] when the kernel skipped the open: the file
+    /// is then found by inode, bounded by the size last reported to the
+    /// kernel (the kernel holds a reference to `ino` while a file is open,
+    /// so it is in the table). Either way no allocation.
+    pub fn read(&self, ino: u64, fh: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
+        let f = if fh == NO_HANDLE {
+            let (path, kind, size) = self.inodes.file_of(ino).ok_or(FsError::StaleInode(ino))?;
+            if kind == Kind::Dir {
+                return Err(FsError::IsDir { path: path.to_string() });
+            }
+            OpenFile { path, size }
+        } else {
+            self.files.read().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?
+        };
         if off >= f.size || buf.is_empty() {
             return Ok(0);
         }
@@ -404,6 +449,7 @@ impl<B: Backend> StokerFs<B> {
     }
 
     pub fn release(&self, fh: u64) {
+        self.counters.releases.fetch_add(1, Ordering::Relaxed);
         self.files.write().remove(&fh);
     }
 

@@ -4,7 +4,23 @@
 //! becomes an errno; failures are logged here (unexpected ones at warn level,
 //! naming the path and cause) and counted, and read-side requests are timed
 //! into the hook given to [`set_op_hook`]. Write-type operations are all
-//! answered with EROFS through [`StokerFs::refuse`].
+//! answered with EROFS through [`StokerFs::refuse`] (on the `ro` mount the
+//! kernel refuses most of them before they get here).
+//!
+//! Round trips that carry no information for a read-only file are switched
+//! off at the kernel (fs/fuse/file.c):
+//! - FLUSH is answered ENOSYS: `fuse_flush` then sets `no_flush` on the
+//!   connection and returns 0 without asking again; opens also carry
+//!   FOPEN_NOFLUSH, which makes kernels from 5.16 skip it per file.
+//! - With `KernelTuning::no_open` and a kernel offering FUSE_NO_OPEN_SUPPORT,
+//!   the first file open is answered ENOSYS: `fuse_file_open` then sets
+//!   `no_open`, sends no OPEN and no RELEASE for any later file of the
+//!   connection, gives every file `FOPEN_KEEP_CACHE`, and reads carry fh 0
+//!   ([`NO_HANDLE`](crate::fs::NO_HANDLE)), so [`StokerFs::read`] finds the
+//!   file by inode.
+//!   FUSE_AUTO_INVAL_DATA keeps a changed file from being served from stale
+//!   pages: the kernel drops them when fresh attributes show a new size or
+//!   mtime (docs/SEMANTICS.md, "Metadata and caching").
 
 use crate::attr::{file_type, to_file_attr};
 use crate::backend::Backend;
@@ -60,18 +76,24 @@ pub struct KernelTuning {
     pub readahead_bytes: u32,
     /// Background requests (readahead, async reads) in flight.
     pub max_background: u16,
+    /// Skip FUSE open and release for files when the kernel supports it
+    /// (FUSE_NO_OPEN_SUPPORT). Off = one open and one release per file, with
+    /// the page cache kept or dropped at each open by the version token.
+    pub no_open: bool,
 }
 
 pub struct FuseFs<B: Backend> {
     fs: Arc<StokerFs<B>>,
     ttl: Duration,
     tuning: KernelTuning,
+    /// Asked for and offered by the kernel at init: answer file opens ENOSYS.
+    no_open: bool,
 }
 
 impl<B: Backend> FuseFs<B> {
     pub fn new(fs: Arc<StokerFs<B>>, tuning: KernelTuning) -> FuseFs<B> {
         let ttl = fs.config().metadata_ttl;
-        FuseFs { fs, ttl, tuning }
+        FuseFs { fs, ttl, tuning, no_open: false }
     }
 
     fn errno(&self, op: &str, e: FsError) -> Errno {
@@ -107,15 +129,27 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         let _ = config.set_congestion_threshold(self.tuning.max_background / 4 * 3);
         // Lookups in one directory run in parallel; readdirplus fills the
         // kernel's entry and attr caches while listing.
-        let want = InitFlags::FUSE_PARALLEL_DIROPS
+        // AUTO_INVAL_DATA: fresh attributes with a new mtime drop the file's
+        // cached pages (a new size always does), which is what keeps pages
+        // honest when no open is sent to decide FOPEN_KEEP_CACHE.
+        let mut want = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_ASYNC_READ;
+            | InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_AUTO_INVAL_DATA;
+        if self.tuning.no_open {
+            want |= InitFlags::FUSE_NO_OPEN_SUPPORT;
+        }
         let have = config.capabilities() & want;
         if let Err(missing) = config.add_capabilities(have) {
             tracing::debug!(?missing, "kernel lacks some FUSE capabilities");
         }
-        tracing::debug!(abi = ?config.kernel_abi(), "FUSE session initialised");
+        // Without the capability an ENOSYS open would fail the open(2).
+        self.no_open = have.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        if self.tuning.no_open && !self.no_open {
+            tracing::info!("kernel lacks FUSE_NO_OPEN_SUPPORT: files get FUSE open and release");
+        }
+        tracing::debug!(abi = ?config.kernel_abi(), no_open = self.no_open, "FUSE session initialised");
         Ok(())
     }
 
@@ -142,9 +176,21 @@ impl<B: Backend> Filesystem for FuseFs<B> {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _t = timed("open");
+        if self.no_open {
+            // ENOSYS here means "succeeded, and send no more opens or
+            // releases" to a kernel that offered FUSE_NO_OPEN_SUPPORT.
+            match self.fs.open_without_handle(ino.0, flags.0) {
+                Ok(()) => reply.error(Errno::ENOSYS),
+                Err(e) => reply.error(self.errno("open", e)),
+            }
+            return;
+        }
         match self.fs.open(ino.0, flags.0) {
             Ok(o) => {
-                let f = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                let mut f = FopenFlags::FOPEN_NOFLUSH;
+                if o.keep_cache {
+                    f |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
                 reply.opened(FileHandle(o.fh), f)
             }
             Err(e) => reply.error(self.errno("open", e)),
@@ -154,7 +200,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -168,7 +214,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
             if buf.len() < size {
                 buf.resize(size, 0);
             }
-            match self.fs.read(fh.0, offset, &mut buf[..size]) {
+            match self.fs.read(ino.0, fh.0, offset, &mut buf[..size]) {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(self.errno("read", e)),
             }
@@ -176,7 +222,10 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        // Nothing is ever dirty. ENOSYS: close(2) still succeeds, and the
+        // kernel sends no more FLUSH on this connection (no_flush).
+        self.fs.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

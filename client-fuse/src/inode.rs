@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use stoker_client::Kind;
 use stoker_proto::control::Attr;
 
 pub const ROOT_INO: u64 = 1;
@@ -72,6 +73,13 @@ impl InodeTable {
         let g = self.inner.read();
         let n = g.nodes.get(&ino)?;
         Some(NodeView { path: n.path.clone(), attr: n.attr.clone(), fresh: Instant::now() < n.fresh_until })
+    }
+
+    /// Path, kind and size of `ino`, copying no strings (the read path).
+    pub fn file_of(&self, ino: u64) -> Option<(Arc<str>, Kind, u64)> {
+        let g = self.inner.read();
+        let n = g.nodes.get(&ino)?;
+        Some((n.path.clone(), n.attr.kind, n.attr.size))
     }
 
     pub fn path(&self, ino: u64) -> Option<Arc<str>> {
@@ -188,7 +196,6 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stoker_client::Kind;
 
     fn attr(size: u64, version: &str) -> Attr {
         Attr { kind: Kind::File, size, mtime_ns: 0, version: version.into() }

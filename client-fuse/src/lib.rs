@@ -23,6 +23,8 @@ pub mod session;
 
 #[cfg(test)]
 mod mock;
+#[cfg(test)]
+mod mount_tests;
 
 pub use backend::Backend;
 pub use error::{FsError, Result};

@@ -42,13 +42,18 @@ impl MockBackend {
     }
 
     pub fn put(&self, path: &str, bytes: &[u8], version: &str) {
+        self.put_at(path, bytes, version, 1_000);
+    }
+
+    /// `put` with the object's mtime (ns since the epoch).
+    pub fn put_at(&self, path: &str, bytes: &[u8], version: &str, mtime_ns: i64) {
         let mut t = self.tree.lock();
         let mut d = parent(path);
         while d != "/" {
             t.entry(d.to_string()).or_insert_with(|| (dir(), Vec::new()));
             d = parent(d);
         }
-        let attr = Attr { kind: Kind::File, size: bytes.len() as u64, mtime_ns: 1_000, version: version.into() };
+        let attr = Attr { kind: Kind::File, size: bytes.len() as u64, mtime_ns, version: version.into() };
         t.insert(path.to_string(), (attr, bytes.to_vec()));
     }
 }

@@ -76,37 +76,63 @@ fn open_read_release() {
     let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
     let fs = fs_with(&[("/m/f", &data), ("/m/empty", b"")]);
     let f = fs.lookup(ROOT_INO, os("f")).unwrap();
-    let o = fs.open(f.ino, libc::O_RDONLY).unwrap();
+    let (ino, o) = (f.ino, fs.open(f.ino, libc::O_RDONLY).unwrap());
     assert!(o.keep_cache);
     let mut buf = vec![0u8; 4096];
-    assert_eq!(fs.read(o.fh, 4095, &mut buf).unwrap(), 4096);
+    assert_eq!(fs.read(ino, o.fh, 4095, &mut buf).unwrap(), 4096);
     assert_eq!(&buf[..], &data[4095..8191]);
-    assert_eq!(fs.read(o.fh, 9000, &mut buf).unwrap(), 1000, "short at EOF");
+    assert_eq!(fs.read(ino, o.fh, 9000, &mut buf).unwrap(), 1000, "short at EOF");
     assert_eq!(&buf[..1000], &data[9000..]);
     let reads = fs.backend().reads.load(Relaxed);
-    assert_eq!(fs.read(o.fh, 10_000, &mut buf).unwrap(), 0);
-    assert_eq!(fs.read(o.fh, 1 << 40, &mut buf).unwrap(), 0);
+    assert_eq!(fs.read(ino, o.fh, 10_000, &mut buf).unwrap(), 0);
+    assert_eq!(fs.read(ino, o.fh, 1 << 40, &mut buf).unwrap(), 0);
     assert_eq!(fs.backend().reads.load(Relaxed), reads, "reads past EOF do not reach the engine");
     fs.release(o.fh);
-    assert_eq!(fs.read(o.fh, 0, &mut buf).unwrap_err().errno(), libc::EBADF);
+    assert_eq!(fs.read(ino, o.fh, 0, &mut buf).unwrap_err().errno(), libc::EBADF);
     assert_eq!(fs.open_files(), 0);
     let e = fs.lookup(ROOT_INO, os("empty")).unwrap();
-    let o = fs.open(e.ino, libc::O_RDONLY).unwrap();
-    assert_eq!(fs.read(o.fh, 0, &mut buf).unwrap(), 0);
+    let (ino, o) = (e.ino, fs.open(e.ino, libc::O_RDONLY).unwrap());
+    assert_eq!(fs.read(ino, o.fh, 0, &mut buf).unwrap(), 0);
     assert_eq!(fs.open(ROOT_INO, libc::O_RDONLY).unwrap_err().errno(), libc::EISDIR);
+}
+
+#[test]
+fn read_without_open_finds_the_file_by_inode() {
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13) as u8).collect();
+    let m = Arc::new(MockBackend::with_files(&[("/m/d/f", &data)]));
+    let cfg = FsConfig { metadata_ttl: Duration::ZERO, ..FsConfig::default() };
+    let fs = StokerFs::new(m.clone(), "/m", cfg).unwrap();
+    let d = fs.lookup(ROOT_INO, os("d")).unwrap();
+    let f = fs.lookup(d.ino, os("f")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(fs.read(f.ino, NO_HANDLE, 8000, &mut buf).unwrap(), 2000, "bounded by the known size");
+    assert_eq!(&buf[..2000], &data[8000..]);
+    let reads = m.reads.load(Relaxed);
+    assert_eq!(fs.read(f.ino, NO_HANDLE, 10_000, &mut buf).unwrap(), 0);
+    assert_eq!(m.reads.load(Relaxed), reads, "past EOF: no engine read");
+    assert_eq!(fs.read(d.ino, NO_HANDLE, 0, &mut buf).unwrap_err().errno(), libc::EISDIR);
+    assert_eq!(fs.read(4242, NO_HANDLE, 0, &mut buf).unwrap_err().errno(), libc::ESTALE);
+    // A new version seen by getattr (the kernel asks once its attributes
+    // expire) bounds later reads by its size.
+    m.put("/m/d/f", &data[..100], "v2");
+    assert_eq!(fs.getattr(f.ino).unwrap().attr.size, 100);
+    assert_eq!(fs.read(f.ino, NO_HANDLE, 0, &mut buf).unwrap(), 100);
+    assert_eq!(fs.counters.opens.load(Relaxed), 0);
+    assert_eq!(fs.counters.releases.load(Relaxed), 0);
+    assert_eq!(fs.counters.bytes_read.load(Relaxed), 2100);
 }
 
 #[test]
 fn backend_failure_is_eio() {
     let fs = fs_with(&[("/m/f", b"abc")]);
     let f = fs.lookup(ROOT_INO, os("f")).unwrap();
-    let o = fs.open(f.ino, libc::O_RDONLY).unwrap();
+    let (ino, o) = (f.ino, fs.open(f.ino, libc::O_RDONLY).unwrap());
     fs.backend().read_errno.store(libc::EIO as u64, Relaxed);
-    let err = fs.read(o.fh, 0, &mut [0u8; 3]).unwrap_err();
+    let err = fs.read(ino, o.fh, 0, &mut [0u8; 3]).unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
     assert!(err.to_string().contains("/m/f"), "the error names the path: {err}");
     fs.backend().read_errno.store(libc::ETIMEDOUT as u64, Relaxed);
-    assert_eq!(fs.read(o.fh, 0, &mut [0u8; 3]).unwrap_err().errno(), libc::EIO);
+    assert_eq!(fs.read(ino, o.fh, 0, &mut [0u8; 3]).unwrap_err().errno(), libc::EIO);
 }
 
 #[test]
@@ -136,10 +162,10 @@ fn changed_version_drops_page_cache_after_ttl() {
     assert!(fs.open(f.ino, libc::O_RDONLY).unwrap().keep_cache);
     assert!(fs.open(f.ino, libc::O_RDONLY).unwrap().keep_cache);
     m.put("/m/f", b"abcdef", "v2");
-    let o = fs.open(f.ino, libc::O_RDONLY).unwrap();
+    let (ino, o) = (f.ino, fs.open(f.ino, libc::O_RDONLY).unwrap());
     assert!(!o.keep_cache, "new version: the kernel must drop old pages");
     let mut buf = [0u8; 16];
-    assert_eq!(fs.read(o.fh, 0, &mut buf).unwrap(), 6);
+    assert_eq!(fs.read(ino, o.fh, 0, &mut buf).unwrap(), 6);
     assert!(fs.open(f.ino, libc::O_RDONLY).unwrap().keep_cache);
 }
 
