@@ -5,10 +5,10 @@
 # Usage: bench/scripts/read-path.sh [WORK_DIR] [STEP...]   (needs a release build)
 # Steps: small (32 threads), loader (N worker processes), seq (32 MiB files),
 # random (4 KiB and 128 KiB ranges of 1 GiB files), warm (FUSE with the page
-# cache warm). Default: all. Results: WORK_DIR/*.json and a summary on stdout.
+# cache warm), cpu (engine and FUSE daemon CPU per GiB). Default: all. Results: WORK_DIR/*.json and a summary on stdout.
 set -euo pipefail
 W=${1:-/work/rb}; shift || true
-STEPS=${*:-small loader seq random warm}
+STEPS=${*:-small loader seq random warm cpu}
 B=${STOKER:-target/release/stoker}
 FILES=${FILES:-20000}
 mkdir -p "$W"
@@ -32,10 +32,15 @@ for m in small mid big; do
 done
 R=(--socket "$S" --ceiling-json "$W/ceiling.json" --json)
 stat_json() { $B stat --socket "$S" --json; }
-# device_bytes_read / bytes_served over one command.
+# CPU seconds (user + system) of the engine and of the FUSE daemons so far.
+cpu_of() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+ENGINE=$(pgrep -f "serve --cache-dir $W/cache" | head -1)
+FUSED=$(pgrep -f "mount /(small|mid|big) $W/mnt-" | tr '\n' ' ')
+# device_bytes_read / bytes_served, and engine / FUSE daemon CPU, over one command.
 amp() {
-  local before after; before=$(stat_json); "$@"; after=$(stat_json)
-  python3 -c 'import json,sys; b=json.loads(sys.argv[1]); a=json.loads(sys.argv[2]); d=a["device_bytes_read"]-b["device_bytes_read"]; s=a["bytes_served"]-b["bytes_served"]; print(f"device_bytes_read {d} / bytes_served {s} = {d/max(s,1):.3f}", file=sys.stderr)' "$before" "$after"
+  local before after e0 f0 e1 f1; before=$(stat_json); e0=$(cpu_of $ENGINE); f0=$(cpu_of $FUSED); "$@"; after=$(stat_json)
+  e1=$(cpu_of $ENGINE); f1=$(cpu_of $FUSED)
+  python3 -c 'import json,sys; b=json.loads(sys.argv[1]); a=json.loads(sys.argv[2]); d=a["device_bytes_read"]-b["device_bytes_read"]; s=a["bytes_served"]-b["bytes_served"]; tck=100.0; e=int(sys.argv[4])/tck; f=int(sys.argv[5])/tck; print(f"{sys.argv[3]}: device_bytes_read {d} / bytes_served {s} = {d/max(s,1):.3f}; engine {e:.1f} CPU-s, FUSE daemons {f:.1f} CPU-s over this step", file=sys.stderr)' "$before" "$after" "$step" $((e1 - e0)) $((f1 - f0))
 }
 for step in $STEPS; do
   case $step in
@@ -45,7 +50,10 @@ for step in $STEPS; do
     random)
       amp $B bench random --source "$W/big" --prefix /big --targets "local,stoker,$W/mnt-big" --threads 4 --ops 20000 --range-size 4K --cold "${R[@]}" > "$W/random4k.json"
       amp $B bench random --source "$W/big" --prefix /big --targets "local,stoker,$W/mnt-big" --threads 4 --ops 20000 --range-size 128K --cold "${R[@]}" > "$W/random128k.json" ;;
-    warm) $B bench epoch --source "$W/small" --prefix /small --targets "local,$W/mnt-small" --threads 32 --passes 2 "${R[@]}" > "$W/warm.json" ;;
+    warm) amp $B bench epoch --source "$W/small" --prefix /small --targets "local,$W/mnt-small" --threads 32 --passes 2 "${R[@]}" > "$W/warm.json" ;;
+    cpu) # CPU per GiB served, one target per command (cached in stoker, page cache dropped).
+      amp $B bench epoch --source "$W/small" --prefix /small --targets "$W/mnt-small" --threads 32 --cold "${R[@]}" > "$W/cpu-fuse.json"
+      amp $B bench epoch --source "$W/small" --prefix /small --targets stoker --threads 32 --cold "${R[@]}" > "$W/cpu-shm.json" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
@@ -55,7 +63,7 @@ w = sys.argv[1]
 print("| step | workload | target | pass | files/s | MiB/s | p50 ms | p99 ms | CPU s | of ceiling |")
 print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
 for step in sys.argv[2:]:
-    names = ["random4k", "random128k"] if step == "random" else [step]
+    names = {"random": ["random4k", "random128k"], "cpu": ["cpu-fuse", "cpu-shm"]}.get(step, [step])
     for n in names:
         try:
             rows = json.load(open(f"{w}/{n}.json"))

@@ -267,6 +267,11 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 }
 
 /// Parse durations like `20ms`, `1.5s`, `10m`, `2h`, `never` (None).
+/// Longest duration accepted anywhere (TTLs, intervals, timeouts): 100
+/// years. Anything longer is `never` in practice, and bounding it keeps
+/// every `Instant + duration` in range.
+pub const DURATION_SECS_MAX: f64 = 100.0 * 365.25 * 86400.0;
+
 pub fn parse_duration(s: &str) -> std::result::Result<Option<Duration>, String> {
     let t = s.trim();
     if t == "never" {
@@ -287,12 +292,22 @@ pub fn parse_duration(s: &str) -> std::result::Result<Option<Duration>, String> 
     if !(secs.is_finite() && secs >= 0.0) {
         return Err(format!("bad duration {s:?}"));
     }
+    if secs > DURATION_SECS_MAX {
+        return Err(format!("bad duration {s:?}: longer than 100 years (use `never`)"));
+    }
     Ok(Some(Duration::from_secs_f64(secs)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_durations_are_refused_not_panicked_on() {
+        assert!(parse_duration("200000000000000d").unwrap_err().contains("100 years"));
+        assert!(parse_duration("99999999999999999999999999999s").is_err());
+        assert_eq!(parse_duration("36500d").unwrap(), Some(Duration::from_secs(36500 * 86400)));
+    }
 
     #[test]
     fn sizes_and_durations() {

@@ -597,7 +597,11 @@ impl Shard {
             self.store.set_pinned(key.hash, true);
         }
         if let Some(ttl) = policy.ttl {
-            self.expiry.borrow_mut().push(Reverse((Instant::now() + ttl, key.hash)));
+            // A TTL past what an Instant can hold (a policy file edited by
+            // hand) never expires rather than panicking the shard.
+            if let Some(at) = Instant::now().checked_add(ttl) {
+                self.expiry.borrow_mut().push(Reverse((at, key.hash)));
+            }
         }
         glommio::spawn_local(async move {
             match store.put(key.hash, &key.bytes, &data).await {
@@ -705,7 +709,7 @@ async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver<ShardCmd>)
                 .detach();
             }
             ShardCmd::Expire { keys, after } => {
-                let at = Instant::now() + after;
+                let Some(at) = Instant::now().checked_add(after) else { continue };
                 let mut heap = shard.expiry.borrow_mut();
                 heap.extend(keys.into_iter().map(|k| Reverse((at, k))));
             }

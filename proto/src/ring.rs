@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub const AREA_MAGIC: u64 = 0x5354_4b52_4e47_0001; // "STKRNG" v1
 pub const PAGE: u64 = 4096;
+/// Most shards an area may be laid out for (an engine runs one per core).
+pub const SHARDS_MAX: u32 = 4096;
 const RING_HEADER_BYTES: u64 = 128;
 
 /// The request asks the engine to cache the block but copy nothing back
@@ -148,8 +150,13 @@ impl Layout {
         if h.magic != AREA_MAGIC || h.version != crate::PROTOCOL_VERSION {
             return Err("shared area has a wrong magic or version".into());
         }
+        // Every value comes from the client: bound them before any arithmetic
+        // (a data_bytes near 2^64 would wrap the layout's offsets).
+        if h.shards == 0 || h.shards > SHARDS_MAX || h.data_bytes > len || h.ring_entries > 1 << 16 {
+            return Err("shared area header does not match its size".into());
+        }
         let layout = Layout::new(h.shards, h.ring_entries, h.data_bytes);
-        if layout.header() != h || layout.total_bytes() > len {
+        if layout.header() != h || layout.data_offset.checked_add(layout.data_bytes).is_none_or(|t| t > len) {
             return Err("shared area header does not match its size".into());
         }
         Ok(layout)
@@ -326,5 +333,30 @@ mod tests {
             Layout::read_header(base, l.total_bytes())
         };
         assert_eq!(got, Ok(l));
+    }
+
+    #[test]
+    fn forged_header_sizes_are_refused() {
+        let l = Layout::new(2, 64, 1 << 20);
+        let mut mem = vec![0u8; l.total_bytes() as usize + PAGE as usize];
+        let off = mem.as_ptr().align_offset(PAGE as usize);
+        let forge = |f: &dyn Fn(&mut AreaHeader)| {
+            let mut h = l.header();
+            f(&mut h);
+            // SAFETY: `base` is page aligned with total_bytes() bytes after it.
+            unsafe {
+                let base = mem.as_ptr().add(off) as *mut u8;
+                std::ptr::write(base as *mut AreaHeader, h);
+                Layout::read_header(base, l.total_bytes())
+            }
+        };
+        // data_bytes chosen so that data_offset + data_bytes wraps to a small number.
+        let wrap = u64::MAX - l.data_offset + 1 + PAGE;
+        assert!(forge(&|h| h.data_bytes = wrap).is_err());
+        assert!(forge(&|h| h.data_bytes = u64::MAX).is_err());
+        assert!(forge(&|h| h.shards = u32::MAX).is_err());
+        assert!(forge(&|h| h.shards = 0).is_err());
+        assert!(forge(&|h| h.data_bytes += PAGE).is_err(), "larger than the mapping");
+        assert_eq!(forge(&|_| {}), Ok(l));
     }
 }
