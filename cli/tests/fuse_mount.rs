@@ -606,3 +606,48 @@ fn fuse_mount_of_an_s3_bucket() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("endpiont") && !is_mounted(&mp2), "{err}");
 }
+
+#[test]
+fn fuse_reads_in_flight_are_not_capped_by_session_threads() {
+    // One session thread, an under storage that takes 2 s per request: a
+    // thread that waited for each read would keep at most one in the engine.
+    let src = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..4u8).map(|i| (format!("f{i}.bin"), vec![i + 1; 50_000 + i as usize])).collect();
+    for (name, bytes) in &files {
+        std::fs::write(src.path().join(name), bytes).unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (cache, socket, mp) = (work.path().join("cache"), work.path().join("s.sock"), work.path().join("mnt"));
+    let uri = format!("file://{}", src.path().display());
+    let args = [
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--capacity",
+        "64M",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--ufs-latency",
+        "2s",
+        &uri,
+    ];
+    let _m = spawn_mount(&args, &mp);
+    // Learn the names first (one listing), so the reads below are the only waits.
+    assert_eq!(std::fs::read_dir(&mp).unwrap().count(), files.len());
+    let readers: Vec<_> = files
+        .iter()
+        .map(|(name, _)| {
+            let p = mp.join(name);
+            std::thread::spawn(move || std::fs::read(p).unwrap())
+        })
+        .collect();
+    let mut most = 0;
+    wait_until("several reads in flight in the engine at once", Duration::from_secs(10), || {
+        most = most.max(engine_stats(&socket).shards.iter().map(|s| s.inflight_requests).sum::<u64>());
+        most >= 2
+    });
+    for (r, (name, bytes)) in readers.into_iter().zip(&files) {
+        assert!(r.join().unwrap() == *bytes, "{name} read back wrong");
+    }
+}

@@ -13,6 +13,15 @@ pub trait Backend: Send + Sync + 'static {
     fn read_into(&self, path: &str, off: u64, buf: &mut [u8]) -> stoker_client::Result<usize>;
     /// (capacity bytes, used bytes) of the cache, for statfs.
     fn usage(&self) -> stoker_client::Result<(u64, u64)>;
+    /// Read `len` bytes at `off` and hand them to `done` when they are
+    /// there, perhaps on another thread. By default a plain `read_into`.
+    fn read_async(&self, path: &str, off: u64, len: usize, done: stoker_client::ReadDone) {
+        let mut buf = vec![0u8; len];
+        match self.read_into(path, off, &mut buf) {
+            Ok(n) => done(Ok(&buf[..n])),
+            Err(e) => done(Err(e)),
+        }
+    }
 }
 
 impl Backend for stoker_client::Client {
@@ -32,6 +41,10 @@ impl Backend for stoker_client::Client {
         let s = self.engine_stats()?;
         Ok((s.capacity_bytes, s.used_bytes))
     }
+
+    fn read_async(&self, path: &str, off: u64, len: usize, done: stoker_client::ReadDone) {
+        stoker_client::Client::read_async(self, path, off, len as u64, done)
+    }
 }
 
 impl<B: Backend> Backend for std::sync::Arc<B> {
@@ -49,5 +62,9 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
 
     fn usage(&self) -> stoker_client::Result<(u64, u64)> {
         (**self).usage()
+    }
+
+    fn read_async(&self, path: &str, off: u64, len: usize, done: stoker_client::ReadDone) {
+        (**self).read_async(path, off, len, done)
     }
 }

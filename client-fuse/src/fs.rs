@@ -448,6 +448,44 @@ impl<B: Backend> StokerFs<B> {
         Ok(n)
     }
 
+    /// As `read`, without holding the calling thread: `done` gets the bytes
+    /// (valid during the call) or the error, perhaps on the client's
+    /// completion thread, so a session thread goes back to the kernel while
+    /// the engine (or under storage) answers.
+    pub fn read_async(self: &Arc<Self>, ino: u64, fh: u64, off: u64, size: usize, done: impl FnOnce(Result<&[u8]>) + Send + 'static) {
+        let f = if fh == NO_HANDLE {
+            match self.inodes.file_of(ino) {
+                None => return done(Err(FsError::StaleInode(ino))),
+                Some((path, Kind::Dir, _)) => return done(Err(FsError::IsDir { path: path.to_string() })),
+                Some((path, _, size)) => OpenFile { path, size },
+            }
+        } else {
+            match self.files.read().get(&fh).cloned() {
+                Some(f) => f,
+                None => return done(Err(FsError::BadHandle(fh))),
+            }
+        };
+        if off >= f.size || size == 0 {
+            return done(Ok(&[]));
+        }
+        let want = (size as u64).min(f.size - off) as usize;
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        let fs = self.clone();
+        let path = f.path.clone();
+        self.backend.read_async(
+            &f.path,
+            off,
+            want,
+            Box::new(move |r| match r {
+                Ok(b) => {
+                    fs.counters.bytes_read.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    done(Ok(b))
+                }
+                Err(e) => done(Err(FsError::backend(&path, e))),
+            }),
+        );
+    }
+
     pub fn release(&self, fh: u64) {
         self.counters.releases.fetch_add(1, Ordering::Relaxed);
         self.files.write().remove(&fh);

@@ -31,7 +31,6 @@ use fuser::{
     OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -90,6 +89,18 @@ pub struct FuseFs<B: Backend> {
     no_open: bool,
 }
 
+/// The errno a failure is answered with; unexpected failures are logged at
+/// warn level (naming the path and cause) and counted.
+fn errno_of<B: Backend>(fs: &StokerFs<B>, op: &str, e: FsError) -> Errno {
+    if !e.is_expected() && e.errno() != libc::EROFS {
+        fs.counters.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(op, errno = e.errno(), "{e}");
+    } else {
+        tracing::debug!(op, errno = e.errno(), "{e}");
+    }
+    Errno::from_i32(e.errno())
+}
+
 impl<B: Backend> FuseFs<B> {
     pub fn new(fs: Arc<StokerFs<B>>, tuning: KernelTuning) -> FuseFs<B> {
         let ttl = fs.config().metadata_ttl;
@@ -97,13 +108,7 @@ impl<B: Backend> FuseFs<B> {
     }
 
     fn errno(&self, op: &str, e: FsError) -> Errno {
-        if !e.is_expected() && e.errno() != libc::EROFS {
-            self.fs.counters.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(op, errno = e.errno(), "{e}");
-        } else {
-            tracing::debug!(op, errno = e.errno(), "{e}");
-        }
-        Errno::from_i32(e.errno())
+        errno_of(&self.fs, op, e)
     }
 
     fn attr(&self, ino: u64, a: &stoker_proto::control::Attr) -> fuser::FileAttr {
@@ -111,10 +116,6 @@ impl<B: Backend> FuseFs<B> {
     }
 }
 
-thread_local! {
-    /// One read buffer per session thread: a read needs no allocation.
-    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// Largest read served in one call; the kernel never asks for more than
 /// max_pages (<= 16 MiB), this only bounds a corrupt request.
@@ -208,16 +209,19 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _t = timed("read");
+        let t = timed("read");
         let size = (size as usize).min(READ_BYTES_MAX);
-        READ_BUF.with_borrow_mut(|buf| {
-            if buf.len() < size {
-                buf.resize(size, 0);
+        // Answered from wherever the bytes arrive (the client's completion
+        // thread, straight from shared memory): this session thread goes
+        // back to the kernel at once, so reads in flight are not capped by
+        // the thread count and a warm read costs one thread hand-off fewer.
+        let fs = self.fs.clone();
+        self.fs.read_async(ino.0, fh.0, offset, size, move |r| {
+            match r {
+                Ok(b) => reply.data(b),
+                Err(e) => reply.error(errno_of(&fs, "read", e)),
             }
-            match self.fs.read(ino.0, fh.0, offset, &mut buf[..size]) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(self.errno("read", e)),
-            }
+            drop(t);
         });
     }
 

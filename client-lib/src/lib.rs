@@ -28,7 +28,7 @@ use std::time::Duration;
 use stoker_proto::control::{Attr, DirEntry, EngineStats, Request, Response};
 
 pub use batch::{Batch, ReadReq};
-pub use op::{Data, View};
+pub use op::{Data, ReadDone, View};
 pub use plan::EpochPlan;
 pub use stoker_proto::control::Kind;
 pub use stoker_proto::{socket_from_env, DEFAULT_SOCKET};
@@ -184,6 +184,31 @@ impl Client {
     /// Read into `buf` at `off`; returns the bytes read (short at EOF).
     pub fn read_into(&self, path: &str, off: u64, buf: &mut [u8]) -> Result<usize> {
         self.read_at(path, off, buf).map(|(n, _)| n)
+    }
+
+    /// Read `len` bytes at `off` without waiting: `done` gets the bytes (in
+    /// place in shared memory, valid during the call; short at end of
+    /// object) or the error, on the client's completion thread, so it must
+    /// be quick and must not wait on this client. Waits only for space in
+    /// the shared area and a ring entry. A range that needs more than one
+    /// slot is read synchronously and handed over from a copy. A read the
+    /// engine never answers is failed (`ECONNRESET`) when the engine goes
+    /// away; the engine bounds every under-storage call it makes in time.
+    pub fn read_async(&self, path: &str, off: u64, len: u64, done: ReadDone) {
+        if let Err(e) = check_path(path) {
+            return done(Err(e));
+        }
+        let s = match self.session() {
+            Ok(s) => s,
+            Err(e) => return done(Err(e)),
+        };
+        if s.op_ranges(path, off, len).len() > 1 {
+            return match self.read(path, off, len) {
+                Ok(v) => done(Ok(&v)),
+                Err(e) => done(Err(e)),
+            };
+        }
+        s.read_async(&Arc::from(path), off, len, done);
     }
 
     /// Read `len` bytes at `off` and hand them to `f` in place in shared

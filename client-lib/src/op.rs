@@ -8,7 +8,7 @@
 //! Never: hand out a view before every piece of its op has completed (the
 //! engine could still be writing it), or free a lease a request still uses.
 
-use crate::session::{errno_message, Lease, Session};
+use crate::session::{errno_message, Deliver, Lease, Session};
 use crate::{Error, Result};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::collections::HashMap;
@@ -141,7 +141,7 @@ impl Session {
         };
         for (poff, pl) in pieces {
             let at = if no_data { 0 } else { poff - off };
-            let id = self.post(path, poff, pl, flags, &op.lease, at, tx)?;
+            let id = self.post(path, poff, pl, flags, &op.lease, at, Deliver::Chan(tx.clone()))?;
             op.pieces.push((id, at, pl));
             op.remaining += 1;
         }
@@ -324,5 +324,110 @@ impl std::ops::Deref for View {
 impl Drop for View {
     fn drop(&mut self) {
         self.session.shared.held_bytes.fetch_sub(self.lease.len, Ordering::AcqRel);
+    }
+}
+
+/// What an asynchronous read calls when it is done: the bytes (in place in
+/// the shared area, valid during the call) or the error.
+pub type ReadDone = Box<dyn FnOnce(Result<&[u8]>) + Send>;
+
+/// A read whose answer is handed to a callback on the client's completion
+/// thread (no caller thread waits for it). Holds its slot and the mapping
+/// until the callback has run.
+pub(crate) struct AsyncOp {
+    map: Arc<memmap2::MmapRaw>,
+    data_offset: u64,
+    lease: Arc<Lease>,
+    path: Arc<str>,
+    state: parking_lot::Mutex<AsyncState>,
+}
+
+struct AsyncState {
+    /// (offset in the lease, length asked) per piece.
+    pieces: Vec<(u64, u64)>,
+    got: Vec<u64>,
+    remaining: usize,
+    err: Option<Error>,
+    done: Option<ReadDone>,
+}
+
+impl AsyncOp {
+    /// Piece `idx` finished (or failed, or will never be posted).
+    pub(crate) fn complete(&self, idx: usize, c: &CqEntry) {
+        let mut st = self.state.lock();
+        if c.result < 0 {
+            let errno = (-c.result) as i32;
+            st.err.get_or_insert(Error::new(errno, errno_message(&self.path, errno)));
+        } else if let Some(g) = st.got.get_mut(idx) {
+            *g = c.result as u64;
+        }
+        st.remaining = st.remaining.saturating_sub(1);
+        if st.remaining > 0 {
+            return;
+        }
+        let Some(done) = st.done.take() else { return };
+        if let Some(e) = st.err.take() {
+            drop(st);
+            return done(Err(e));
+        }
+        // The bytes up to the first short piece (end of object).
+        let mut n = 0;
+        for (i, &(_, plen)) in st.pieces.iter().enumerate() {
+            n += st.got[i].min(plen);
+            if st.got[i] < plen {
+                break;
+            }
+        }
+        drop(st);
+        // SAFETY: every request into the lease has completed, so the engine
+        // writes nothing there any more; the lease and the mapping are held
+        // by `self` for the duration of the call.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add((self.data_offset + self.lease.off) as usize), n as usize)
+        };
+        done(Ok(bytes));
+    }
+}
+
+impl Session {
+    /// Post a read of `[off, off + len)` (one op's worth: see `op_ranges`)
+    /// whose answer goes to `done` on the completion thread. Waits only for
+    /// shared-area space and ring entries (bounded by the timeout).
+    pub(crate) fn read_async(&self, path: &Arc<str>, off: u64, len: u64, done: ReadDone) {
+        let mut pieces = self.pieces(path, off, len);
+        if pieces.is_empty() {
+            pieces.push((off, 0));
+        }
+        let plen = path.len() as u64;
+        let last_at = pieces.last().map(|p| p.0 - off).unwrap_or(0);
+        let lease = match self.check_alive().and_then(|_| self.lease(len.max(last_at + plen), true)) {
+            Ok(Some(l)) => l,
+            Ok(None) => return done(Err(Error::new(libc::EAGAIN, "no shared-area space"))),
+            Err(e) => return done(Err(e)),
+        };
+        let n = pieces.len();
+        let op = Arc::new(AsyncOp {
+            map: self.map.clone(),
+            data_offset: self.layout.data_offset,
+            lease: lease.clone(),
+            path: path.clone(),
+            state: parking_lot::Mutex::new(AsyncState {
+                pieces: pieces.iter().map(|&(poff, pl)| (poff - off, pl)).collect(),
+                got: vec![0; n],
+                remaining: n,
+                err: None,
+                done: Some(done),
+            }),
+        });
+        for (i, &(poff, pl)) in pieces.iter().enumerate() {
+            if let Err(e) = self.post(path, poff, pl, 0, &lease, poff - off, Deliver::Call(op.clone(), i)) {
+                // The pieces never posted complete now, with the error.
+                let errno = e.errno;
+                for j in i..n {
+                    op.complete(j, &CqEntry { req_id: 0, result: -(errno as i64), data_off: 0, object_size: 0 });
+                }
+                return;
+            }
+        }
     }
 }

@@ -93,7 +93,7 @@ impl EpochPlan {
                 _ => None,
             };
             let Some(lease) = lease else { break };
-            if self.s.post(p, 0, self.s.chunk_bytes_for(p), FLAG_NO_DATA, &lease, 0, &self.tx).is_err() {
+            if self.s.post(p, 0, self.s.chunk_bytes_for(p), FLAG_NO_DATA, &lease, 0, crate::session::Deliver::Chan(self.tx.clone())).is_err() {
                 break;
             }
             c.issued += 1;

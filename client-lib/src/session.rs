@@ -64,8 +64,27 @@ impl Drop for Lease {
     }
 }
 
+/// Where a completion goes: a waiting caller's channel, or piece `idx` of a
+/// read whose callback runs on the completion thread.
+#[derive(Clone)]
+pub(crate) enum Deliver {
+    Chan(Sender<CqEntry>),
+    Call(Arc<crate::op::AsyncOp>, usize),
+}
+
+impl Deliver {
+    fn deliver(self, c: CqEntry) {
+        match self {
+            Deliver::Chan(tx) => {
+                let _ = tx.send(c);
+            }
+            Deliver::Call(op, idx) => op.complete(idx, &c),
+        }
+    }
+}
+
 struct Pending {
-    tx: Sender<CqEntry>,
+    to: Deliver,
     shard: usize,
     /// Keeps the slot reserved until the engine has answered.
     _lease: Arc<Lease>,
@@ -109,7 +128,7 @@ pub(crate) struct Session {
     control_idle: Mutex<Vec<UnixStream>>,
     pub(crate) welcome: Welcome,
     pub(crate) layout: Layout,
-    map: MmapRaw,
+    pub(crate) map: Arc<MmapRaw>,
     shards: Vec<ShardLink>,
     pub(crate) shared: Arc<Shared>,
     next_req: AtomicU64,
@@ -234,7 +253,7 @@ impl Session {
             control_idle: Mutex::default(),
             welcome,
             layout,
-            map,
+            map: Arc::new(map),
             shards: links,
             shared,
             next_req: AtomicU64::new(1),
@@ -321,7 +340,7 @@ impl Session {
     /// Write `path` at `at` inside `lease` and post one piece (inside one
     /// block) whose bytes land at the same place. Returns the request id.
     #[allow(clippy::too_many_arguments)] // one ring entry's fields, said once
-    pub(crate) fn post(&self, path: &str, off: u64, len: u64, flags: u32, lease: &Arc<Lease>, at: u64, tx: &Sender<CqEntry>) -> Result<u64> {
+    pub(crate) fn post(&self, path: &str, off: u64, len: u64, flags: u32, lease: &Arc<Lease>, at: u64, to: Deliver) -> Result<u64> {
         let bs = self.welcome.block_bytes_for(path);
         let block = off / bs;
         let shard = shard_for(path, block, self.shards.len());
@@ -347,7 +366,7 @@ impl Session {
             std::ptr::copy_nonoverlapping(path.as_ptr(), dst, path.len());
         }
         let req_id = self.next_req.fetch_add(1, Ordering::Relaxed);
-        self.shared.pending.lock().insert(req_id, Pending { tx: tx.clone(), shard, _lease: lease.clone() });
+        self.shared.pending.lock().insert(req_id, Pending { to, shard, _lease: lease.clone() });
         let entry = SqEntry {
             req_id,
             buf_off: lease.off + at,
@@ -443,12 +462,12 @@ fn complete_loop(mut bells: Vec<UnixStream>, mut cqs: Vec<Consumer<CqEntry>>, sh
                 match cqs[i].pop() {
                     Ok(Some(c)) => {
                         let p = shared.pending.lock().remove(&c.req_id);
-                        if let Some(Pending { tx, shard, _lease }) = p {
+                        if let Some(Pending { to, shard, _lease }) = p {
                             shared.finish(shard);
                             // Let go of the slot before the caller looks, so a
                             // finished op holds the only reference (see Op::trim).
                             drop(_lease);
-                            let _ = tx.send(c);
+                            to.deliver(c);
                         }
                     }
                     Ok(None) => break,
@@ -461,7 +480,7 @@ fn complete_loop(mut bells: Vec<UnixStream>, mut cqs: Vec<Consumer<CqEntry>>, sh
     shared.dead.store(true, Ordering::Release);
     let pending: Vec<(u64, Pending)> = shared.pending.lock().drain().collect();
     for (id, p) in pending {
-        let _ = p.tx.send(CqEntry { req_id: id, result: -(libc::ECONNRESET as i64), data_off: 0, object_size: 0 });
+        p.to.deliver(CqEntry { req_id: id, result: -(libc::ECONNRESET as i64), data_off: 0, object_size: 0 });
     }
     for m in &shared.inflight {
         *m.lock() = 0;
