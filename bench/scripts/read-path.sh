@@ -5,10 +5,11 @@
 # Usage: bench/scripts/read-path.sh [WORK_DIR] [STEP...]   (needs a release build)
 # Steps: small (32 threads), loader (N worker processes), seq (32 MiB files),
 # random (4 KiB and 128 KiB ranges of 1 GiB files), warm (FUSE with the page
-# cache warm), cpu (engine and FUSE daemon CPU per GiB). Default: all. Results: WORK_DIR/*.json and a summary on stdout.
+# cache warm), cpu (engine and FUSE daemon CPU per GiB), cold (nothing cached,
+# 20 ms per under-storage request, vs a direct 32-thread reader). Default: all. Results: WORK_DIR/*.json and a summary on stdout.
 set -euo pipefail
 W=${1:-/work/rb}; shift || true
-STEPS=${*:-small loader seq random warm cpu}
+STEPS=${*:-small loader seq random warm cpu cold}
 B=${STOKER:-target/release/stoker}
 FILES=${FILES:-20000}
 mkdir -p "$W"
@@ -54,6 +55,26 @@ for step in $STEPS; do
     cpu) # CPU per GiB served, one target per command (cached in stoker, page cache dropped).
       amp $B bench epoch --source "$W/small" --prefix /small --targets "$W/mnt-small" --threads 32 --cold "${R[@]}" > "$W/cpu-fuse.json"
       amp $B bench epoch --source "$W/small" --prefix /small --targets stoker --threads 32 --cold "${R[@]}" > "$W/cpu-shm.json" ;;
+    cold) # Nothing cached, 20 ms per under-storage request: a fresh engine per target.
+      C=$W/cold.sock; rm -f "$W/cold.json"
+      for t in direct fuse stoker; do
+        rm -rf "$W/cache-cold"
+        $B serve --cache-dir "$W/cache-cold" --socket "$C" --capacity 20G --metadata-sync never --ufs-latency 20ms \
+          --mount "small=file://$W/small" 2>"$W/serve-cold.log" &
+        CS=$!
+        until $B stat --socket "$C" >/dev/null 2>&1; do sleep 0.2; done
+        case $t in
+          direct) tgt="direct:20ms" ;;
+          stoker) tgt=stoker ;;
+          fuse) mkdir -p "$W/mnt-cold"; $B mount /small "$W/mnt-cold" --socket "$C" 2>"$W/mount-cold.log" &
+                for _ in $(seq 100); do mountpoint -q "$W/mnt-cold" && break; sleep 0.1; done
+                ls -R "$W/mnt-cold" >/dev/null; tgt="$W/mnt-cold" ;;
+        esac
+        $B bench epoch --source "$W/small" --prefix /small --targets "$tgt" --threads 32 --cold --socket "$C" --json > "$W/cold-$t.json"
+        [ $t = fuse ] && $B umount "$W/mnt-cold"
+        kill $CS; wait $CS 2>/dev/null || true
+      done
+      python3 -c 'import json,sys; w=sys.argv[1]; json.dump([r for t in ("direct","fuse","stoker") for r in json.load(open(f"{w}/cold-{t}.json"))], open(f"{w}/cold.json","w"))' "$W" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
