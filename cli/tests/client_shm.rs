@@ -235,3 +235,37 @@ fn c_program_reads_the_tree_byte_for_byte() {
     let want: String = tree.iter().map(|(_, d)| format!("{} {:016x}\n", d.len(), fnv(d))).collect();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), want);
 }
+
+#[test]
+fn read_async_hands_the_bytes_over_and_times_out_on_a_hung_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, tree) = serve(dir.path(), &[5000, 200_000, 0, 70_000], &[]);
+    let opts = stoker_client::Options { timeout: Duration::from_secs(2), ..Default::default() };
+    let c = Client::connect_with(&server.socket, opts).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, (path, bytes)) in tree.iter().enumerate() {
+        let tx = tx.clone();
+        let len = bytes.len() as u64 + 10; // past the end: short at EOF
+        c.read_async(path, 0, len, Box::new(move |r| tx.send((i, r.map(|b| b.to_vec()).map_err(|e| e.errno))).unwrap()));
+    }
+    for _ in 0..tree.len() {
+        let (i, r) = rx.recv_timeout(Duration::from_secs(30)).expect("an answer");
+        assert!(r.unwrap() == tree[i].1, "{} read back wrong", tree[i].0);
+    }
+    let missing = tx.clone();
+    c.read_async("/m/no-such-file", 0, 10, Box::new(move |r| missing.send((usize::MAX, r.map(|b| b.to_vec()).map_err(|e| e.errno))).unwrap()));
+    assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap().1, Err(libc::ENOENT));
+
+    // An engine that stops answering (SIGSTOP): the callback gets ETIMEDOUT.
+    let pid = server.child.id() as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let (path, _) = &tree[1];
+    c.read_async(path, 1000, 100, Box::new(move |r| tx.send((1, r.map(|b| b.to_vec()).map_err(|e| e.errno))).unwrap()));
+    let got = rx.recv_timeout(Duration::from_secs(20));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert_eq!(got.expect("the callback ran").1, Err(libc::ETIMEDOUT));
+    // The engine answers again and the late answer landed nowhere.
+    assert!(c.read(path, 1000, 100).unwrap() == tree[1].1[1000..1100]);
+}

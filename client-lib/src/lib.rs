@@ -192,8 +192,10 @@ impl Client {
     /// be quick and must not wait on this client. Waits only for space in
     /// the shared area and a ring entry. A range that needs more than one
     /// slot is read synchronously and handed over from a copy. A read the
-    /// engine never answers is failed (`ECONNRESET`) when the engine goes
-    /// away; the engine bounds every under-storage call it makes in time.
+    /// engine has not answered within the client's timeout gets ETIMEDOUT
+    /// (checked once a second; its slot stays reserved until the engine
+    /// answers, so a late answer lands nowhere), and every read waiting
+    /// gets ECONNRESET when the engine goes away.
     pub fn read_async(&self, path: &str, off: u64, len: u64, done: ReadDone) {
         if let Err(e) = check_path(path) {
             return done(Err(e));

@@ -14,6 +14,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use stoker_proto::ring::{CqEntry, FLAG_NO_DATA};
 
 /// Longest path a request carries (the engine refuses longer).
@@ -339,6 +340,9 @@ pub(crate) struct AsyncOp {
     data_offset: u64,
     lease: Arc<Lease>,
     path: Arc<str>,
+    /// When the callback gets ETIMEDOUT if the engine has not answered (the
+    /// slot stays reserved until it does, so a late answer lands nowhere).
+    deadline: Instant,
     state: parking_lot::Mutex<AsyncState>,
 }
 
@@ -352,6 +356,16 @@ struct AsyncState {
 }
 
 impl AsyncOp {
+    pub(crate) fn expired(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
+
+    /// Hand the callback ETIMEDOUT, unless it has run already.
+    pub(crate) fn fail_expired(&self, timeout: Duration) {
+        let Some(done) = self.state.lock().done.take() else { return };
+        done(Err(Error::new(libc::ETIMEDOUT, format!("{}: no answer from the engine in {timeout:?}", self.path))));
+    }
+
     /// Piece `idx` finished (or failed, or will never be posted).
     pub(crate) fn complete(&self, idx: usize, c: &CqEntry) {
         let mut st = self.state.lock();
@@ -411,6 +425,7 @@ impl Session {
             data_offset: self.layout.data_offset,
             lease: lease.clone(),
             path: path.clone(),
+            deadline: Instant::now() + self.opts.timeout,
             state: parking_lot::Mutex::new(AsyncState {
                 pieces: pieces.iter().map(|&(poff, pl)| (poff - off, pl)).collect(),
                 got: vec![0; n],

@@ -241,9 +241,10 @@ impl Session {
         let completer_fds = bells_in.iter().map(|b| b.as_raw_fd()).collect();
         let completer = {
             let shared = shared.clone();
+            let timeout = opts.timeout;
             std::thread::Builder::new()
                 .name("stoker-completions".into())
-                .spawn(move || complete_loop(bells_in, cqs, shared))
+                .spawn(move || complete_loop(bells_in, cqs, shared, timeout))
                 .map_err(|e| io_err("starting completion thread", e))?
         };
         Ok(Session {
@@ -433,17 +434,40 @@ impl Drop for Session {
     }
 }
 
+fn expire_async(shared: &Shared, timeout: std::time::Duration) {
+    let now = Instant::now();
+    let late: Vec<Arc<crate::op::AsyncOp>> = shared
+        .pending
+        .lock()
+        .values()
+        .filter_map(|p| match &p.to {
+            Deliver::Call(op, _) if op.expired(now) => Some(op.clone()),
+            _ => None,
+        })
+        .collect();
+    for op in late {
+        op.fail_expired(timeout);
+    }
+}
+
 /// Wait for doorbells, drain completion rings, hand each completion to its
 /// caller (a caller that gave up just drops it; the slot then frees).
-fn complete_loop(mut bells: Vec<UnixStream>, mut cqs: Vec<Consumer<CqEntry>>, shared: Arc<Shared>) {
+fn complete_loop(mut bells: Vec<UnixStream>, mut cqs: Vec<Consumer<CqEntry>>, shared: Arc<Shared>, timeout: std::time::Duration) {
     let mut buf = [0u8; 4096];
+    let mut last_scan = Instant::now();
     'outer: loop {
+        // Once a second: asynchronous reads past their deadline get
+        // ETIMEDOUT (callers that wait time out by themselves).
+        if last_scan.elapsed() >= std::time::Duration::from_secs(1) {
+            last_scan = Instant::now();
+            expire_async(&shared, timeout);
+        }
         let mut fds: Vec<libc::pollfd> = bells
             .iter()
             .map(|b| libc::pollfd { fd: b.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 })
             .collect();
         // SAFETY: fds is a valid array of pollfd for the duration of the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
         if rc < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;

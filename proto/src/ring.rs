@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn forged_header_sizes_are_refused() {
         let l = Layout::new(2, 64, 1 << 20);
-        let mut mem = vec![0u8; l.total_bytes() as usize + PAGE as usize];
+        let mem = vec![0u8; l.total_bytes() as usize + PAGE as usize];
         let off = mem.as_ptr().align_offset(PAGE as usize);
         let forge = |f: &dyn Fn(&mut AreaHeader)| {
             let mut h = l.header();
