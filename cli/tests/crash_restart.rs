@@ -93,3 +93,51 @@ fn kill9_during_load_then_restart_serves_right_bytes() {
     drop(c);
     srv.stop();
 }
+
+#[test]
+fn start_waits_for_the_lock_of_an_engine_still_exiting_then_gives_up_clearly() {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src, &[100], 3);
+    let cache = dir.path().join("cache");
+    let root = cache.join(stoker_engine::CACHE_LAYOUT_DIR);
+    std::fs::create_dir_all(&root).unwrap();
+    // Stand in for an engine being torn down: hold the cache dir's lock.
+    let lock = std::fs::File::create(root.join("lock")).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let sock = dir.path().join("s.sock").to_string_lossy().into_owned();
+    let mount = format!("m=file://{}", src.display());
+    let start = || {
+        stoker()
+            .args(["serve", "--cache-dir", cache.to_str().unwrap(), "--socket", &sock, "--mount", &mount])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Released while the new engine waits: it comes up.
+    let mut child = start();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("waiting up to") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "serve exited without waiting for the lock");
+    }
+    drop(lock);
+    wait_for("the engine to come up after the lock was released", Duration::from_secs(30), || Client::connect(&sock).is_ok());
+    let _ = child.kill();
+    let _ = child.wait();
+    // Held for good: a clear one-line error and a non-zero exit after the bounded wait.
+    let lock = std::fs::File::create(root.join("lock")).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let out = start().wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is in use by another stoker engine (waited"), "{stderr}");
+    drop(lock);
+}

@@ -28,7 +28,6 @@ use crate::error::{io_ctx, EngineError, Result};
 use futures::channel::oneshot;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,11 +61,15 @@ fn prepare_cache_dir(cfg: &EngineConfig) -> Result<(PathBuf, File)> {
     let root = cfg.cache_dir.join(CACHE_LAYOUT_DIR);
     std::fs::create_dir_all(&root).map_err(io_ctx(format!("creating cache dir {}", root.display())))?;
     let lock = File::create(root.join("lock")).map_err(io_ctx("creating cache dir lock"))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // An engine killed a moment ago may still hold it while it is torn down.
+    let waiting = || {
+        tracing::warn!(cache_dir = %cfg.cache_dir.display(), "cache dir is locked by another stoker engine; waiting up to {:?} for it to exit", store::LOCK_WAIT)
+    };
+    if !store::flock_wait(&lock, store::LOCK_WAIT, waiting).map_err(io_ctx("locking cache dir"))? {
         return Err(EngineError::InvalidArgument(format!(
-            "cache dir {} is in use by another stoker engine",
-            cfg.cache_dir.display()
+            "cache dir {} is in use by another stoker engine (waited {:?} for it to exit)",
+            cfg.cache_dir.display(),
+            store::LOCK_WAIT
         )));
     }
     let want = LayoutFile { shards: cfg.shards, block_bytes: cfg.block_bytes };

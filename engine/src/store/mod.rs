@@ -231,20 +231,43 @@ pub struct Store {
     _writer: glommio::Task<()>,
 }
 
-/// Takes an exclusive, non-blocking flock on `dir/LOCK` so two stores (in
-/// this process or another) never append to the same segments.
-fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+/// How long opening a cache waits for a lock held by another process (one
+/// killed a moment ago may still be being torn down) before giving up.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes an exclusive flock on `file`, retrying every 50 ms for up to
+/// `wait` while another process holds it. Ok(false) if it is still held
+/// then; `waiting` is called once, when the first try finds it held.
+pub fn flock_wait(file: &std::fs::File, wait: std::time::Duration, waiting: impl FnOnce()) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
-    // SAFETY: flock only takes a file descriptor, which `file` owns and keeps
-    // open for the duration of the call; no memory is passed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(StoreError::InvalidArgument(format!("{} is in use by another store", dir.display())));
+    let deadline = std::time::Instant::now() + wait;
+    let mut waiting = Some(waiting);
+    loop {
+        // SAFETY: flock only takes a file descriptor, which `file` owns and
+        // keeps open for the duration of the call; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
         }
-        return Err(err.into());
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        if let Some(w) = waiting.take() {
+            w();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Takes an exclusive flock on `dir/LOCK` (waiting up to [`LOCK_WAIT`]) so
+/// two stores (in this process or another) never append to the same segments.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
+    if !flock_wait(&file, LOCK_WAIT, || {})? {
+        return Err(StoreError::InvalidArgument(format!("{} is in use by another store", dir.display())));
     }
     Ok(file)
 }
