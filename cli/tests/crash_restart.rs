@@ -112,7 +112,7 @@ fn start_waits_for_the_lock_of_an_engine_still_exiting_then_gives_up_clearly() {
     let mount = format!("m=file://{}", src.display());
     let start = || {
         stoker()
-            .args(["serve", "--cache-dir", cache.to_str().unwrap(), "--socket", &sock, "--mount", &mount])
+            .args(["serve", "--log-level", "info", "--cache-dir", cache.to_str().unwrap(), "--socket", &sock, "--mount", &mount])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

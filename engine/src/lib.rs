@@ -63,7 +63,7 @@ fn prepare_cache_dir(cfg: &EngineConfig) -> Result<(PathBuf, File)> {
     let lock = File::create(root.join("lock")).map_err(io_ctx("creating cache dir lock"))?;
     // An engine killed a moment ago may still hold it while it is torn down.
     let waiting = || {
-        tracing::warn!(cache_dir = %cfg.cache_dir.display(), "cache dir is locked by another stoker engine; waiting up to {:?} for it to exit", store::LOCK_WAIT)
+        tracing::info!(cache_dir = %cfg.cache_dir.display(), "cache dir is locked by another stoker engine; waiting up to {:?} for it to exit", store::LOCK_WAIT)
     };
     if !store::flock_wait(&lock, store::LOCK_WAIT, waiting).map_err(io_ctx("locking cache dir"))? {
         return Err(EngineError::InvalidArgument(format!(
