@@ -429,15 +429,7 @@ impl<B: Backend> StokerFs<B> {
     /// kernel (the kernel holds a reference to `ino` while a file is open,
     /// so it is in the table). Either way no allocation.
     pub fn read(&self, ino: u64, fh: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
-        let f = if fh == NO_HANDLE {
-            let (path, kind, size) = self.inodes.file_of(ino).ok_or(FsError::StaleInode(ino))?;
-            if kind == Kind::Dir {
-                return Err(FsError::IsDir { path: path.to_string() });
-            }
-            OpenFile { path, size }
-        } else {
-            self.files.read().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?
-        };
+        let f = self.file_for_read(ino, fh)?;
         if off >= f.size || buf.is_empty() {
             return Ok(0);
         }
@@ -448,22 +440,27 @@ impl<B: Backend> StokerFs<B> {
         Ok(n)
     }
 
+    /// The file a read of (`ino`, `fh`) is for: its open handle, or (no-open
+    /// connections) the inode's path and last reported size.
+    fn file_for_read(&self, ino: u64, fh: u64) -> Result<OpenFile> {
+        if fh != NO_HANDLE {
+            return self.files.read().get(&fh).cloned().ok_or(FsError::BadHandle(fh));
+        }
+        let (path, kind, size) = self.inodes.file_of(ino).ok_or(FsError::StaleInode(ino))?;
+        if kind == Kind::Dir {
+            return Err(FsError::IsDir { path: path.to_string() });
+        }
+        Ok(OpenFile { path, size })
+    }
+
     /// As `read`, without holding the calling thread: `done` gets the bytes
     /// (valid during the call) or the error, perhaps on the client's
     /// completion thread, so a session thread goes back to the kernel while
     /// the engine (or under storage) answers.
     pub fn read_async(self: &Arc<Self>, ino: u64, fh: u64, off: u64, size: usize, done: impl FnOnce(Result<&[u8]>) + Send + 'static) {
-        let f = if fh == NO_HANDLE {
-            match self.inodes.file_of(ino) {
-                None => return done(Err(FsError::StaleInode(ino))),
-                Some((path, Kind::Dir, _)) => return done(Err(FsError::IsDir { path: path.to_string() })),
-                Some((path, _, size)) => OpenFile { path, size },
-            }
-        } else {
-            match self.files.read().get(&fh).cloned() {
-                Some(f) => f,
-                None => return done(Err(FsError::BadHandle(fh))),
-            }
+        let f = match self.file_for_read(ino, fh) {
+            Ok(f) => f,
+            Err(e) => return done(Err(e)),
         };
         if off >= f.size || size == 0 {
             return done(Ok(&[]));
