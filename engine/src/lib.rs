@@ -52,6 +52,9 @@ pub struct Engine {
     rt: Option<tokio::runtime::Runtime>,
     /// The Prometheus endpoint, when `EngineConfig::metrics` asks for one.
     metrics: Option<metrics::http::Endpoint>,
+    /// SIGTERM and SIGINT, caught from before the engine answers (a signal
+    /// sent as soon as it does must stop it cleanly, not kill it).
+    signals: parking_lot::Mutex<Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>>,
     _lock: File,
 }
 
@@ -144,6 +147,13 @@ impl Engine {
             .enable_all()
             .build()
             .map_err(io_ctx("starting the I/O runtime"))?;
+        let signals = {
+            use tokio::signal::unix::{signal, SignalKind};
+            let _in_rt = rt.enter();
+            let term = signal(SignalKind::terminate()).map_err(io_ctx("installing the SIGTERM handler"))?;
+            let int = signal(SignalKind::interrupt()).map_err(io_ctx("installing the SIGINT handler"))?;
+            (term, int)
+        };
 
         let mut mounts = BTreeMap::new();
         let mut ufs_latency = Vec::new();
@@ -271,6 +281,7 @@ impl Engine {
             ctx: ctx.clone(),
             rt: Some(rt),
             metrics: None,
+            signals: parking_lot::Mutex::new(Some(signals)),
             _lock: lock,
         };
         if let Some(m) = failure {
@@ -310,16 +321,13 @@ impl Engine {
 
     /// Block until SIGINT or SIGTERM.
     pub fn wait_for_signal(&self) {
-        if let Some(rt) = &self.rt {
-            rt.block_on(async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                }
-            });
-        }
+        let (Some(rt), Some((mut term, mut int))) = (&self.rt, self.signals.lock().take()) else { return };
+        rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        });
     }
 
     /// Stop accepting, flush every shard's store and join all threads.
