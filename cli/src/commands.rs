@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// DRAM tier for the most recently served blocks, e.g. 4G [default: 0, off].
     #[arg(long, value_parser = size_arg)]
     pub memory_cache: Option<u64>,
+    /// Entries of the direct-read table: clients on this box read cached
+    /// single-block files from the segment files themselves (0 = off;
+    /// off while --memory-cache is on) [default: 1048576, the most].
+    #[arg(long)]
+    pub direct_entries: Option<u64>,
     /// Most bytes one mount may keep cached, NAME=SIZE (repeatable), e.g. scratch=50G.
     #[arg(long = "quota", value_parser = quota_arg)]
     pub quotas: Vec<(String, u64)>,
@@ -178,6 +183,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(d) = a.io_depth {
         cfg.io_depth = d;
+    }
+    if let Some(n) = a.direct_entries {
+        cfg.direct_entries = n;
     }
     let mut engine = Engine::start(cfg)?;
     if let Some(addr) = engine.metrics_addr() {

@@ -16,6 +16,7 @@
 
 mod alloc;
 mod batch;
+mod direct;
 mod op;
 mod plan;
 mod session;
@@ -71,11 +72,16 @@ pub struct Options {
     pub ring_entries: u32,
     /// Longest wait for one request or control answer. Default 300 s.
     pub timeout: Duration,
+    /// Read cached single-block files from the engine's segment files in
+    /// the calling thread when the engine publishes where they are (direct
+    /// reads). Default on, unless `STOKER_DIRECT=0` is set.
+    pub direct: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { area_bytes: 64 << 20, ring_entries: 512, timeout: Duration::from_secs(300) }
+        let direct = !matches!(std::env::var("STOKER_DIRECT").as_deref(), Ok("0" | "off" | "false" | "no"));
+        Options { area_bytes: 64 << 20, ring_entries: 512, timeout: Duration::from_secs(300), direct }
     }
 }
 

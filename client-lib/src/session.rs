@@ -137,6 +137,8 @@ pub(crate) struct Session {
     /// The completion thread's copies of the doorbells (closed by hand in a
     /// forked child, where that thread does not exist).
     completer_fds: Vec<RawFd>,
+    /// Direct reads of cached single-block files, when the engine offers them.
+    direct: Option<crate::direct::Direct>,
 }
 
 fn memfd(bytes: u64) -> Result<File> {
@@ -239,6 +241,7 @@ impl Session {
             held_bytes: AtomicU64::new(0),
         });
         let completer_fds = bells_in.iter().map(|b| b.as_raw_fd()).collect();
+        let direct = if opts.direct { crate::direct::Direct::connect(socket, &opts, shards) } else { None };
         let completer = {
             let shared = shared.clone();
             let timeout = opts.timeout;
@@ -261,6 +264,7 @@ impl Session {
             opts,
             completer: Some(completer),
             completer_fds,
+            direct,
         })
     }
 
@@ -347,6 +351,18 @@ impl Session {
         let shard = shard_for(path, block, self.shards.len());
         let cap = lease.len - at;
         debug_assert!(cap >= path.len() as u64 && (flags & stoker_proto::ring::FLAG_NO_DATA != 0 || cap >= len));
+        if let (Some(d), 0) = (&self.direct, flags) {
+            // SAFETY: [lease.off + at, + cap) is inside our lease, which no
+            // request in flight is writing.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add((self.layout.data_offset + lease.off + at) as usize), cap as usize)
+            };
+            if let Some((n, size)) = d.read(shard as u32, path, block, off - block * bs, len, dst) {
+                let req_id = self.next_req.fetch_add(1, Ordering::Relaxed);
+                to.deliver(CqEntry { req_id, result: n as i64, data_off: lease.off + at, object_size: size });
+                return Ok(req_id);
+            }
+        }
         {
             let deadline = Instant::now() + self.opts.timeout;
             let mut n = self.shared.inflight[shard].lock();

@@ -37,7 +37,7 @@ fn start(src: &Path, cache: &Path, sock: &str, block_bytes: u64) -> Engine {
 
 fn small_client(sock: &str) -> Client {
     // 1 MiB of area against a 10,000-file batch: back-pressure is the rule.
-    let opts = Options { area_bytes: 1 << 20, ring_entries: 64, timeout: Duration::from_secs(60) };
+    let opts = Options { area_bytes: 1 << 20, ring_entries: 64, timeout: Duration::from_secs(60), ..Default::default() };
     Client::connect_with(sock, opts).unwrap()
 }
 

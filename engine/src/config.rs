@@ -138,6 +138,10 @@ pub struct EngineConfig {
     pub memory_cache_bytes: u64,
     /// Per-mount quotas: (mount name, bytes). Default none.
     pub quotas: Vec<(String, u64)>,
+    /// Entries of the direct-read table (clients on this box read hits
+    /// from the segment files themselves); 0 turns direct reads off.
+    /// Default 1,048,576 (the most). Off while the DRAM tier is on.
+    pub direct_entries: u64,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (docs/METRICS.md).
     /// Port 0 picks a free port (`Engine::metrics_addr`). Default none.
     pub metrics: Option<std::net::SocketAddr>,
@@ -164,6 +168,7 @@ impl EngineConfig {
             eviction: crate::store::Eviction::default(),
             quotas: Vec::new(),
             memory_cache_bytes: 0,
+            direct_entries: crate::direct::ENTRIES_DEFAULT,
             io_depth: 128,
             metrics: None,
         }
@@ -231,6 +236,9 @@ impl EngineConfig {
         }
         if !(8..=4096).contains(&self.io_depth) || !self.io_depth.is_power_of_two() {
             return bad(format!("--io-depth must be a power of two in 8..=4096, got {}", self.io_depth));
+        }
+        if self.direct_entries > stoker_proto::direct::ENTRIES_MAX {
+            return bad(format!("--direct-entries must be 0..={}, got {}", stoker_proto::direct::ENTRIES_MAX, self.direct_entries));
         }
         if self.ufs_attempts == 0 {
             self.ufs_attempts = 1;

@@ -36,6 +36,8 @@ pub struct ControlCtx {
     pub shard_cmds: Vec<futures::channel::mpsc::UnboundedSender<crate::shard::ShardCmd>>,
     pub policies: Arc<crate::policy::Policies>,
     pub capacity_bytes: u64,
+    /// The direct-read table, if direct reads are on.
+    pub direct: Option<Arc<crate::direct::DirectAreas>>,
     /// The mounts as configured (secrets masked), for `stoker stat`.
     pub mounts: Vec<stoker_proto::control::MountInfo>,
 }
@@ -156,6 +158,18 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>) {
                     .unwrap_or_else(error),
             },
             Request::EngineStat => Response::Stats(engine_stats(&ctx)),
+            // These answers carry descriptors: sent here, not below.
+            Request::DirectTable | Request::SegmentFd { .. } => {
+                let sent = match (&ctx.direct, req) {
+                    (Some(d), Request::SegmentFd { shard, seg_id }) => d.send_segment(&conn, shard, seg_id),
+                    (Some(d), _) => d.send_areas(&conn),
+                    (None, _) => write_frame(&mut conn, &Response::Error { errno: libc::EOPNOTSUPP, message: "direct reads are off".into() }),
+                };
+                if sent.is_err() {
+                    break;
+                }
+                continue;
+            }
             r @ (Request::Pin { .. }
             | Request::Unpin { .. }
             | Request::Free { .. }
@@ -179,7 +193,15 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>) {
 pub fn engine_stats(ctx: &ControlCtx) -> EngineStats {
     let mut s = EngineStats { sessions: ctx.sessions.load(Ordering::Relaxed), ..Default::default() };
     for (i, c) in ctx.counters.iter().enumerate() {
-        let sh = c.snapshot(i as u32);
+        let mut sh = c.snapshot(i as u32);
+        // Hits clients served themselves count as hits of their shard.
+        if let Some(d) = &ctx.direct {
+            let dc = d.feedback.counts(i as u32);
+            sh.direct_hits = dc.hits;
+            sh.hits += dc.hits;
+            sh.bytes_served += dc.bytes_served;
+            sh.device_bytes_read += dc.device_bytes_read;
+        }
         s.capacity_bytes += sh.capacity_bytes;
         s.used_bytes += sh.used_bytes;
         s.blocks += sh.blocks;

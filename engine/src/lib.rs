@@ -10,6 +10,7 @@ pub mod admin;
 pub mod attrlog;
 pub mod config;
 pub mod control;
+pub mod direct;
 pub mod error;
 pub mod memtier;
 pub mod metrics;
@@ -184,7 +185,17 @@ impl Engine {
                 readahead: m.readahead.unwrap_or(cfg.readahead_blocks),
             })
             .collect();
-        let mut ns = namespace::Namespace::new(mounts, cfg.metadata_sync).with_block_bytes(cfg.block_bytes);
+        let shard_dirs: Vec<PathBuf> = (0..cfg.shards).map(|id| root.join(format!("shard-{id:03}"))).collect();
+        let direct = if cfg.direct_entries > 0 && cfg.memory_cache_bytes == 0 {
+            let d = direct::DirectAreas::new(shard_dirs.clone(), cfg.direct_entries)
+                .map_err(io_ctx("creating the direct-read table"))?;
+            Some(Arc::new(d))
+        } else {
+            None
+        };
+        let mut ns = namespace::Namespace::new(mounts, cfg.metadata_sync)
+            .with_block_bytes(cfg.block_bytes)
+            .with_direct(direct.clone());
         for (m, s) in cfg.mounts.iter().zip(&settings) {
             tracing::info!(mount = %m.name, settings = ?s, read_only = m.read_only, "mount");
             ns = ns.with_mount_settings(&m.name, *s);
@@ -214,7 +225,7 @@ impl Engine {
             let setup = shard::ShardSetup {
                 id,
                 store: store::StoreConfig {
-                    dir: root.join(format!("shard-{id:03}")),
+                    dir: shard_dirs[id].clone(),
                     segment_bytes: cfg.segment_bytes,
                     capacity_bytes: cfg.per_shard_capacity(),
                 },
@@ -232,6 +243,7 @@ impl Engine {
                 cmds: cmd_rxs.remove(0),
                 peers: peers.clone(),
                 readahead: readahead.clone(),
+                direct: direct.clone(),
             };
             shards.push(shard::spawn(setup, ready_tx.clone(), stop_rx).map_err(io_ctx("starting shard"))?);
         }
@@ -257,6 +269,7 @@ impl Engine {
             shard_cmds,
             policies,
             capacity_bytes: cfg.capacity_bytes,
+            direct,
             mounts: cfg
                 .mounts
                 .iter()

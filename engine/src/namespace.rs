@@ -55,6 +55,8 @@ pub struct Namespace {
     block_bytes: u64,
     /// Each mount's settings, resolved against the engine's.
     settings: PathMap<MountSettings>,
+    /// The direct-read table, voided whenever a file is seen to change.
+    direct: Option<Arc<crate::direct::DirectAreas>>,
 }
 
 /// A mount's settings as the namespace applies them (its own, else the
@@ -136,6 +138,7 @@ impl Namespace {
             sync,
             block_bytes: 4 << 20,
             settings: PathMap::default(),
+            direct: None,
         }
     }
 
@@ -254,9 +257,37 @@ impl Namespace {
         Ok(self)
     }
 
+    /// Void direct-read entries when `old` (what was cached) differs from `new`.
+    fn changed(&self, old: Option<&Attr>, new: Option<&Attr>) {
+        if let (Some(d), Some(o)) = (&self.direct, old) {
+            if Some(o) != new {
+                d.bump_all();
+            }
+        }
+    }
+
+    /// Use `d` as the direct-read table (voided on every change seen).
+    pub fn with_direct(mut self, d: Option<Arc<crate::direct::DirectAreas>>) -> Self {
+        self.direct = d;
+        self
+    }
+
+    /// How much longer the cached attributes of `norm` stay fresh: None if
+    /// they are not cached and fresh (or the mount re-checks on every open),
+    /// Some(None) if they never go stale.
+    pub fn fresh_for(&self, norm: &str) -> Option<Option<Duration>> {
+        let g = self.attrs.read();
+        let (_, at) = g.get(norm)?;
+        match self.sync_of(norm) {
+            None => Some(None),
+            Some(d) => d.checked_sub(at.elapsed()).filter(|r| !r.is_zero()).map(Some),
+        }
+    }
+
     /// Cache `attr` for `norm`, and log it if it is news.
     fn remember(&self, norm: &str, attr: &Attr) {
         let old = self.attrs.write().insert(norm.to_string(), (attr.clone(), Instant::now()));
+        self.changed(old.as_ref().map(|(o, _)| o), Some(attr));
         if let Some(log) = &self.log {
             if attr.kind == Kind::File && old.is_none_or(|(o, _)| o != *attr) {
                 log.append(norm, Some(attr));
@@ -300,7 +331,9 @@ impl Namespace {
 
     /// Forget what is cached about `norm` (after a read found it changed).
     pub fn invalidate(&self, norm: &str) {
-        if self.attrs.write().remove(norm).is_some() {
+        let old = self.attrs.write().remove(norm);
+        self.changed(old.as_ref().map(|(o, _)| o), None);
+        if old.is_some() {
             if let Some(log) = &self.log {
                 log.append(norm, None);
             }
@@ -363,6 +396,7 @@ impl Namespace {
             for e in &entries {
                 let child = child_path(norm, &e.name);
                 let old = attrs.insert(child.clone(), (e.attr.clone(), now));
+                self.changed(old.as_ref().map(|(o, _)| o), Some(&e.attr));
                 if e.attr.kind == Kind::File && old.is_none_or(|(o, _)| o != e.attr) {
                     news.push((child, &e.attr));
                 }

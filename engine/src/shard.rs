@@ -58,6 +58,8 @@ pub struct ShardSetup {
     pub peers: Arc<Vec<mpsc::UnboundedSender<ShardCmd>>>,
     /// Sequential streams over large objects, shared by all shards.
     pub readahead: Arc<crate::readahead::ReadAhead>,
+    /// The direct-read table, if direct reads are on.
+    pub direct: Option<Arc<crate::direct::DirectAreas>>,
 }
 
 /// Commands from the control plane to a shard. Each carries block key hashes
@@ -126,6 +128,7 @@ struct Shard {
     peers: Arc<Vec<mpsc::UnboundedSender<ShardCmd>>>,
     readahead: Arc<crate::readahead::ReadAhead>,
     readahead_inflight: Rc<Cell<usize>>,
+    direct: Option<DirectPublisher>,
 }
 
 /// Start a shard thread. `ready` gets the recovery report once the store is
@@ -178,10 +181,11 @@ async fn run(
     };
     *setup.counters.recovery.lock() = recovery.clone();
     setup.counters.capacity_bytes.store(setup.store.capacity_bytes, Relaxed);
+    let ns = setup.ns.clone();
     let shard = Rc::new(Shard {
         id: setup.id as u32,
         store: Rc::new(store),
-        ns: setup.ns,
+        ns: ns.clone(),
         rt: setup.rt,
         counters: setup.counters,
         registry: setup.registry,
@@ -197,7 +201,15 @@ async fn run(
         peers: setup.peers,
         readahead: setup.readahead,
         readahead_inflight: Rc::default(),
+        // Direct reads bypass the DRAM tier, so they are off beside it.
+        direct: setup
+            .direct
+            .filter(|_| setup.memory_cache_bytes == 0)
+            .map(|areas| DirectPublisher { areas, shard: setup.id as u32, ns: ns.clone() }),
     });
+    if let Some(p) = shard.direct.clone() {
+        shard.store.set_on_segment_drop(Box::new(move || p.areas.table.bump_dropped(p.shard)));
+    }
     glommio::spawn_local(commands(shard.clone(), setup.cmds)).detach();
     glommio::spawn_local(expire_forever(shard.clone())).detach();
     shard.publish();
@@ -346,6 +358,8 @@ impl Shard {
             return Err(invalid("range outside the block"));
         }
 
+        // Read before the attributes: a change after this voids what we publish.
+        let epoch = self.direct_epoch();
         let (attr, fetched) = match self.ns.cached_attr(&path) {
             Some(a) => (a, None),
             // An object not seen yet: one under-storage call brings its
@@ -416,6 +430,9 @@ impl Shard {
             Ok(Some(block)) if block.block_len() == block_len => {
                 self.counters.hits.fetch_add(1, Relaxed);
                 crate::metrics::record_read(true, t0);
+                if let Some(p) = &self.direct {
+                    p.publish(&self.store, epoch, &path, req.block, &key, &attr);
+                }
                 if whole {
                     self.mem.insert(key.hash, &key.bytes, Rc::new(block.data().to_vec()));
                     self.counters.mem_bytes.store(self.mem.used_bytes(), Relaxed);
@@ -448,6 +465,7 @@ impl Shard {
     /// ask for it at the same time. With `attr` unknown, the attributes come
     /// back with the data. The block is then cached in the background.
     async fn fetch(&self, path: &str, block: u64, attr: Option<&Attr>) -> Fetched {
+        let epoch = self.direct_epoch();
         let flight_key = flight_key(path, block);
         let waiter = {
             let mut inflight = self.inflight.borrow_mut();
@@ -482,7 +500,7 @@ impl Shard {
             if f.attr.kind == Kind::File && !f.data.is_empty() && !known {
                 self.mem.insert(key.hash, &key.bytes, f.data.clone());
                 self.counters.mem_bytes.store(self.mem.used_bytes(), Relaxed);
-                self.cache_in_background(path, key, f.data.clone());
+                self.cache_in_background(path, block, key, f.data.clone(), Some((epoch, f.attr.clone())));
             }
         }
         res
@@ -577,7 +595,22 @@ impl Shard {
         .detach();
     }
 
-    fn cache_in_background(&self, path: &str, key: BlockKey, data: Rc<Vec<u8>>) {
+    /// Void this shard's direct-read entries.
+    fn void_direct(&self) {
+        if let Some(p) = &self.direct {
+            p.areas.table.bump_epoch(self.id);
+        }
+    }
+
+    /// The direct-read epoch of this shard (0 without direct reads).
+    fn direct_epoch(&self) -> u64 {
+        self.direct.as_ref().map_or(0, |p| p.areas.table.epoch(self.id))
+    }
+
+    /// Append a fetched block to the store in the background; with
+    /// `publish` (the epoch read before its attributes, and them), tell
+    /// direct readers where it landed.
+    fn cache_in_background(&self, path: &str, block: u64, key: BlockKey, data: Rc<Vec<u8>>, publish: Option<(u64, Attr)>) {
         let len = data.len() as u64;
         let queued = &self.write_queue_bytes;
         if queued.get() + len > self.write_queue_bytes_max {
@@ -592,6 +625,7 @@ impl Shard {
         let unwritten = self.unwritten.clone();
         let quotas = self.quotas.clone();
         let mount = crate::quota::mount_of(path).to_string();
+        let publisher = self.direct.clone().zip(publish).map(|(p, (epoch, attr))| (p, epoch, attr, path.to_string()));
         let policy = self.policies.effective(path);
         if policy.pinned {
             self.store.set_pinned(key.hash, true);
@@ -611,6 +645,9 @@ impl Shard {
                 }
                 Ok(()) => {}
                 Err(e) => tracing::warn!(error = %e, "caching a block failed"),
+            }
+            if let Some((p, epoch, attr, path)) = publisher {
+                p.publish(&store, epoch, &path, block, &key, &attr);
             }
             unwritten.borrow_mut().remove(&key.bytes);
             queued.set(queued.get() - len);
@@ -632,6 +669,46 @@ impl Shard {
             let _ = tx.send(f.await);
         });
         rx.await.unwrap_or_else(|_| Err(NsError::new(libc::EIO, "engine is shutting down")))
+    }
+}
+
+/// What a shard needs to publish a block to direct readers.
+#[derive(Clone)]
+struct DirectPublisher {
+    areas: Arc<crate::direct::DirectAreas>,
+    shard: u32,
+    ns: Arc<Namespace>,
+}
+
+impl DirectPublisher {
+    /// Tell direct readers where block `block` of `path` (`key`, under
+    /// `attr`) lives, if it is a single-block object: larger objects go
+    /// through the shard, whose read-ahead serves streams. `epoch` was read
+    /// before `attr` was.
+    fn publish(&self, store: &Store, epoch: u64, path: &str, block: u64, key: &BlockKey, attr: &Attr) {
+        let bs = self.ns.block_bytes(path);
+        if attr.kind != Kind::File || attr.size > bs || attr.size == 0 || block != 0 {
+            return;
+        }
+        let Some(until) = self.ns.fresh_for(path) else { return };
+        let Some(loc) = store.location(key.hash) else { return };
+        let header = stoker_proto::format::RecordHeader::for_block(key.hash, &key.bytes, &[]);
+        let header = stoker_proto::format::RecordHeader { data_len: attr.size as u32, ..header };
+        if header.record_len() != loc.len_bytes() {
+            return; // not a version 2 record of this length (an old one)
+        }
+        let now = stoker_proto::direct::now_ns();
+        let hit = stoker_proto::direct::Hit {
+            key_hash: key.hash,
+            seg_id: loc.seg_id,
+            offset: loc.offset_bytes(),
+            record_len: loc.len_bytes(),
+            data_at: header.data_start() as u32,
+            block_len: attr.size as u32,
+            object_size: attr.size,
+            valid_until_ns: until.map_or(u64::MAX, |u| now.saturating_add(u.as_nanos() as u64)),
+        };
+        self.areas.table.publish(self.shard, stoker_proto::direct::tag(path, block), &hit, epoch, now);
     }
 }
 
@@ -665,6 +742,8 @@ async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver<ShardCmd>)
                 for k in &keys {
                     shard.store.set_pinned(*k, false);
                 }
+                // Freed blocks are read through the engine again.
+                shard.void_direct();
                 shard.publish();
                 let _ = reply.send(n);
             }
@@ -717,10 +796,19 @@ async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver<ShardCmd>)
     }
 }
 
-/// Drop blocks whose TTL has passed; checks twice a second.
+/// Drop blocks whose TTL has passed, and mark the blocks direct readers
+/// read as read; twice a second.
 async fn expire_forever(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(std::time::Duration::from_millis(500)).await;
+        if let Some(p) = &shard.direct {
+            let (table, id) = (&p.areas.table, shard.id);
+            p.areas.feedback.sweep(id, |slot| {
+                if let Some((key_hash, seg_id, offset)) = table.entry_place(id, slot) {
+                    shard.store.mark_read(key_hash, seg_id, offset);
+                }
+            });
+        }
         let now = Instant::now();
         let mut dropped = 0;
         loop {
@@ -736,6 +824,7 @@ async fn expire_forever(shard: Rc<Shard>) {
             }
         }
         if dropped > 0 {
+            shard.void_direct();
             shard.counters.expired_blocks.fetch_add(dropped, Relaxed);
             shard.publish();
             tracing::debug!(shard = shard.id, dropped, "TTL expired blocks");

@@ -44,6 +44,7 @@ impl ShardCounters {
             misses: self.misses.load(Relaxed),
             ufs_bytes_read: self.ufs_bytes_read.load(Relaxed),
             bytes_served: self.bytes_served.load(Relaxed),
+            direct_hits: 0, // filled in from the direct-read feedback area
             device_bytes_read: self.device_bytes_read.load(Relaxed),
             evicted_blocks: self.evicted_blocks.load(Relaxed),
             reinserted_blocks: self.reinserted_blocks.load(Relaxed),

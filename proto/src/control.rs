@@ -33,6 +33,13 @@ pub enum Request {
     /// Checksum (`checksum()`) of a range of a file read straight from under
     /// storage, bypassing the cache (`stoker load --verify`).
     UfsChecksum { path: String, off: u64, len: u64 },
+    /// The direct-read table: answered with `DirectTable` and two
+    /// descriptors (the table, read-only; the feedback area, read-write),
+    /// or an error when direct reads are off.
+    DirectTable,
+    /// A read-only O_DIRECT descriptor of one segment file of one shard,
+    /// answered with `Fd` and the descriptor (ENOENT once it is dropped).
+    SegmentFd { shard: u32, seg_id: u32 },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -47,6 +54,10 @@ pub enum Response {
     PathStats(PathStats),
     /// Answer to `UfsChecksum`: bytes read and their `checksum()`.
     Checksum { len: u64, checksum: u64 },
+    /// Sizes of the two direct-read areas whose descriptors come with it.
+    DirectTable { table_bytes: u64, feedback_bytes: u64 },
+    /// A descriptor comes with this answer.
+    Fd,
     /// `errno` is a Linux errno (ENOENT, EIO, ...); `message` is one line for people.
     Error { errno: i32, message: String },
 }
@@ -118,6 +129,10 @@ pub struct ShardStats {
     pub misses: u64,
     pub ufs_bytes_read: u64,
     pub bytes_served: u64,
+    /// Hits clients served themselves from the segment files (direct reads;
+    /// also counted in `hits`, `bytes_served` and `device_bytes_read`).
+    #[serde(default)]
+    pub direct_hits: u64,
     /// Bytes read from segment files to serve hits (see read amplification:
     /// device_bytes_read / bytes_served).
     #[serde(default)]
@@ -223,6 +238,58 @@ pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Result<()>
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
     frame.extend_from_slice(&body);
     w.write_all(&frame)
+}
+
+/// Write one frame with descriptors attached (SCM_RIGHTS on its first byte).
+pub fn send_frame_fds<T: Serialize>(s: &std::os::unix::net::UnixStream, msg: &T, fds: &[std::os::fd::RawFd]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let frame = encode(msg);
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    let n = sendmsg::<()>(s.as_raw_fd(), &[io::IoSlice::new(&frame)], cmsgs, MsgFlags::empty(), None).map_err(io::Error::from)?;
+    (&*s).write_all(&frame[n..])
+}
+
+/// Read one frame, keeping any descriptors that arrive with it in `fds`
+/// (at most `fds_max`; more are closed at once). `Ok(None)` on a clean end
+/// of stream before a frame starts.
+pub fn recv_frame_fds<T: for<'de> Deserialize<'de>>(
+    s: &std::os::unix::net::UnixStream,
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+    fds_max: usize,
+) -> io::Result<Option<T>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+        let mut iov = [io::IoSliceMut::new(&mut len[got..])];
+        let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).map_err(io::Error::from)?;
+        if msg.bytes == 0 {
+            return if got == 0 { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
+        }
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for fd in raw {
+                    // SAFETY: the kernel just installed this descriptor for us.
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    if fds.len() < fds_max {
+                        fds.push(fd);
+                    }
+                }
+            }
+        }
+        got += msg.bytes;
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "control frame too large"));
+    }
+    let mut body = vec![0u8; len];
+    (&*s).read_exact(&mut body)?;
+    decode(&body).map(Some)
 }
 
 /// Read one frame; `Ok(None)` on a clean end of stream before a frame starts.

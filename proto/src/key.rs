@@ -12,10 +12,16 @@ const KEY_SEED: u64 = 0x5354_4f4b_4552_0002;
 /// Shard that owns block `block` of `path` (a full namespace path, `/mount/rel`).
 pub fn shard_for(path: &str, block: u64, nr_shards: usize) -> usize {
     debug_assert!(nr_shards > 0);
+    (route_hash(path, block) % nr_shards.max(1) as u64) as usize
+}
+
+/// The 64-bit hash of (path, block) that routing (and the direct-read
+/// table) is built on.
+pub fn route_hash(path: &str, block: u64) -> u64 {
     let mut buf = Vec::with_capacity(path.len() + 8);
     buf.extend_from_slice(path.as_bytes());
     buf.extend_from_slice(&block.to_le_bytes());
-    (xxh3_64_with_seed(&buf, ROUTE_SEED) % nr_shards.max(1) as u64) as usize
+    xxh3_64_with_seed(&buf, ROUTE_SEED)
 }
 
 /// The full name of a cached block: `path \0 version \0 block` as bytes,
@@ -27,6 +33,14 @@ pub struct BlockKey {
 }
 
 impl BlockKey {
+    /// Whether `key` (the bytes of a record's key) names block `block` of
+    /// `path`, whatever the version.
+    pub fn names(key: &[u8], path: &str, block: u64) -> bool {
+        let Some(rest) = key.strip_prefix(path.as_bytes()).and_then(|r| r.strip_prefix(b"\0")) else { return false };
+        let b = block.to_string();
+        rest.len() > b.len() && rest.ends_with(b.as_bytes()) && rest[rest.len() - b.len() - 1] == 0 && !rest[..rest.len() - b.len() - 1].contains(&0)
+    }
+
     pub fn new(path: &str, version: &str, block: u64) -> BlockKey {
         let mut bytes = Vec::with_capacity(path.len() + version.len() + 24);
         bytes.extend_from_slice(path.as_bytes());
@@ -52,6 +66,17 @@ mod tests {
             assert!((800..1200).contains(&c), "uneven routing: {counts:?}");
         }
         assert_eq!(shard_for("/m/a", 3, 7), shard_for("/m/a", 3, 7));
+    }
+
+    #[test]
+    fn names_matches_path_and_block_only() {
+        let k = BlockKey::new("/m/a", "v1", 12);
+        assert!(BlockKey::names(&k.bytes, "/m/a", 12));
+        assert!(!BlockKey::names(&k.bytes, "/m/a", 2));
+        assert!(!BlockKey::names(&k.bytes, "/m/", 12));
+        assert!(!BlockKey::names(&k.bytes, "/m/ab", 12));
+        assert!(!BlockKey::names(&BlockKey::new("/m/a", "v\01", 12).bytes, "/m/a", 12));
+        assert!(BlockKey::names(&BlockKey::new("/m/a", "", 0).bytes, "/m/a", 0));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! It never does I/O of its own beyond framing on a caller's stream.
 
 pub mod control;
+pub mod direct;
+pub mod format;
 pub mod key;
 pub mod ring;
 

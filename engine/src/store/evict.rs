@@ -153,6 +153,9 @@ async fn reclaim(shared: &Rc<Shared>, seg_id: u32) -> Result<()> {
     // which recovery scans; the reverse would be equally safe but slower.
     remove_if_exists(&shared.dir.join(format::idx_file_name(seg_id)))?;
     remove_if_exists(&shared.dir.join(format::data_file_name(seg_id)))?;
+    if let Some(f) = shared.on_drop.borrow().as_ref() {
+        f();
+    }
     tracing::debug!(seg_id, evicted, copied, "store: reclaimed segment");
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! (start-up), `evict.rs` (capacity and reclaim). The format and the policy are
 //! documented in docs/FORMAT.md.
 
-pub mod format;
+pub use stoker_proto::format;
 pub mod index;
 
 mod evict;
@@ -195,6 +195,9 @@ struct Shared {
     last_read: RefCell<std::collections::HashMap<u32, u64>>,
     /// Verified heads of large records, so a range read of one reads only data.
     heads: RefCell<heads::HeadCache>,
+    /// Called after segment files are deleted (clients holding descriptors
+    /// of them must let go, or the space stays in use).
+    on_drop: RefCell<Option<Box<dyn Fn()>>>,
 }
 
 /// How a full store picks what to drop.
@@ -295,6 +298,7 @@ impl Store {
             clock: Cell::new(0),
             last_read: RefCell::default(),
             heads: RefCell::new(heads::HeadCache::new(HEAD_CACHE_BYTES)),
+            on_drop: RefCell::default(),
         });
         evict::enforce_capacity(&shared).await?;
         report.elapsed_us = started.elapsed().as_micros() as u64;
@@ -531,6 +535,32 @@ impl Store {
         } else {
             set.remove(&key_hash);
         }
+    }
+
+    /// Call `f` whenever segment files are deleted.
+    pub fn set_on_segment_drop(&self, f: Box<dyn Fn()>) {
+        *self.shared.on_drop.borrow_mut() = Some(f);
+    }
+
+    /// Where the record of `key_hash` is, if indexed.
+    pub fn location(&self, key_hash: u64) -> Option<Location> {
+        self.shared.index.borrow().get(&key_hash).map(|&p| Location::unpack(p))
+    }
+
+    /// A client read the record of `key_hash` at `(seg_id, offset)` itself:
+    /// mark it read, as a hit through `get` would (eviction keeps it).
+    pub fn mark_read(&self, key_hash: u64, seg_id: u32, offset: u64) {
+        let mut index = self.shared.index.borrow_mut();
+        let Some(v) = index.get_mut(&key_hash) else { return };
+        let loc = Location::unpack(*v);
+        if loc.seg_id != seg_id || loc.offset_bytes() != offset {
+            return;
+        }
+        *v = Location::with_accessed(*v);
+        drop(index);
+        let tick = self.shared.clock.get() + 1;
+        self.shared.clock.set(tick);
+        self.shared.last_read.borrow_mut().insert(seg_id, tick);
     }
 
     pub fn contains(&self, key_hash: u64) -> bool {

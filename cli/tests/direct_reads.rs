@@ -1,0 +1,203 @@
+//! Direct reads against a real `stoker serve`: a cached single-block file is
+//! read by the client from the segment file itself (counted in
+//! `direct_hits`), byte for byte; a changed file is never served stale; a
+//! damaged record is never served; a client with direct reads off, or an
+//! engine with them off, reads through the engine; and a client lets go of
+//! the descriptors of segments the engine deleted.
+
+mod common;
+
+use common::{make_tree, wait_for, Server};
+use std::path::Path;
+use std::time::Duration;
+use stoker_client::{Client, Options};
+
+fn serve(dir: &Path, sizes: &[usize], extra: &[&str]) -> (Server, Vec<(String, Vec<u8>)>) {
+    let src = dir.join("src");
+    let tree = make_tree(&src, sizes, 21);
+    let sock = dir.join("s.sock").to_string_lossy().into_owned();
+    let mount = format!("m=file://{}", src.display());
+    let mut args = vec!["--mount", &mount, "--shards", "2", "--capacity", "256M"];
+    args.extend_from_slice(extra);
+    let server = Server::start(&dir.join("cache"), &sock, &args);
+    let tree = tree.into_iter().map(|(rel, d)| (format!("/m/{rel}"), d)).collect();
+    (server, tree)
+}
+
+fn direct_hits(c: &Client) -> u64 {
+    c.engine_stats().unwrap().shards.iter().map(|s| s.direct_hits).sum()
+}
+
+fn hits(c: &Client) -> u64 {
+    c.engine_stats().unwrap().hits
+}
+
+/// Read every file once (misses), then wait until all are in the store.
+fn warm(c: &Client, tree: &[(String, Vec<u8>)]) {
+    for (p, d) in tree {
+        assert_eq!(&c.read_file(p).unwrap(), d, "{p}");
+    }
+    wait_for("blocks written", Duration::from_secs(30), || {
+        let s = c.engine_stats().unwrap();
+        s.blocks >= tree.len() as u64 && s.shards.iter().all(|x| x.pending_write_bytes == 0)
+    });
+}
+
+fn no_direct() -> Options {
+    Options { direct: false, ..Default::default() }
+}
+
+#[test]
+fn cached_files_are_read_directly_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sizes around sub-block and page edges, and one of several blocks
+    // (read through the engine: only single-block files are direct).
+    let sizes = [1, 4095, 4096, 4097, 110_000, 262_144, 300_001, 4 << 20, (4 << 20) + 5];
+    let (server, tree) = serve(dir.path(), &sizes, &[]);
+    let c = server.client();
+    warm(&c, &tree);
+    let before = direct_hits(&c);
+    for (p, d) in &tree {
+        assert_eq!(&c.read_file(p).unwrap(), d, "{p}");
+    }
+    let single = tree.iter().filter(|(_, d)| d.len() <= 4 << 20).count() as u64;
+    assert_eq!(direct_hits(&c) - before, single, "every cached single-block file read directly");
+
+    // Ranges: inside one sub-block, across sub-blocks, past the end.
+    let (p, d) = &tree[5]; // 262,144 bytes: data page-aligned
+    let before = direct_hits(&c);
+    for (off, len) in [(0usize, 1usize), (4095, 2), (100_000, 70_000), (262_000, 1_000), (8192, 4096)] {
+        let got = c.read(p, off as u64, len as u64).unwrap();
+        let end = (off + len).min(d.len());
+        assert_eq!(got, d[off..end], "{p} [{off}, +{len})");
+    }
+    assert_eq!(direct_hits(&c) - before, 5);
+    // A 4 KiB range of a large block reads the head and one page, not the block.
+    let s0 = c.engine_stats().unwrap();
+    assert_eq!(c.read(p, 200_704, 4096).unwrap(), d[200_704..204_800]);
+    let s1 = c.engine_stats().unwrap();
+    assert_eq!(s1.bytes_served - s0.bytes_served, 4096);
+    assert!(s1.device_bytes_read - s0.device_bytes_read <= 2 * 4096, "{} bytes read from disk", s1.device_bytes_read - s0.device_bytes_read);
+
+    // Direct reads off in the client: every read goes through the engine.
+    let off = Client::connect_with(&server.socket, no_direct()).unwrap();
+    let (d0, h0) = (direct_hits(&c), hits(&c));
+    for (p, d) in &tree {
+        assert_eq!(&off.read_file(p).unwrap(), d, "{p}");
+    }
+    assert_eq!(direct_hits(&c), d0);
+    assert!(hits(&c) - h0 >= tree.len() as u64);
+}
+
+#[test]
+fn an_engine_with_direct_reads_off_serves_everything_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, tree) = serve(dir.path(), &[10_000, 110_000], &["--direct-entries", "0"]);
+    let c = server.client();
+    warm(&c, &tree);
+    for (p, d) in &tree {
+        assert_eq!(&c.read_file(p).unwrap(), d, "{p}");
+    }
+    assert_eq!(direct_hits(&c), 0);
+}
+
+#[test]
+fn a_changed_file_is_never_served_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, tree) = serve(dir.path(), &[50_000], &["--metadata-sync", "1s"]);
+    let c = server.client();
+    warm(&c, &tree);
+    let (p, old) = &tree[0];
+    let before = direct_hits(&c);
+    assert_eq!(&c.read_file(p).unwrap(), old);
+    assert_eq!(direct_hits(&c) - before, 1, "read directly while fresh");
+    // Change it in place, same size (a new mtime makes a new version).
+    let src = dir.path().join("src").join(p.strip_prefix("/m/").unwrap());
+    let new: Vec<u8> = old.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(&src, &new).unwrap();
+    let t = std::time::SystemTime::now() + Duration::from_secs(10);
+    std::fs::File::options().write(true).open(&src).unwrap().set_modified(t).unwrap();
+    // Within the sync interval the old bytes may be served; once the engine
+    // has seen the change, never again.
+    wait_for("the change seen", Duration::from_secs(20), || c.read_file(p).unwrap() == new);
+    for _ in 0..50 {
+        assert_eq!(c.read_file(p).unwrap(), new, "old bytes after the change was seen");
+    }
+}
+
+#[test]
+fn a_damaged_record_is_never_served_directly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, tree) = serve(dir.path(), &[60_000, 70_000], &[]);
+    let c = server.client();
+    warm(&c, &tree);
+    let (p, d) = &tree[0];
+    assert_eq!(&c.read_file(p).unwrap(), d); // published
+    // Flip one byte of the file's data in its segment file.
+    let needle = &d[30_000..30_064];
+    let mut flipped = false;
+    for shard in std::fs::read_dir(&server.cache).unwrap() {
+        let shard = shard.unwrap().path();
+        if !shard.is_dir() {
+            continue;
+        }
+        for seg in std::fs::read_dir(&shard).unwrap() {
+            let seg = seg.unwrap().path();
+            if !seg.extension().is_some_and(|e| e == "dat") {
+                continue;
+            }
+            let mut bytes = std::fs::read(&seg).unwrap();
+            if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+                bytes[at + 7] ^= 0xff;
+                use std::os::unix::fs::FileExt;
+                std::fs::File::options().write(true).open(&seg).unwrap().write_all_at(&bytes[at + 7..at + 8], (at + 7) as u64).unwrap();
+                flipped = true;
+            }
+        }
+    }
+    assert!(flipped, "found the record to damage");
+    let before = direct_hits(&c);
+    let corrupt0 = c.engine_stats().unwrap().shards.iter().map(|s| s.corrupt_records).sum::<u64>();
+    assert_eq!(&c.read_file(p).unwrap(), d, "refetched, never the damaged bytes");
+    assert_eq!(direct_hits(&c), before, "the damaged record was not a direct hit");
+    let corrupt1 = c.engine_stats().unwrap().shards.iter().map(|s| s.corrupt_records).sum::<u64>();
+    assert!(corrupt1 > corrupt0, "the engine found the damage too");
+}
+
+/// Segment files this process holds open that were deleted.
+fn deleted_segments_held() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter(|l| {
+            let l = l.to_string_lossy();
+            l.contains("seg-") && l.ends_with("(deleted)")
+        })
+        .count()
+}
+
+#[test]
+fn descriptors_of_dropped_segments_are_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small cache with small segments: reading the tree twice over drops segments.
+    let sizes = vec![200_000; 60];
+    let (server, tree) = serve(dir.path(), &sizes, &["--capacity", "8M", "--segment-size", "1M", "--shards", "1"]);
+    let c = server.client();
+    let mut direct = 0;
+    for round in 0..3 {
+        for (p, d) in &tree {
+            assert_eq!(&c.read_file(p).unwrap(), d, "{p} round {round}");
+            let h = direct_hits(&c);
+            if h > direct {
+                direct = h;
+                // A direct read just used a descriptor: any of a dropped segment must be gone.
+                assert_eq!(deleted_segments_held(), 0, "holding a deleted segment open after a direct read");
+            }
+        }
+        wait_for("writes done", Duration::from_secs(30), || {
+            c.engine_stats().unwrap().shards.iter().all(|x| x.pending_write_bytes == 0)
+        });
+    }
+    assert!(c.engine_stats().unwrap().shards.iter().map(|s| s.evicted_blocks).sum::<u64>() > 0, "segments were dropped");
+    assert!(direct > 0, "some reads were direct");
+}

@@ -1,0 +1,285 @@
+//! Direct reads: a cached single-block file read by the client itself from
+//! the engine's segment file, in the caller's thread — one device read, no
+//! round trip through the engine (see `stoker_proto::direct`).
+//!
+//! The engine publishes where it served each such block from; the client
+//! looks the (path, block) up, reads the record with O_DIRECT from a
+//! read-only descriptor the engine handed over, and serves it only if the
+//! record's header, key and the crc32c of every sub-block it touches check
+//! out. Anything else (no entry, a void or stale one, a segment gone, a
+//! short read, a failed check) is simply not a direct hit: the read goes
+//! through the engine as before, which also republishes the entry.
+
+use crate::Options;
+use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::Mutex;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use stoker_proto::control::{recv_frame_fds, write_frame, Request, Response};
+use stoker_proto::direct::{now_ns, tag, Feedback, Table};
+use stoker_proto::format::{align_down, align_up, check_head, check_sub_blocks, FORMAT_VERSION, MAX_RECORD_LEN, SUB_BLOCK};
+use stoker_proto::key::BlockKey;
+
+/// Segment descriptors a client keeps open at most (then it starts over).
+const SEGMENT_FDS_MAX: usize = 4096;
+/// A range further than this from the record's head is read apart from it.
+const JOIN_GAP: u64 = 64 << 10;
+
+pub(crate) struct Direct {
+    table: Table,
+    feedback: Feedback,
+    _table_map: MmapRaw,
+    _feedback_map: MmapRaw,
+    socket: String,
+    opts: Options,
+    segs: Mutex<Segs>,
+    /// The control connection segment descriptors come over.
+    conn: Mutex<Option<UnixStream>>,
+}
+
+#[derive(Default)]
+struct Segs {
+    open: HashMap<(u32, u32), Arc<File>>,
+    /// Segments the engine said are gone.
+    gone: HashSet<(u32, u32)>,
+    /// Per shard, the table's `dropped` count `open` and `gone` agree with.
+    seen: Vec<u64>,
+}
+
+/// A 4 KiB aligned buffer for O_DIRECT reads, one per thread.
+struct Aligned {
+    ptr: *mut u8,
+    cap: usize,
+}
+
+impl Aligned {
+    fn layout(cap: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(cap, 4096).expect("valid layout")
+    }
+
+    /// The first `len` bytes, growing first if needed.
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        if len > self.cap {
+            let cap = len.next_power_of_two().max(256 << 10);
+            if self.cap > 0 {
+                // SAFETY: allocated below with this layout.
+                unsafe { std::alloc::dealloc(self.ptr, Self::layout(self.cap)) };
+            }
+            // SAFETY: non-zero size.
+            self.ptr = unsafe { std::alloc::alloc(Self::layout(cap)) };
+            if self.ptr.is_null() {
+                std::alloc::handle_alloc_error(Self::layout(cap));
+            }
+            self.cap = cap;
+        }
+        // SAFETY: ptr holds cap >= len bytes owned by this buffer (contents
+        // are only read after a read filled them).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, len) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        if self.cap > 0 {
+            // SAFETY: allocated with this layout.
+            unsafe { std::alloc::dealloc(self.ptr, Self::layout(self.cap)) };
+        }
+    }
+}
+
+thread_local! {
+    static HEAD: RefCell<Aligned> = const { RefCell::new(Aligned { ptr: std::ptr::null_mut(), cap: 0 }) };
+    static BODY: RefCell<Aligned> = const { RefCell::new(Aligned { ptr: std::ptr::null_mut(), cap: 0 }) };
+}
+
+fn control_conn(socket: &str, opts: &Options) -> Option<UnixStream> {
+    let c = UnixStream::connect(socket).ok()?;
+    c.set_read_timeout(Some(opts.timeout)).ok()?;
+    c.set_write_timeout(Some(opts.timeout)).ok()?;
+    Some(c)
+}
+
+/// Send `req` on `c` and read the answer with any descriptors it carries.
+fn call_fds(c: &mut UnixStream, req: &Request, fds_max: usize) -> Option<(Response, Vec<std::os::fd::OwnedFd>)> {
+    write_frame(c, req).ok()?;
+    let mut fds = Vec::new();
+    let r = recv_frame_fds::<Response>(c, &mut fds, fds_max).ok()??;
+    Some((r, fds))
+}
+
+impl Direct {
+    /// Map the engine's direct-read table; None when the engine has direct
+    /// reads off, or anything about the table is not right (reads then all
+    /// go through the engine).
+    pub(crate) fn connect(socket: &str, opts: &Options, shards: u32) -> Option<Direct> {
+        let mut c = control_conn(socket, opts)?;
+        let (resp, mut fds) = call_fds(&mut c, &Request::DirectTable, 2)?;
+        let Response::DirectTable { table_bytes, feedback_bytes } = resp else { return None };
+        if fds.len() != 2 {
+            return None;
+        }
+        let feedback_file = File::from(fds.pop()?);
+        let table_file = File::from(fds.pop()?);
+        let (table_len, feedback_len) = (usize::try_from(table_bytes).ok()?, usize::try_from(feedback_bytes).ok()?);
+        if table_file.metadata().ok()?.len() < table_bytes || feedback_file.metadata().ok()?.len() < feedback_bytes {
+            return None;
+        }
+        let table_map = MmapOptions::new().len(table_len).map_raw_read_only(&table_file).ok()?;
+        let feedback_map = MmapOptions::new().len(feedback_len).map_raw(&feedback_file).ok()?;
+        // SAFETY: page-aligned mappings of the lengths given, kept alive in
+        // the struct beside the views; all access is through atomics.
+        let table = unsafe { Table::open(table_map.as_mut_ptr(), table_len) }.ok()?;
+        let shape = table.shape();
+        if shape.shards != shards || shape.feedback_bytes() > feedback_len {
+            return None;
+        }
+        // SAFETY: as above; the length was checked against the shape.
+        let feedback = unsafe { Feedback::new(feedback_map.as_mut_ptr(), shape) };
+        Some(Direct {
+            table,
+            feedback,
+            _table_map: table_map,
+            _feedback_map: feedback_map,
+            socket: socket.to_string(),
+            opts: opts.clone(),
+            segs: Mutex::new(Segs { seen: vec![0; shards as usize], ..Default::default() }),
+            conn: Mutex::new(Some(c)),
+        })
+    }
+
+    /// The segment file `(shard, seg_id)`, asking the engine for it once.
+    fn segment(&self, shard: u32, seg_id: u32) -> Option<Arc<File>> {
+        {
+            let mut segs = self.segs.lock();
+            let dropped = self.table.dropped(shard);
+            if segs.seen[shard as usize] != dropped {
+                // The shard deleted segments: let go of every descriptor of
+                // it (holding one would keep the space in use).
+                segs.open.retain(|k, _| k.0 != shard);
+                segs.gone.retain(|k| k.0 != shard);
+                segs.seen[shard as usize] = dropped;
+            }
+            if let Some(f) = segs.open.get(&(shard, seg_id)) {
+                return Some(f.clone());
+            }
+            if segs.gone.contains(&(shard, seg_id)) {
+                return None;
+            }
+        }
+        let mut conn = self.conn.lock();
+        if conn.is_none() {
+            *conn = control_conn(&self.socket, &self.opts);
+        }
+        let c = conn.as_mut()?;
+        let got = call_fds(c, &Request::SegmentFd { shard, seg_id }, 1);
+        let mut segs = self.segs.lock();
+        match got {
+            Some((Response::Fd, mut fds)) if fds.len() == 1 => {
+                let f = Arc::new(File::from(fds.pop()?));
+                if segs.open.len() >= SEGMENT_FDS_MAX {
+                    segs.open.clear();
+                }
+                segs.open.insert((shard, seg_id), f.clone());
+                Some(f)
+            }
+            Some((Response::Error { .. }, _)) => {
+                if segs.gone.len() >= SEGMENT_FDS_MAX {
+                    segs.gone.clear();
+                }
+                segs.gone.insert((shard, seg_id));
+                None
+            }
+            _ => {
+                // The connection is in an unknown state: a new one next time.
+                *conn = None;
+                None
+            }
+        }
+    }
+
+    /// Forget a descriptor a read failed on.
+    fn forget(&self, shard: u32, seg_id: u32) {
+        self.segs.lock().open.remove(&(shard, seg_id));
+    }
+
+    /// Serve `[off, off + len)` of block `block` of `path` (owned by
+    /// `shard`) into `dst` from the segment file, if the table knows it
+    /// and every check passes: (bytes placed, object size).
+    pub(crate) fn read(&self, shard: u32, path: &str, block: u64, off: u64, len: u64, dst: &mut [u8]) -> Option<(u64, u64)> {
+        let (slot, hit) = self.table.lookup(shard, tag(path, block), now_ns())?;
+        let (block_len, data_at) = (hit.block_len as u64, hit.data_at as u64);
+        if hit.record_len > MAX_RECORD_LEN || data_at + block_len > hit.record_len || hit.offset % 4096 != 0 {
+            return None;
+        }
+        let start = off.min(block_len);
+        let end = off.saturating_add(len).min(block_len);
+        if (end - start) as usize > dst.len() {
+            return None;
+        }
+        let file = self.segment(shard, hit.seg_id)?;
+        let first = start / SUB_BLOCK as u64;
+        let subs_end = if end > start { end.div_ceil(SUB_BLOCK as u64) } else { first };
+        let data_from = data_at + first * SUB_BLOCK as u64;
+        let data_to = data_at + (subs_end * SUB_BLOCK as u64).min(block_len);
+        let head_to = align_up(data_at).max(4096);
+        let (disk_from, disk_to) = (align_down(data_from), align_up(data_to));
+        let joined = disk_from <= head_to + JOIN_GAP;
+        let read = |buf: &mut [u8], at: u64| {
+            let r = file.read_exact_at(buf, hit.offset + at);
+            if r.is_err() {
+                self.forget(shard, hit.seg_id);
+            }
+            r
+        };
+        let placed = HEAD.with(|head| {
+            let mut head = head.borrow_mut();
+            let head_len = if joined { disk_to.max(head_to) } else { head_to };
+            let hbuf = head.get(head_len as usize);
+            if read(hbuf, 0).is_err() {
+                return None;
+            }
+            let hbuf = &*hbuf;
+            let view = check_head(hbuf).ok()?;
+            let h = view.header;
+            if h.version != FORMAT_VERSION
+                || h.is_tombstone()
+                || h.key_hash != hit.key_hash
+                || h.data_len as u64 != block_len
+                || view.data_start as u64 != data_at
+                || h.record_len() != hit.record_len
+                || !BlockKey::names(view.key(hbuf), path, block)
+            {
+                return None;
+            }
+            if subs_end == first {
+                return Some(0);
+            }
+            let mut check_and_copy = |range: &[u8]| -> Option<u64> {
+                check_sub_blocks(hbuf, &view, first as usize, range).ok()?;
+                let at = (start - first * SUB_BLOCK as u64) as usize;
+                let n = (end - start) as usize;
+                dst[..n].copy_from_slice(&range[at..at + n]);
+                Some(n as u64)
+            };
+            if joined {
+                let range = hbuf.get(data_from as usize..data_to as usize)?;
+                return check_and_copy(range);
+            }
+            BODY.with(|body| {
+                let mut body = body.borrow_mut();
+                let bbuf = body.get((disk_to - disk_from) as usize);
+                read(bbuf, disk_from).ok()?;
+                let range = bbuf.get((data_from - disk_from) as usize..(data_to - disk_from) as usize)?;
+                check_and_copy(range)
+            })
+        });
+        let n = placed?;
+        let device = if joined { disk_to.max(head_to) } else { head_to + disk_to - disk_from };
+        self.feedback.count_hit(shard, slot, n, device);
+        Some((n, hit.object_size))
+    }
+}
