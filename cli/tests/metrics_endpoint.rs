@@ -231,7 +231,8 @@ fn counters_and_histograms_move_with_reads() {
     assert_eq!(s0.sum("stoker_capacity_bytes", &[]), (1u64 << 30) as f64);
     assert_eq!(s0.sum("stoker_hits_total", &[]) + s0.sum("stoker_misses_total", &[]), 0.0, "nothing read yet");
 
-    let c = stoker_client::Client::connect(&sock).unwrap();
+    // Through the engine (the read histograms time its reads); direct reads below.
+    let c = stoker_client::Client::connect_with(&sock, stoker_client::Options { direct: false, ..Default::default() }).unwrap();
     let n = small.len() as f64;
     let small_bytes = small.iter().map(|(_, d)| d.len()).sum::<usize>() as f64;
 
@@ -284,6 +285,17 @@ fn counters_and_histograms_move_with_reads() {
     assert_eq!(delta(&s3, &s4, "stoker_ufs_read_bytes_total", &[]), 0.0);
     assert!(delta(&s3, &s4, "stoker_hits_total", &[]) >= blocks, "every warm block is a hit");
     assert!(delta(&s3, &s4, "stoker_served_bytes_total", &[]) >= big_bytes);
+
+    // A client reading directly: its hits count as hits, bytes served and
+    // device reads, and as direct hits.
+    let direct = stoker_client::Client::connect(&sock).unwrap();
+    read_all(&direct, &small);
+    let s5 = scrape(addr);
+    assert_eq!(delta(&s4, &s5, "stoker_direct_hits_total", &[]), n, "one direct hit per small file");
+    assert_eq!(delta(&s4, &s5, "stoker_hits_total", &[]), n);
+    assert_eq!(delta(&s4, &s5, "stoker_served_bytes_total", &[]), small_bytes);
+    assert!(delta(&s4, &s5, "stoker_device_read_bytes_total", &[]) >= small_bytes);
+    assert_eq!(delta(&s4, &s5, "stoker_misses_total", &[]), 0.0);
 
     // Only /metrics is served.
     let (status, _) = get(addr, "/other");

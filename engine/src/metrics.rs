@@ -38,10 +38,10 @@ pub struct EngineSources {
     pub ufs: Vec<(String, Arc<OpLatency>)>,
 }
 
-fn per_shard(t: &mut Text, counters: &[Arc<ShardCounters>], d: &names::Def, get: impl Fn(&ShardCounters) -> u64) {
+fn per_shard(t: &mut Text, counters: &[Arc<ShardCounters>], d: &names::Def, get: impl Fn(usize, &ShardCounters) -> u64) {
     t.family(d);
     for (i, c) in counters.iter().enumerate() {
-        t.sample(d, &[&i.to_string()], get(c));
+        t.sample(d, &[&i.to_string()], get(i, c));
     }
 }
 
@@ -49,22 +49,25 @@ fn per_shard(t: &mut Text, counters: &[Arc<ShardCounters>], d: &names::Def, get:
 pub fn render_engine(s: &EngineSources) -> String {
     let mut t = Text::default();
     let cs = &s.ctx.counters;
-    per_shard(&mut t, cs, &names::HITS, |c| c.hits.load(Relaxed));
-    per_shard(&mut t, cs, &names::MISSES, |c| c.misses.load(Relaxed));
-    per_shard(&mut t, cs, &names::SERVED_BYTES, |c| c.bytes_served.load(Relaxed));
-    per_shard(&mut t, cs, &names::DEVICE_READ_BYTES, |c| c.device_bytes_read.load(Relaxed));
-    per_shard(&mut t, cs, &names::UFS_READ_BYTES, |c| c.ufs_bytes_read.load(Relaxed));
-    per_shard(&mut t, cs, &names::EVICTED_BLOCKS, |c| c.evicted_blocks.load(Relaxed));
-    per_shard(&mut t, cs, &names::REINSERTED_BLOCKS, |c| c.reinserted_blocks.load(Relaxed));
-    per_shard(&mut t, cs, &names::CORRUPT_RECORDS, |c| c.corrupt_records.load(Relaxed));
-    per_shard(&mut t, cs, &names::WRITE_DROPPED_BLOCKS, |c| c.write_dropped.load(Relaxed));
-    per_shard(&mut t, cs, &names::READAHEAD_BLOCKS, |c| c.readahead_blocks.load(Relaxed));
-    per_shard(&mut t, cs, &names::READAHEAD_DROPPED, |c| c.readahead_dropped.load(Relaxed));
-    per_shard(&mut t, cs, &names::CAPACITY_BYTES, |c| c.capacity_bytes.load(Relaxed));
-    per_shard(&mut t, cs, &names::USED_BYTES, |c| c.used_bytes.load(Relaxed));
-    per_shard(&mut t, cs, &names::BLOCKS, |c| c.blocks.load(Relaxed));
-    per_shard(&mut t, cs, &names::SEGMENTS, |c| c.segments.load(Relaxed));
-    per_shard(&mut t, cs, &names::INFLIGHT_REQUESTS, |c| c.inflight_requests.load(Relaxed));
+    // What clients read directly counts as hits, bytes served and device reads of its shard.
+    let direct = |i: usize| s.ctx.direct.as_ref().map(|d| d.feedback.counts(i as u32)).unwrap_or_default();
+    per_shard(&mut t, cs, &names::HITS, |i, c| c.hits.load(Relaxed) + direct(i).hits);
+    per_shard(&mut t, cs, &names::MISSES, |_, c| c.misses.load(Relaxed));
+    per_shard(&mut t, cs, &names::SERVED_BYTES, |i, c| c.bytes_served.load(Relaxed) + direct(i).bytes_served);
+    per_shard(&mut t, cs, &names::DEVICE_READ_BYTES, |i, c| c.device_bytes_read.load(Relaxed) + direct(i).device_bytes_read);
+    per_shard(&mut t, cs, &names::DIRECT_HITS, |i, _| direct(i).hits);
+    per_shard(&mut t, cs, &names::UFS_READ_BYTES, |_, c| c.ufs_bytes_read.load(Relaxed));
+    per_shard(&mut t, cs, &names::EVICTED_BLOCKS, |_, c| c.evicted_blocks.load(Relaxed));
+    per_shard(&mut t, cs, &names::REINSERTED_BLOCKS, |_, c| c.reinserted_blocks.load(Relaxed));
+    per_shard(&mut t, cs, &names::CORRUPT_RECORDS, |_, c| c.corrupt_records.load(Relaxed));
+    per_shard(&mut t, cs, &names::WRITE_DROPPED_BLOCKS, |_, c| c.write_dropped.load(Relaxed));
+    per_shard(&mut t, cs, &names::READAHEAD_BLOCKS, |_, c| c.readahead_blocks.load(Relaxed));
+    per_shard(&mut t, cs, &names::READAHEAD_DROPPED, |_, c| c.readahead_dropped.load(Relaxed));
+    per_shard(&mut t, cs, &names::CAPACITY_BYTES, |_, c| c.capacity_bytes.load(Relaxed));
+    per_shard(&mut t, cs, &names::USED_BYTES, |_, c| c.used_bytes.load(Relaxed));
+    per_shard(&mut t, cs, &names::BLOCKS, |_, c| c.blocks.load(Relaxed));
+    per_shard(&mut t, cs, &names::SEGMENTS, |_, c| c.segments.load(Relaxed));
+    per_shard(&mut t, cs, &names::INFLIGHT_REQUESTS, |_, c| c.inflight_requests.load(Relaxed));
     t.family(&names::UFS_INFLIGHT_LIMIT);
     for (mount, limit) in s.ctx.ns.mount_limits() {
         t.sample(&names::UFS_INFLIGHT_LIMIT, &[&mount], limit as u64);

@@ -41,6 +41,7 @@ pub const HITS: Def = def("stoker_hits_total", Kind::Counter, SHARD, "Block requ
 pub const MISSES: Def = def("stoker_misses_total", Kind::Counter, SHARD, "Block fetches from under storage (concurrent misses of one block count once).");
 pub const SERVED_BYTES: Def = def("stoker_served_bytes_total", Kind::Counter, SHARD, "Bytes copied into clients' shared areas.");
 pub const DEVICE_READ_BYTES: Def = def("stoker_device_read_bytes_total", Kind::Counter, SHARD, "Bytes read from segment files to serve hits (read amplification: this / stoker_served_bytes_total).");
+pub const DIRECT_HITS: Def = def("stoker_direct_hits_total", Kind::Counter, SHARD, "Hits clients read from the segment files themselves (direct reads; also in stoker_hits_total).");
 pub const UFS_READ_BYTES: Def = def("stoker_ufs_read_bytes_total", Kind::Counter, SHARD, "Bytes read from under storage by block fetches.");
 pub const EVICTED_BLOCKS: Def = def("stoker_evicted_blocks_total", Kind::Counter, SHARD, "Blocks dropped when their segment was reclaimed.");
 pub const REINSERTED_BLOCKS: Def = def("stoker_reinserted_blocks_total", Kind::Counter, SHARD, "Hot blocks rewritten into a new segment when theirs was reclaimed.");
@@ -93,6 +94,7 @@ pub const ALL: &[Def] = &[
     MISSES,
     SERVED_BYTES,
     DEVICE_READ_BYTES,
+    DIRECT_HITS,
     UFS_READ_BYTES,
     EVICTED_BLOCKS,
     REINSERTED_BLOCKS,
