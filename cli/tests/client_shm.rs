@@ -261,6 +261,13 @@ fn read_async_hands_the_bytes_over_and_times_out_on_a_hung_engine() {
     let pid = server.child.id() as i32;
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // kill(2) only queues the stop: wait until every engine thread is stopped.
+    wait_for("the engine to stop", Duration::from_secs(10), || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().all(|t| {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+            stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T'))
+        })
+    });
     let (path, _) = &tree[1];
     c.read_async(path, 1000, 100, Box::new(move |r| tx.send((1, r.map(|b| b.to_vec()).map_err(|e| e.errno))).unwrap()));
     let got = rx.recv_timeout(Duration::from_secs(20));
