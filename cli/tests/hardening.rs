@@ -173,7 +173,9 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
 
     // Each accepted connection takes a descriptor: fill the table.
     let conns: Vec<_> = (0..NOFILE).map(|_| UnixStream::connect(&sock).unwrap()).collect();
-    wait_for("the engine to run out of descriptors", Duration::from_secs(30), || fds() >= NOFILE);
+    // (A descriptor or two may be free: accept fails with EMFILE all the
+    // same, as stoker_control_accept_errors_total below shows.)
+    wait_for("the engine to run out of descriptors", Duration::from_secs(30), || fds() >= NOFILE - 4);
     // A connection is still waiting to be accepted, and accept fails with
     // EMFILE: a busy loop would burn a core for the whole second.
     let t0 = cpu_ticks(pid);
