@@ -17,6 +17,19 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)?.ok_or_else(|| format!("bad duration {s:?}: `never` is not allowed here"))
 }
 
+/// `--metrics`: `HOST:PORT`, or a bare `PORT` on the loopback address
+/// (the endpoint is not authenticated: docs/SECURITY.md).
+pub fn metrics_addr_arg(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| format!("bad address {s:?}: expected PORT (on 127.0.0.1) or IP:PORT, e.g. 127.0.0.1:9464"))
+}
+
+fn group_arg(s: &str) -> Result<u32, String> {
+    stoker_engine::peer::parse_group(s)
+}
+
 fn quota_arg(s: &str) -> Result<(String, u64), String> {
     let (name, size) = s.split_once('=').ok_or_else(|| format!("bad --quota {s:?}: expected NAME=SIZE, e.g. scratch=50G"))?;
     Ok((name.to_string(), parse_size(size)?))
@@ -77,10 +90,23 @@ pub struct ServeArgs {
     /// How long attributes and listings are trusted before re-checking under storage (`never` for immutable data) [default: 60s].
     #[arg(long)]
     pub metadata_sync: Option<String>,
-    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
-    /// (port 0 picks a free port; docs/METRICS.md).
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464;
+    /// a bare port is on 127.0.0.1 (port 0 picks a free port; docs/METRICS.md).
+    #[arg(long, value_name = "ADDR", value_parser = metrics_addr_arg)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Share the engine's sockets with this group (name or gid): they are
+    /// given the group, and its members are admitted besides root and the
+    /// engine's user (docs/SECURITY.md) [default: none].
+    #[arg(long, value_name = "GROUP", value_parser = group_arg)]
+    pub socket_group: Option<u32>,
+    /// Control connections open at once at most; more are refused with an
+    /// error [default: 256].
+    #[arg(long, value_name = "N")]
+    pub control_connections: Option<usize>,
+    /// Longest wait for the rest of a control request once it started, and
+    /// for a client to take an answer; a stalled connection is closed [default: 10s].
+    #[arg(long, value_name = "DUR", value_parser = duration_arg)]
+    pub control_timeout: Option<Duration>,
     /// What a full cache drops first: fifo-reinsert (oldest segment, read blocks
     /// get a second chance) or lru (least recently read segment) [default: fifo-reinsert].
     #[arg(long)]
@@ -186,6 +212,15 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(n) = a.direct_entries {
         cfg.direct_entries = n;
+    }
+    if a.socket_group.is_some() {
+        cfg.socket_group = a.socket_group;
+    }
+    if let Some(n) = a.control_connections {
+        cfg.control_connections_max = n;
+    }
+    if let Some(d) = a.control_timeout {
+        cfg.control_timeout = d;
     }
     let mut engine = Engine::start(cfg)?;
     if let Some(addr) = engine.metrics_addr() {

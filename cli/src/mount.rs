@@ -121,8 +121,8 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464:
     /// FUSE op latencies, and with a URI the embedded engine's metrics
-    /// (port 0 picks a free port; docs/METRICS.md).
-    #[arg(long, value_name = "ADDR")]
+    /// (a bare port is on 127.0.0.1; port 0 picks a free port; docs/METRICS.md).
+    #[arg(long, value_name = "ADDR", value_parser = crate::commands::metrics_addr_arg)]
     pub metrics: Option<std::net::SocketAddr>,
 }
 

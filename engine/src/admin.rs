@@ -119,6 +119,9 @@ fn free(ctx: &ControlCtx, norm: &str) -> Result<Response, NsError> {
 }
 
 fn ttl(ctx: &ControlCtx, norm: &str, secs: Option<u64>) -> Result<Response, NsError> {
+    if secs.is_some_and(|s| s as f64 > crate::config::DURATION_SECS_MAX) {
+        return Err(NsError::new(libc::EINVAL, format!("ttl of {} s is longer than 100 years (use `never`)", secs.unwrap_or(0))));
+    }
     let files = files_under(ctx, norm)?;
     persist(ctx, norm, |r| r.ttl_secs = secs)?;
     let keys = keys_by_shard(&ctx.ns, &files, ctx.shard_cmds.len());

@@ -136,7 +136,7 @@ impl AttrLog {
         let mut f = File::create(&tmp)?;
         f.write_all(&buf)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        crate::durable::rename(&tmp, path)?;
         OpenOptions::new().append(true).open(path)
     }
 

@@ -145,6 +145,15 @@ pub struct EngineConfig {
     /// Serve Prometheus metrics at `http://ADDR/metrics` (docs/METRICS.md).
     /// Port 0 picks a free port (`Engine::metrics_addr`). Default none.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Control connections open at once at most; more are refused with an
+    /// error. Default 256 (docs/SECURITY.md).
+    pub control_connections_max: usize,
+    /// Longest wait for the rest of a control frame once it started, and
+    /// for a client to take an answer. Default 10 s.
+    pub control_timeout: Duration,
+    /// `--socket-group`: sockets are given this group, and its members are
+    /// admitted besides root and the engine's own uid. Default none.
+    pub socket_group: Option<u32>,
 }
 
 impl EngineConfig {
@@ -171,6 +180,9 @@ impl EngineConfig {
             direct_entries: crate::direct::ENTRIES_DEFAULT,
             io_depth: 128,
             metrics: None,
+            control_connections_max: crate::control_limits::CONNECTIONS_MAX_DEFAULT,
+            control_timeout: crate::control_limits::IO_TIMEOUT_DEFAULT,
+            socket_group: None,
         }
     }
 
@@ -240,6 +252,15 @@ impl EngineConfig {
         if self.direct_entries > stoker_proto::direct::ENTRIES_MAX {
             return bad(format!("--direct-entries must be 0..={}, got {}", stoker_proto::direct::ENTRIES_MAX, self.direct_entries));
         }
+        if !(1..=CONTROL_CONNECTIONS_MAX).contains(&self.control_connections_max) {
+            return bad(format!(
+                "--control-connections must be 1..={CONTROL_CONNECTIONS_MAX}, got {}",
+                self.control_connections_max
+            ));
+        }
+        if self.control_timeout.is_zero() || self.control_timeout > CONTROL_TIMEOUT_MAX {
+            return bad(format!("--control-timeout must be over 0 and at most {CONTROL_TIMEOUT_MAX:?}, got {:?}", self.control_timeout));
+        }
         if self.ufs_attempts == 0 {
             self.ufs_attempts = 1;
         }
@@ -251,10 +272,20 @@ impl EngineConfig {
     }
 }
 
+/// Most `--control-connections` (each is a thread while open).
+pub const CONTROL_CONNECTIONS_MAX: usize = 65536;
+/// Longest `--control-timeout`.
+pub const CONTROL_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+
 /// Largest read-ahead window, in blocks.
 pub const READAHEAD_MAX: u64 = 64;
 
-/// Parse sizes like `100G`, `512MiB`, `4k`, `1048576` (binary units).
+/// Largest size accepted anywhere (capacities, quotas, blocks): 1 EiB.
+/// Sums and products of sizes stay far from u64 overflow.
+pub const SIZE_BYTES_MAX: u64 = 1 << 60;
+
+/// Parse sizes like `100G`, `512MiB`, `4k`, `1048576` (binary units), at
+/// most [`SIZE_BYTES_MAX`].
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
@@ -268,10 +299,14 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         "t" | "tb" | "tib" => 1 << 40,
         _ => return Err(format!("bad size {s:?}: unknown unit {unit:?} (use K, M, G, T)")),
     };
-    if !(num.is_finite() && num >= 0.0) {
+    let bytes = num * mult as f64;
+    if !(bytes.is_finite() && bytes >= 0.0) {
         return Err(format!("bad size {s:?}"));
     }
-    Ok((num * mult as f64) as u64)
+    if bytes > SIZE_BYTES_MAX as f64 {
+        return Err(format!("bad size {s:?}: larger than 1 EiB"));
+    }
+    Ok(bytes as u64)
 }
 
 /// Parse durations like `20ms`, `1.5s`, `10m`, `2h`, `never` (None).
@@ -324,6 +359,8 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("12X").is_err());
         assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").unwrap_err().contains("1 EiB"));
+        assert_eq!(parse_size("1048576T"), Ok(1 << 60));
         assert_eq!(parse_duration("20ms"), Ok(Some(Duration::from_millis(20))));
         assert_eq!(parse_duration("never"), Ok(None));
         assert!(parse_duration("5 fortnights").is_err());

@@ -3,21 +3,20 @@
 //!
 //! Control traffic is rare, so each connection gets a plain thread with
 //! blocking I/O; namespace calls are run on the tokio runtime with
-//! `Handle::block_on`. The data path never comes through here.
+//! `Handle::block_on`. The data path never comes through here. What a
+//! client can make this server hold is bounded in `control_limits`, and who
+//! may connect is decided in `peer`.
 
+use crate::control_limits::{self as limits, ControlCounters, FrameError, Refuser, Slot};
 use crate::namespace::{normalise, Namespace, NsError};
 use crate::session::SessionArea;
 use crate::shard::Registry;
 use crate::stats::ShardCounters;
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-use std::io::{IoSliceMut, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use stoker_proto::control::{
-    write_frame, DirEntry, EngineStats, Request, Response, Welcome, FRAME_BYTES_MAX,
-};
+use std::time::Duration;
+use stoker_proto::control::{write_frame, DirEntry, EngineStats, Request, Response, Welcome};
 
 /// Files one `Walk` answers with at most (the answer must fit one frame).
 const WALK_FILES_MAX: usize = 1_000_000;
@@ -40,71 +39,116 @@ pub struct ControlCtx {
     pub direct: Option<Arc<crate::direct::DirectAreas>>,
     /// The mounts as configured (secrets masked), for `stoker stat`.
     pub mounts: Vec<stoker_proto::control::MountInfo>,
+    /// Who may connect.
+    pub peers: crate::peer::PeerPolicy,
+    /// Open control connections at most (`--control-connections`).
+    pub connections_max: usize,
+    /// `--control-timeout`: the rest of a started frame, and an answer's write.
+    pub io_timeout: Duration,
+    /// Limits hit (metrics).
+    pub limits: Arc<ControlCounters>,
 }
 
 /// Accept control connections until `ctx.stopping` is set (the engine then
 /// connects once to wake the accept call).
 pub fn serve(listener: UnixListener, ctx: Arc<ControlCtx>) {
-    for conn in listener.incoming() {
+    let refuser = match Refuser::start() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the control refusal thread");
+            return;
+        }
+    };
+    let mut backoff = limits::ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = listener.accept();
         if ctx.stopping.load(Ordering::Acquire) {
             break;
         }
-        let Ok(conn) = conn else { continue };
+        let conn = match accepted {
+            Ok((conn, _)) => {
+                backoff = limits::ACCEPT_BACKOFF_MIN;
+                conn
+            }
+            Err(e) => {
+                let n = ctx.limits.accept_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if limits::worth_logging(n) {
+                    tracing::warn!(error = %e, count = n, "control accept failed; backing off");
+                }
+                // Out of descriptors or memory: the pending connection stays
+                // queued and accept would fail again at once. Wait instead.
+                if limits::is_shortage(&e) {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(limits::ACCEPT_BACKOFF_MAX);
+                }
+                continue;
+            }
+        };
+        if let Err(message) = admit(&conn, &ctx) {
+            let n = ctx.limits.refused_peers.fetch_add(1, Ordering::Relaxed) + 1;
+            if limits::worth_logging(n) {
+                tracing::warn!(count = n, "{message}");
+            }
+            refuser.refuse(conn, libc::EACCES, message);
+            continue;
+        }
+        let Some(slot) = Slot::take(&ctx.limits, ctx.connections_max) else {
+            let n = ctx.limits.refused_connections.fetch_add(1, Ordering::Relaxed) + 1;
+            let message = format!(
+                "too many control connections (--control-connections {}); try again later",
+                ctx.connections_max
+            );
+            if limits::worth_logging(n) {
+                tracing::warn!(count = n, "{message}");
+            }
+            refuser.refuse(conn, libc::EAGAIN, message);
+            continue;
+        };
         let ctx = ctx.clone();
         let spawned = std::thread::Builder::new()
             .name("stoker-control".into())
-            .spawn(move || connection(conn, ctx));
+            .spawn(move || connection(conn, ctx, slot));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start a control thread");
         }
     }
 }
 
-/// Read one frame, collecting any descriptors passed with its first bytes.
-fn recv_frame(conn: &mut UnixStream, fds: &mut Vec<OwnedFd>) -> std::io::Result<Option<Request>> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-        let mut iov = [IoSliceMut::new(&mut len[got..])];
-        let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(std::io::Error::from)?;
-        if msg.bytes == 0 {
-            return if got == 0 { Ok(None) } else { Err(std::io::ErrorKind::UnexpectedEof.into()) };
-        }
-        for c in msg.cmsgs().map_err(std::io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                // SAFETY: the kernel just installed these descriptors for us.
-                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-            }
-        }
-        got += msg.bytes;
+/// Check the peer's credentials; the error is the line it is refused with.
+fn admit(conn: &UnixStream, ctx: &ControlCtx) -> Result<(), String> {
+    let creds = crate::peer::creds(conn).map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    if ctx.peers.admits(&creds) {
+        Ok(())
+    } else {
+        Err(ctx.peers.refusal(&creds))
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > FRAME_BYTES_MAX {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "control frame too large"));
-    }
-    let mut body = vec![0u8; len];
-    conn.read_exact(&mut body)?;
-    stoker_proto::control::decode(&body).map(Some)
 }
 
 fn error(e: NsError) -> Response {
     Response::Error { errno: e.errno, message: e.message }
 }
 
-fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>) {
-    let mut fds = Vec::new();
+fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
     let mut my_sessions = Vec::new();
+    if let Err(e) = conn.set_write_timeout(Some(ctx.io_timeout)) {
+        tracing::warn!(error = %e, "control socket: cannot set a write timeout");
+        return;
+    }
     loop {
-        let req = match recv_frame(&mut conn, &mut fds) {
+        let (req, fds) = match limits::recv_request(&mut conn, ctx.io_timeout) {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(e) => {
-                let _ = write_frame(&mut conn, &Response::Error { errno: libc::EINVAL, message: format!("bad request: {e}") });
+                ctx.limits.count_drop(&e);
+                if !matches!(e, FrameError::BadFrame(_)) {
+                    tracing::debug!(error = ?e, "dropping a control connection");
+                }
+                let _ = write_frame(&mut conn, &limits::drop_answer(&e));
                 break;
             }
         };
+        // Only a Hello takes a descriptor (its shared area); any other is closed now.
+        let mut fds = limits::keep_fds(fds, usize::from(matches!(req, Request::Hello { .. })), &ctx.limits);
         let resp = match req {
             Request::Hello { version, .. } if version != stoker_proto::PROTOCOL_VERSION => Response::Error {
                 errno: libc::EPROTO,
@@ -177,7 +221,10 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>) {
             | Request::PathStat { .. }
             | Request::UfsChecksum { .. }) => crate::admin::handle(&ctx, r),
         };
-        if write_frame(&mut conn, &resp).is_err() {
+        if let Err(e) = write_frame(&mut conn, &resp) {
+            if limits::is_timeout(&e) {
+                ctx.limits.count_drop(&FrameError::Timeout);
+            }
             break;
         }
     }

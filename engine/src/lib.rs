@@ -10,17 +10,21 @@ pub mod admin;
 pub mod attrlog;
 pub mod config;
 pub mod control;
+pub mod control_limits;
 pub mod direct;
+pub mod durable;
 pub mod error;
 pub mod memtier;
 pub mod metrics;
 pub mod namespace;
+pub mod peer;
 pub mod policy;
 pub mod quota;
 pub mod readahead;
 pub mod session;
 pub mod shard;
 pub mod stats;
+pub mod supervise;
 pub mod store;
 pub mod ufs;
 
@@ -91,10 +95,7 @@ fn prepare_cache_dir(cfg: &EngineConfig) -> Result<(PathBuf, File)> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = root.join("layout.json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&want).expect("layout serializes"))
-                .and_then(|_| File::open(&tmp)?.sync_all())
-                .and_then(|_| std::fs::rename(&tmp, &layout_path))
+            durable::write(&layout_path, &serde_json::to_vec(&want).expect("layout serializes"))
                 .map_err(io_ctx("writing cache layout"))?;
         }
         Err(e) => return Err(io_ctx("reading cache layout")(e)),
@@ -102,8 +103,9 @@ fn prepare_cache_dir(cfg: &EngineConfig) -> Result<(PathBuf, File)> {
     Ok((root, lock))
 }
 
-/// Refuse to steal the socket of a live engine; clear a stale one.
-fn claim_socket(path: &str) -> Result<std::os::unix::net::UnixListener> {
+/// Refuse to steal the socket of a live engine; clear a stale one. The
+/// socket gets mode 0660 and the socket group (peer.rs).
+fn claim_socket(path: &str, group: Option<u32>) -> Result<std::os::unix::net::UnixListener> {
     if Path::new(path).exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(EngineError::InvalidArgument(format!("another stoker engine is serving on {path}")));
@@ -111,9 +113,13 @@ fn claim_socket(path: &str) -> Result<std::os::unix::net::UnixListener> {
         let _ = std::fs::remove_file(path);
     }
     if let Some(dir) = Path::new(path).parent() {
-        let _ = std::fs::create_dir_all(dir);
+        peer::make_socket_dir(dir, group).map_err(io_ctx(format!("creating the socket directory {}", dir.display())))?;
     }
-    std::os::unix::net::UnixListener::bind(path).map_err(io_ctx(format!("binding {path}")))
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_ctx(format!("binding {path}")))?;
+    // Until this is done the socket has the umask's mode; a peer connecting
+    // meanwhile still has its credentials checked at accept.
+    peer::restrict_socket(Path::new(path), group).map_err(io_ctx(format!("setting the mode and group of {path}")))?;
+    Ok(listener)
 }
 
 /// Reads whose buffers the I/O memory pool cannot hold are heap
@@ -139,6 +145,7 @@ impl Engine {
     pub fn start(mut cfg: EngineConfig) -> Result<Engine> {
         cfg.validate()?;
         keep_freed_buffers();
+        supervise::exit_on_shard_panic();
         let (root, lock) = prepare_cache_dir(&cfg)?;
 
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -197,7 +204,7 @@ impl Engine {
             .with_block_bytes(cfg.block_bytes)
             .with_direct(direct.clone());
         for (m, s) in cfg.mounts.iter().zip(&settings) {
-            tracing::info!(mount = %m.name, settings = ?s, read_only = m.read_only, "mount");
+            tracing::info!(mount = %m.name, options = ?ufs::opendal_ufs::redacted(&m.options), settings = ?s, read_only = m.read_only, "mount");
             ns = ns.with_mount_settings(&m.name, *s);
         }
         let ns = ns
@@ -205,7 +212,7 @@ impl Engine {
             .with_attr_log(&root.join("attrs.log"), &format!("{:016x}", xxhash_rust::xxh3::xxh3_64(fingerprint.join(";").as_bytes())))
             .map_err(io_ctx("opening the attribute log"))?;
         let ns = Arc::new(ns);
-        let listener = claim_socket(&cfg.socket)?;
+        let listener = claim_socket(&cfg.socket, cfg.socket_group)?;
 
         let registry: shard::Registry = Arc::default();
         let counters: Vec<Arc<stats::ShardCounters>> = (0..cfg.shards).map(|_| Arc::default()).collect();
@@ -256,6 +263,14 @@ impl Engine {
                 Err(_) => failure = Some("a shard exited during start-up".into()),
             }
         }
+        // The shards bound their sockets; clients learn them only in a
+        // handshake on the control socket, which is not accepting yet.
+        for id in 0..cfg.shards {
+            let path = stoker_proto::shard_socket_path(&cfg.socket, id);
+            if let Err(e) = peer::restrict_socket(Path::new(&path), cfg.socket_group) {
+                failure.get_or_insert(format!("setting the mode and group of {path}: {e}"));
+            }
+        }
         let ctx = Arc::new(control::ControlCtx {
             ns,
             rt: rt.handle().clone(),
@@ -285,6 +300,10 @@ impl Engine {
                     inflight_limit: 0,
                 })
                 .collect(),
+            peers: peer::PeerPolicy::of_this_process(cfg.socket_group),
+            connections_max: cfg.control_connections_max,
+            io_timeout: cfg.control_timeout,
+            limits: Arc::default(),
         });
         let mut engine = Engine {
             socket: cfg.socket.clone(),

@@ -77,6 +77,20 @@ pub fn render_engine(s: &EngineSources) -> String {
     t.family(&names::SESSIONS_OPENED);
     // Session ids start at 1 and are taken once per accepted session.
     t.sample(&names::SESSIONS_OPENED, &[], s.ctx.next_session.load(Relaxed).saturating_sub(1));
+    let l = &s.ctx.limits;
+    t.family(&names::CONTROL_CONNECTIONS);
+    t.sample(&names::CONTROL_CONNECTIONS, &[], l.open.load(Relaxed) as u64);
+    t.family(&names::CONTROL_REFUSED);
+    t.sample(&names::CONTROL_REFUSED, &["peer"], l.refused_peers.load(Relaxed));
+    t.sample(&names::CONTROL_REFUSED, &["connections"], l.refused_connections.load(Relaxed));
+    t.family(&names::CONTROL_DROPPED);
+    t.sample(&names::CONTROL_DROPPED, &["timeout"], l.dropped_timeout.load(Relaxed));
+    t.sample(&names::CONTROL_DROPPED, &["too_large"], l.dropped_too_large.load(Relaxed));
+    t.sample(&names::CONTROL_DROPPED, &["bad_frame"], l.dropped_bad_frame.load(Relaxed));
+    t.family(&names::CONTROL_FDS_CLOSED);
+    t.sample(&names::CONTROL_FDS_CLOSED, &[], l.fds_closed.load(Relaxed));
+    t.family(&names::CONTROL_ACCEPT_ERRORS);
+    t.sample(&names::CONTROL_ACCEPT_ERRORS, &[], l.accept_errors.load(Relaxed));
 
     t.family(&names::READ_DURATION);
     for (i, c) in cs.iter().enumerate() {

@@ -51,11 +51,7 @@ impl Policies {
     }
 
     fn save(&self, rules: &[Rule]) -> std::io::Result<()> {
-        let tmp = self.file.with_extension("tmp");
-        let body = serde_json::to_vec_pretty(rules).expect("rules serialize");
-        std::fs::write(&tmp, body)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &self.file)
+        crate::durable::write(&self.file, &serde_json::to_vec_pretty(rules).expect("rules serialize"))
     }
 
     /// Change the rule for `prefix` with `f` and persist; rules left with

@@ -139,7 +139,7 @@ pub fn spawn(
     ready: std::sync::mpsc::Sender<Result<RecoveryStats, String>>,
     stop: oneshot::Receiver<()>,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
-    let name = format!("stoker-shard-{}", setup.id);
+    let name = crate::supervise::shard_thread_name(setup.id);
     LocalExecutorBuilder::new(Placement::Unbound)
         .name(&name)
         // The memlock limit is small on many boxes; DMA buffers beyond this

@@ -711,9 +711,7 @@ fn fingerprint(spec: &TuneSpec) -> String {
 }
 
 fn save_state(path: &Path, st: &State) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
-    std::fs::rename(&tmp, path)?;
+    stoker_engine::durable::write(path, &serde_json::to_vec_pretty(st)?)?;
     Ok(())
 }
 

@@ -42,7 +42,13 @@ impl Endpoint {
                             tracing::debug!(error = %e, "metrics connection failed");
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "metrics accept failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics accept failed");
+                        // Out of descriptors, accept fails again at once: wait.
+                        if crate::control_limits::is_shortage(&e) {
+                            std::thread::sleep(crate::control_limits::ACCEPT_BACKOFF_MAX);
+                        }
+                    }
                 }
             }
         })?;

@@ -61,6 +61,11 @@ pub const INFLIGHT_REQUESTS: Def = def("stoker_inflight_requests", Kind::Gauge, 
 pub const UFS_INFLIGHT_LIMIT: Def = def("stoker_ufs_inflight_limit", Kind::Gauge, &["mount"], "Under-storage requests a mount may have in flight now: its concurrency, halved while the store throttles and won back by successes.");
 pub const SESSIONS: Def = def("stoker_sessions", Kind::Gauge, &[], "Client sessions attached now.");
 pub const SESSIONS_OPENED: Def = def("stoker_sessions_opened_total", Kind::Counter, &[], "Client sessions accepted since start.");
+pub const CONTROL_CONNECTIONS: Def = def("stoker_control_connections", Kind::Gauge, &[], "Control connections open now (at most --control-connections).");
+pub const CONTROL_REFUSED: Def = def("stoker_control_refused_total", Kind::Counter, &["reason"], "Control connections refused at accept with an error: reason is peer (credentials not admitted) or connections (--control-connections reached).");
+pub const CONTROL_DROPPED: Def = def("stoker_control_dropped_total", Kind::Counter, &["reason"], "Control connections the engine closed: reason is timeout (half a frame, or an answer not taken, for --control-timeout), too_large (a request frame over 64 KiB) or bad_frame.");
+pub const CONTROL_FDS_CLOSED: Def = def("stoker_control_fds_closed_total", Kind::Counter, &[], "Descriptors a client sent with a message that takes fewer, closed at once.");
+pub const CONTROL_ACCEPT_ERRORS: Def = def("stoker_control_accept_errors_total", Kind::Counter, &[], "Failed accepts on the control socket (EMFILE, ENFILE, ...), each followed by a back-off of 10 ms doubling to 1 s.");
 
 // ---- latency histograms ----
 pub const READ_DURATION: Def = def(
@@ -110,6 +115,11 @@ pub const ALL: &[Def] = &[
     UFS_INFLIGHT_LIMIT,
     SESSIONS,
     SESSIONS_OPENED,
+    CONTROL_CONNECTIONS,
+    CONTROL_REFUSED,
+    CONTROL_DROPPED,
+    CONTROL_FDS_CLOSED,
+    CONTROL_ACCEPT_ERRORS,
     READ_DURATION,
     UFS_REQUEST_DURATION,
     UFS_REQUEST_ERRORS,
