@@ -118,7 +118,7 @@ pub struct ServeArgs {
     #[arg(long, value_parser = size_arg)]
     pub memory_cache: Option<u64>,
     /// Entries of the direct-read table: clients on this box read cached
-    /// single-block files from the segment files themselves (0 = off;
+    /// files (and small ranges of large ones) from the segment files themselves (0 = off;
     /// off while --memory-cache is on) [default: 1048576, the most].
     #[arg(long)]
     pub direct_entries: Option<u64>,

@@ -1,4 +1,5 @@
-//! Direct reads: a cached single-block file read by the client itself from
+//! Direct reads: a cached single-block file (or a range of at most 64 KiB
+//! of a larger one) read by the client itself from
 //! the engine's segment file, in the caller's thread — one device read, no
 //! round trip through the engine (see `stoker_proto::direct`).
 //!
@@ -21,13 +22,19 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use stoker_proto::control::{recv_frame_fds, write_frame, Request, Response};
 use stoker_proto::direct::{now_ns, tag, Feedback, Table};
-use stoker_proto::format::{align_down, align_up, check_head, check_sub_blocks, FORMAT_VERSION, MAX_RECORD_LEN, SUB_BLOCK};
+use stoker_proto::format::{align_down, align_up, check_head, check_sub_blocks, RecordView, FORMAT_VERSION, MAX_RECORD_LEN, SUB_BLOCK};
 use stoker_proto::key::BlockKey;
 
 /// Segment descriptors a client keeps open at most (then it starts over).
 const SEGMENT_FDS_MAX: usize = 4096;
 /// A range further than this from the record's head is read apart from it.
 const JOIN_GAP: u64 = 64 << 10;
+/// Bytes of verified record heads a client keeps (those of large blocks,
+/// read apart from their data), so a small range of one is one read.
+const HEADS_BYTES_MAX: usize = 16 << 20;
+/// Largest range of a multi-block object read directly: longer reads are
+/// streams, which the engine's read-ahead serves better.
+const MULTI_BLOCK_RANGE_MAX: u64 = 64 << 10;
 
 pub(crate) struct Direct {
     table: Table,
@@ -48,6 +55,9 @@ struct Segs {
     gone: HashSet<(u32, u32)>,
     /// Per shard, the table's `dropped` count `open` and `gone` agree with.
     seen: Vec<u64>,
+    /// Verified heads by (shard, segment, offset), and their bytes.
+    heads: HashMap<(u32, u32, u64), Arc<[u8]>>,
+    head_bytes: usize,
 }
 
 /// A 4 KiB aligned buffer for O_DIRECT reads, one per thread.
@@ -161,6 +171,8 @@ impl Direct {
                 // it (holding one would keep the space in use).
                 segs.open.retain(|k, _| k.0 != shard);
                 segs.gone.retain(|k| k.0 != shard);
+                segs.heads.retain(|k, _| k.0 != shard);
+                segs.head_bytes = segs.heads.values().map(|h| h.len()).sum();
                 segs.seen[shard as usize] = dropped;
             }
             if let Some(f) = segs.open.get(&(shard, seg_id)) {
@@ -206,6 +218,21 @@ impl Direct {
         self.segs.lock().open.remove(&(shard, seg_id));
     }
 
+    /// A verified head of the record at `(shard, seg_id, offset)`, if kept.
+    fn cached_head(&self, shard: u32, seg_id: u32, offset: u64) -> Option<Arc<[u8]>> {
+        self.segs.lock().heads.get(&(shard, seg_id, offset)).cloned()
+    }
+
+    fn keep_head(&self, shard: u32, seg_id: u32, offset: u64, head: &[u8]) {
+        let mut segs = self.segs.lock();
+        if segs.head_bytes + head.len() > HEADS_BYTES_MAX {
+            segs.heads.clear();
+            segs.head_bytes = 0;
+        }
+        segs.head_bytes += head.len();
+        segs.heads.insert((shard, seg_id, offset), Arc::from(head));
+    }
+
     /// Serve `[off, off + len)` of block `block` of `path` (owned by
     /// `shard`) into `dst` from the segment file, if the table knows it
     /// and every check passes: (bytes placed, object size).
@@ -218,6 +245,10 @@ impl Direct {
         let start = off.min(block_len);
         let end = off.saturating_add(len).min(block_len);
         if (end - start) as usize > dst.len() {
+            return None;
+        }
+        // Streams over large objects are the engine's: its read-ahead serves them.
+        if hit.object_size > block_len && end - start > MULTI_BLOCK_RANGE_MAX {
             return None;
         }
         let file = self.segment(shard, hit.seg_id)?;
@@ -235,50 +266,67 @@ impl Direct {
             }
             r
         };
-        let placed = HEAD.with(|head| {
-            let mut head = head.borrow_mut();
-            let head_len = if joined { disk_to.max(head_to) } else { head_to };
-            let hbuf = head.get(head_len as usize);
-            if read(hbuf, 0).is_err() {
-                return None;
-            }
-            let hbuf = &*hbuf;
+        // The head (header, key, crc table) must name this block of this
+        // path under the published key hash, at the published layout.
+        let check = |hbuf: &[u8]| -> Option<RecordView> {
             let view = check_head(hbuf).ok()?;
             let h = view.header;
-            if h.version != FORMAT_VERSION
-                || h.is_tombstone()
-                || h.key_hash != hit.key_hash
-                || h.data_len as u64 != block_len
-                || view.data_start as u64 != data_at
-                || h.record_len() != hit.record_len
-                || !BlockKey::names(view.key(hbuf), path, block)
-            {
-                return None;
-            }
-            if subs_end == first {
-                return Some(0);
-            }
-            let mut check_and_copy = |range: &[u8]| -> Option<u64> {
-                check_sub_blocks(hbuf, &view, first as usize, range).ok()?;
-                let at = (start - first * SUB_BLOCK as u64) as usize;
-                let n = (end - start) as usize;
-                dst[..n].copy_from_slice(&range[at..at + n]);
-                Some(n as u64)
-            };
-            if joined {
-                let range = hbuf.get(data_from as usize..data_to as usize)?;
-                return check_and_copy(range);
-            }
+            let ok = h.version == FORMAT_VERSION
+                && !h.is_tombstone()
+                && h.key_hash == hit.key_hash
+                && h.data_len as u64 == block_len
+                && view.data_start as u64 == data_at
+                && h.record_len() == hit.record_len
+                && BlockKey::names(view.key(hbuf), path, block);
+            ok.then_some(view)
+        };
+        let copy_out = |hbuf: &[u8], view: &RecordView, range: &[u8], dst: &mut [u8]| -> Option<u64> {
+            check_sub_blocks(hbuf, view, first as usize, range).ok()?;
+            let at = (start - first * SUB_BLOCK as u64) as usize;
+            let n = (end - start) as usize;
+            dst[..n].copy_from_slice(&range[at..at + n]);
+            Some(n as u64)
+        };
+        let read_body = |hbuf: &[u8], view: &RecordView, dst: &mut [u8]| -> Option<u64> {
             BODY.with(|body| {
                 let mut body = body.borrow_mut();
                 let bbuf = body.get((disk_to - disk_from) as usize);
                 read(bbuf, disk_from).ok()?;
                 let range = bbuf.get((data_from - disk_from) as usize..(data_to - disk_from) as usize)?;
-                check_and_copy(range)
+                copy_out(hbuf, view, range, dst)
             })
-        });
+        };
+        let mut device = 0;
+        let placed = match (joined, self.cached_head(shard, hit.seg_id, hit.offset)) {
+            // A small range far into a large block: the head from memory, one read.
+            (false, Some(h)) if subs_end > first => {
+                let view = check(&h)?;
+                device = disk_to - disk_from;
+                read_body(&h, &view, dst)
+            }
+            _ => HEAD.with(|head| {
+                let mut head = head.borrow_mut();
+                let head_len = if joined { disk_to.max(head_to) } else { head_to };
+                let hbuf = head.get(head_len as usize);
+                read(hbuf, 0).ok()?;
+                device = head_len;
+                let hbuf = &*hbuf;
+                let view = check(hbuf)?;
+                if !joined {
+                    self.keep_head(shard, hit.seg_id, hit.offset, &hbuf[..view.header.head_len()]);
+                }
+                if subs_end == first {
+                    return Some(0);
+                }
+                if joined {
+                    let range = hbuf.get(data_from as usize..data_to as usize)?;
+                    return copy_out(hbuf, &view, range, dst);
+                }
+                device += disk_to - disk_from;
+                read_body(hbuf, &view, dst)
+            }),
+        };
         let n = placed?;
-        let device = if joined { disk_to.max(head_to) } else { head_to + disk_to - disk_from };
         self.feedback.count_hit(shard, slot, n, device);
         Some((n, hit.object_size))
     }

@@ -137,7 +137,7 @@ pub(crate) struct Session {
     /// The completion thread's copies of the doorbells (closed by hand in a
     /// forked child, where that thread does not exist).
     completer_fds: Vec<RawFd>,
-    /// Direct reads of cached single-block files, when the engine offers them.
+    /// Direct reads of cached blocks, when the engine offers them.
     direct: Option<crate::direct::Direct>,
 }
 

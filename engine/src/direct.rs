@@ -2,8 +2,9 @@
 //! docs/ARCHITECTURE.md "Direct reads"): the two shared areas, the
 //! descriptors handed to clients, and the epoch bumps that void entries.
 //!
-//! Shards publish where they served a single-block object from; a client
-//! then reads later hits of it from the segment file itself. Everything a
+//! Shards publish where they served each block from; a client then reads
+//! later hits of it from the segment file itself (whole small files, and
+//! ranges of at most 64 KiB of larger ones). Everything a
 //! client reads that way it verifies against the record's checksums and
 //! key, so the table is a hint, never a source of truth.
 

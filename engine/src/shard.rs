@@ -682,18 +682,19 @@ struct DirectPublisher {
 
 impl DirectPublisher {
     /// Tell direct readers where block `block` of `path` (`key`, under
-    /// `attr`) lives, if it is a single-block object: larger objects go
-    /// through the shard, whose read-ahead serves streams. `epoch` was read
-    /// before `attr` was.
+    /// `attr`) lives. (Clients read small ranges of multi-block objects
+    /// directly and leave streams to the shard, whose read-ahead serves
+    /// them.) `epoch` was read before `attr` was.
     fn publish(&self, store: &Store, epoch: u64, path: &str, block: u64, key: &BlockKey, attr: &Attr) {
         let bs = self.ns.block_bytes(path);
-        if attr.kind != Kind::File || attr.size > bs || attr.size == 0 || block != 0 {
+        let block_len = attr.size.saturating_sub(block.saturating_mul(bs)).min(bs);
+        if attr.kind != Kind::File || block_len == 0 {
             return;
         }
         let Some(until) = self.ns.fresh_for(path) else { return };
         let Some(loc) = store.location(key.hash) else { return };
         let header = stoker_proto::format::RecordHeader::for_block(key.hash, &key.bytes, &[]);
-        let header = stoker_proto::format::RecordHeader { data_len: attr.size as u32, ..header };
+        let header = stoker_proto::format::RecordHeader { data_len: block_len as u32, ..header };
         if header.record_len() != loc.len_bytes() {
             return; // not a version 2 record of this length (an old one)
         }
@@ -704,7 +705,7 @@ impl DirectPublisher {
             offset: loc.offset_bytes(),
             record_len: loc.len_bytes(),
             data_at: header.data_start() as u32,
-            block_len: attr.size as u32,
+            block_len: block_len as u32,
             object_size: attr.size,
             valid_until_ns: until.map_or(u64::MAX, |u| now.saturating_add(u.as_nanos() as u64)),
         };
