@@ -340,3 +340,30 @@ fn descriptors_of_dropped_segments_are_let_go() {
         "segments were dropped"
     );
 }
+
+#[test]
+fn a_restarted_engine_offers_direct_reads_from_the_first_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, tree) = serve(dir.path(), &[1000, 60_000, 110_000, 300_000], &[]);
+    let c = server.client();
+    warm(&c, &tree);
+    drop(c);
+    let (sock, cache) = (server.socket.clone(), server.cache.clone());
+    server.stop();
+    let mount = format!("m=file://{}", dir.path().join("src").display());
+    let server = Server::start(&cache, &sock, &["--mount", &mount, "--shards", "2", "--capacity", "256M"]);
+    let c = server.client();
+    // The shards fill the table in the background right after start-up.
+    wait_for("the table filled", Duration::from_secs(30), || {
+        let (p, d) = &tree[0];
+        let before = direct_hits(&c);
+        assert_eq!(&c.read_file(p).unwrap(), d);
+        direct_hits(&c) > before
+    });
+    for (p, d) in &tree {
+        let (before, misses) = (direct_hits(&c), c.engine_stats().unwrap().misses);
+        assert_eq!(&c.read_file(p).unwrap(), d, "{p}");
+        assert!(direct_hits(&c) > before, "{p}: read directly after the restart");
+        assert_eq!(c.engine_stats().unwrap().misses, misses, "{p}: still cached");
+    }
+}
