@@ -1,5 +1,5 @@
-//! Direct reads: a cached single-block file (or a range of at most 64 KiB
-//! of a larger one) read by the client itself from
+//! Direct reads: a cached single-block file (or a random range of at most
+//! 1 MiB of a larger one) read by the client itself from
 //! the engine's segment file, in the caller's thread — one device read, no
 //! round trip through the engine (see `stoker_proto::direct`).
 //!
@@ -32,9 +32,10 @@ const JOIN_GAP: u64 = 64 << 10;
 /// Bytes of verified record heads a client keeps (those of large blocks,
 /// read apart from their data), so a small range of one is one read.
 const HEADS_BYTES_MAX: usize = 16 << 20;
-/// Largest range of a multi-block object read directly: longer reads are
-/// streams, which the engine's read-ahead serves better.
-const MULTI_BLOCK_RANGE_MAX: u64 = 64 << 10;
+/// Largest range of a multi-block object read directly.
+const MULTI_BLOCK_RANGE_MAX: u64 = 1 << 20;
+/// Large objects whose next read would continue a stream, remembered at most.
+const STREAMS_MAX: usize = 4096;
 
 pub(crate) struct Direct {
     table: Table,
@@ -46,6 +47,10 @@ pub(crate) struct Direct {
     segs: Mutex<Segs>,
     /// The control connection segment descriptors come over.
     conn: Mutex<Option<UnixStream>>,
+    /// Per large object (hash of its path), where its last read ended: a
+    /// read starting there continues a stream, which the engine serves
+    /// (its read-ahead keeps the next blocks in memory).
+    streams: Mutex<HashMap<u64, u64>>,
 }
 
 #[derive(Default)]
@@ -158,6 +163,7 @@ impl Direct {
             opts: opts.clone(),
             segs: Mutex::new(Segs { seen: vec![0; shards as usize], ..Default::default() }),
             conn: Mutex::new(Some(c)),
+            streams: Mutex::default(),
         })
     }
 
@@ -233,10 +239,23 @@ impl Direct {
         segs.heads.insert((shard, seg_id, offset), Arc::from(head));
     }
 
+    /// Whether a read of `[file_off, + len)` of the large object `path`
+    /// continues the last one (a stream); remembers where this one ends.
+    fn continues_stream(&self, path: &str, file_off: u64, len: u64) -> bool {
+        let id = stoker_proto::key::route_hash(path, u64::MAX);
+        let mut streams = self.streams.lock();
+        if streams.len() >= STREAMS_MAX {
+            streams.clear();
+        }
+        streams.insert(id, file_off.saturating_add(len)) == Some(file_off)
+    }
+
     /// Serve `[off, off + len)` of block `block` of `path` (owned by
-    /// `shard`) into `dst` from the segment file, if the table knows it
-    /// and every check passes: (bytes placed, object size).
-    pub(crate) fn read(&self, shard: u32, path: &str, block: u64, off: u64, len: u64, dst: &mut [u8]) -> Option<(u64, u64)> {
+    /// `shard`; `file_off` is `off` from the object's start) into `dst`
+    /// from the segment file, if the table knows it and every check
+    /// passes: (bytes placed, object size).
+    #[allow(clippy::too_many_arguments)] // one read's coordinates, said once
+    pub(crate) fn read(&self, shard: u32, path: &str, block: u64, file_off: u64, off: u64, len: u64, dst: &mut [u8]) -> Option<(u64, u64)> {
         let (slot, hit) = self.table.lookup(shard, tag(path, block), now_ns())?;
         let (block_len, data_at) = (hit.block_len as u64, hit.data_at as u64);
         if hit.record_len > MAX_RECORD_LEN || data_at + block_len > hit.record_len || hit.offset % 4096 != 0 {
@@ -248,7 +267,7 @@ impl Direct {
             return None;
         }
         // Streams over large objects are the engine's: its read-ahead serves them.
-        if hit.object_size > block_len && end - start > MULTI_BLOCK_RANGE_MAX {
+        if hit.object_size > block_len && (self.continues_stream(path, file_off, len) || end - start > MULTI_BLOCK_RANGE_MAX) {
             return None;
         }
         let file = self.segment(shard, hit.seg_id)?;

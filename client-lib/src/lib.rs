@@ -72,8 +72,8 @@ pub struct Options {
     pub ring_entries: u32,
     /// Longest wait for one request or control answer. Default 300 s.
     pub timeout: Duration,
-    /// Read cached single-block files (and ranges of at most 64 KiB of
-    /// larger ones) from the engine's segment files in
+    /// Read cached single-block files (and random ranges of at most 1 MiB
+    /// of larger ones) from the engine's segment files in
     /// the calling thread when the engine publishes where they are (direct
     /// reads). Default on, unless `STOKER_DIRECT=0` is set.
     pub direct: bool,

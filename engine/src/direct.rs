@@ -4,7 +4,7 @@
 //!
 //! Shards publish where they served each block from; a client then reads
 //! later hits of it from the segment file itself (whole small files, and
-//! ranges of at most 64 KiB of larger ones). Everything a
+//! random ranges of at most 1 MiB of larger ones). Everything a
 //! client reads that way it verifies against the record's checksums and
 //! key, so the table is a hint, never a source of truth.
 

@@ -683,7 +683,7 @@ struct DirectPublisher {
 
 impl DirectPublisher {
     /// Tell direct readers where block `block` of `path` (`key`, under
-    /// `attr`) lives. (Clients read small ranges of multi-block objects
+    /// `attr`) lives. (Clients read random ranges of multi-block objects
     /// directly and leave streams to the shard, whose read-ahead serves
     /// them.) `epoch` was read before `attr` was.
     fn publish(&self, store: &Store, epoch: u64, path: &str, block: u64, key: &BlockKey, attr: &Attr) {
