@@ -74,7 +74,10 @@ fn read_everything(c: &Client, tree: &Tree) {
     for _ in tree {
         let (i, r) = rx.recv_timeout(Duration::from_secs(60)).expect("an asynchronous answer");
         let want = &tree[i].1;
-        assert!(r.unwrap()[..] == want[1.min(want.len())..71_001.min(want.len())], "{}: wrong bytes (read_async)", tree[i].0);
+        let got = r.unwrap();
+        let want = &want[1.min(want.len())..70_001.min(want.len())];
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        assert!(got[..] == want[..], "{}: wrong bytes (read_async): {} bytes for {}, first difference at {first:?}", tree[i].0, got.len(), want.len());
     }
     assert_eq!(c.prefetch(&tree[0].0, tree[0].1.len() as u64).unwrap(), tree[0].1.len() as u64);
 }

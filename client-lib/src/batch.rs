@@ -111,11 +111,13 @@ impl Batch {
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::new(libc::EIO, "read lost in batch")))).collect()
     }
 
-    /// A batch of `n` requests that all failed with `e`.
-    pub(crate) fn fail_all(&mut self, n: usize, e: Error) {
-        for i in 0..n {
+    /// Every request of the batch fails with `e` (none is posted).
+    pub(crate) fn fail_all(&mut self, e: Error) {
+        for i in 0..self.reqs.len() {
+            self.failed.insert(i, ());
             self.ready.push_back((i, Err(e.clone())));
         }
+        self.next_item = self.reqs.len();
     }
 
     fn fail(&mut self, i: usize, e: Error) {

@@ -313,8 +313,8 @@ impl Client {
             }
             Err(e) => {
                 // Every request fails with the connection error.
-                let mut b = Batch::new(self.link.clone(), self.link.current(), Vec::new(), copy, None);
-                b.fail_all(reqs.len(), e);
+                let mut b = Batch::new(self.link.clone(), self.link.current(), reqs, copy, None);
+                b.fail_all(e);
                 b
             }
         }
