@@ -153,7 +153,9 @@ struct Counts {
 }
 
 pub fn load(socket: &str, prefix: &str, o: &LoadOpts) -> Result<()> {
-    let c = Client::connect(socket)?;
+    // A one-shot command: an engine that goes away ends it with an error
+    // (run it again), rather than a wait for the engine to come back.
+    let c = Client::connect_with(socket, stoker_client::Options { reconnect: false, ..Default::default() })?;
     let files = walk(&c, prefix).with_context(|| format!("listing {prefix}"))?;
     let total_bytes: u64 = files.iter().map(|f| f.1).sum();
     let parallel = o.parallel.max(1);

@@ -2,13 +2,19 @@
 //! onto the shard rings together, answered in completion order as views into
 //! the shared area (or copies). Submission follows free space: a batch larger
 //! than the area completes, ops being posted as earlier ones are handed out.
+//!
+//! When the engine goes away, every item not handed out yet is read again
+//! from its start on a new session (answers already handed out, views
+//! included, stay as they are).
 
 use crate::plan::EpochPlan;
 use crate::op::{check_path, Data, Op, Pipeline, View};
+use crate::reconnect::{lost, Link, REISSUE_MAX};
 use crate::session::Session;
 use crate::{Error, Result};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Size of the first request of a whole-file read, before the size is known.
 /// Kept small because a slot reserves its whole length while in flight.
@@ -64,12 +70,24 @@ pub struct Batch {
     ready: VecDeque<(usize, Result<Data>)>,
     copy: bool,
     plan: Option<Arc<EpochPlan>>,
+    link: Arc<Link>,
+    /// Items to read again from their start (their session was lost),
+    /// before any new item.
+    redo: VecDeque<usize>,
+    /// An item failed because the engine went away: move to a new session.
+    lost: bool,
+    /// New sessions since an answer was last handed out.
+    restarts: u32,
 }
 
 impl Batch {
-    pub(crate) fn new(s: Arc<Session>, reqs: Vec<ReadReq>, copy: bool, plan: Option<Arc<EpochPlan>>) -> Batch {
+    pub(crate) fn new(link: Arc<Link>, s: Arc<Session>, reqs: Vec<ReadReq>, copy: bool, plan: Option<Arc<EpochPlan>>) -> Batch {
         Batch {
             plan,
+            link,
+            redo: VecDeque::new(),
+            lost: false,
+            restarts: 0,
             pipe: Pipeline::new(s),
             paths: vec![None; reqs.len()],
             reqs,
@@ -93,27 +111,70 @@ impl Batch {
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::new(libc::EIO, "read lost in batch")))).collect()
     }
 
-    /// A batch of `n` requests that all failed with `e`.
-    pub(crate) fn fail_all(&mut self, n: usize, e: Error) {
-        for i in 0..n {
+    /// Every request of the batch fails with `e` (none is posted).
+    pub(crate) fn fail_all(&mut self, e: Error) {
+        for i in 0..self.reqs.len() {
+            self.failed.insert(i, ());
             self.ready.push_back((i, Err(e.clone())));
         }
+        self.next_item = self.reqs.len();
     }
 
     fn fail(&mut self, i: usize, e: Error) {
+        if lost(&e) && self.restarts < REISSUE_MAX {
+            // Read it again on a new session (see `restart`).
+            self.pipe.s.mark_lost();
+            self.lost = true;
+            self.parts.remove(&i);
+            self.jobs.remove(&i);
+            self.redo.push_back(i);
+            return;
+        }
         self.failed.insert(i, ());
         self.parts.remove(&i);
         self.jobs.remove(&i);
         self.ready.push_back((i, Err(e)));
     }
 
-    /// Expand the next request into jobs.
-    fn expand(&mut self) -> bool {
-        if self.next_item >= self.reqs.len() {
-            return false;
+    /// Every item not handed out yet goes back to its start on a new
+    /// session; the old pipeline (and what is in flight on it) is dropped.
+    /// Without a session within the timeout, they fail with its error.
+    fn restart(&mut self) {
+        self.lost = false;
+        self.restarts += 1;
+        let mut open: BTreeSet<usize> = self.redo.drain(..).collect();
+        open.extend(self.jobs.drain().map(|(i, _)| i));
+        open.extend(self.parts.drain().map(|(i, _)| i));
+        open.extend(self.todo.drain(..).map(|(i, _, _)| i));
+        open.retain(|i| !self.failed.contains_key(i));
+        // Ops still in flight on the lost session are abandoned with it.
+        let s = self.pipe.s.clone();
+        drop(std::mem::replace(&mut self.pipe, Pipeline::new(s)));
+        match self.link.session_until(Instant::now() + self.link.opts.timeout) {
+            Ok(s) => {
+                self.pipe = Pipeline::new(s);
+                self.redo = open.into_iter().collect();
+            }
+            Err(e) => {
+                for i in open.into_iter().chain(self.next_item..self.reqs.len()) {
+                    self.failed.insert(i, ());
+                    self.ready.push_back((i, Err(e.clone())));
+                }
+                self.next_item = self.reqs.len();
+            }
         }
-        let i = self.next_item;
-        self.next_item += 1;
+    }
+
+    /// Expand the next request (or one to read again) into jobs.
+    fn expand(&mut self) -> bool {
+        let i = match self.redo.pop_front() {
+            Some(i) => i,
+            None if self.next_item < self.reqs.len() => {
+                self.next_item += 1;
+                self.next_item - 1
+            }
+            None => return false,
+        };
         let r = &self.reqs[i];
         if let Err(e) = check_path(&r.path) {
             self.fail(i, e);
@@ -175,6 +236,7 @@ impl Batch {
     }
 
     fn hand_out(&mut self, i: usize, op: Op) {
+        self.restarts = 0;
         let s = self.pipe.s.clone();
         if self.copy {
             self.ready.push_back((i, Ok(Data::Owned(s.op_bytes(&op).to_vec()))));
@@ -234,6 +296,7 @@ impl Batch {
                     if let Some(end) = p.short_at {
                         p.buf.truncate((end - p.off) as usize);
                     }
+                    self.restarts = 0;
                     self.ready.push_back((i, Ok(Data::Owned(p.buf))));
                 }
             }
@@ -248,6 +311,10 @@ impl Iterator for Batch {
         loop {
             if let Some(r) = self.ready.pop_front() {
                 return Some(r);
+            }
+            if self.lost {
+                self.restart();
+                continue;
             }
             // Post everything the area has room for.
             loop {
@@ -273,16 +340,16 @@ impl Iterator for Batch {
                         self.fail(i, e);
                     }
                 }
-                if !self.ready.is_empty() {
+                if !self.ready.is_empty() || self.lost {
                     break;
                 }
             }
-            if !self.ready.is_empty() {
+            if !self.ready.is_empty() || self.lost {
                 continue;
             }
             match self.pipe.next_done() {
                 None => {
-                    if self.todo.is_empty() && self.next_item >= self.reqs.len() {
+                    if self.todo.is_empty() && self.redo.is_empty() && self.next_item >= self.reqs.len() {
                         return None;
                     }
                 }

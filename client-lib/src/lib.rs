@@ -13,19 +13,25 @@
 //! `fork` the child's first call opens a new session of its own (the parent's
 //! rings are never touched from the child), so DataLoader-style workers can
 //! inherit a client. Views do not survive a fork.
+//!
+//! An engine restart is a pause, not an error: a call that finds the engine
+//! gone opens a new session (with back-off, within the timeout) and runs
+//! again; reads in flight are issued again on it (see `reconnect`). Views
+//! of the old session's area stay valid until dropped.
 
 mod alloc;
 mod batch;
 mod direct;
 mod op;
 mod plan;
+mod reconnect;
 mod session;
 
 use op::{check_path, Pipeline};
-use parking_lot::Mutex;
+use reconnect::{lost, Link, Retry, REISSUE_MAX};
 use session::{unexpected, Session};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use stoker_proto::control::{Attr, DirEntry, EngineStats, Request, Response};
 
 pub use batch::{Batch, ReadReq};
@@ -70,32 +76,34 @@ pub struct Options {
     pub area_bytes: u64,
     /// Requests in flight per shard. Default 512.
     pub ring_entries: u32,
-    /// Longest wait for one request or control answer. Default 300 s.
+    /// Longest wait for one request or control answer, and for the engine
+    /// to come back after it went away. Default 300 s.
     pub timeout: Duration,
     /// Read cached single-block files (and random ranges of at most 1 MiB
     /// of larger ones) from the engine's segment files in
     /// the calling thread when the engine publishes where they are (direct
     /// reads). Default on, unless `STOKER_DIRECT=0` is set.
     pub direct: bool,
+    /// When the engine goes away, wait (up to `timeout`) for it to come
+    /// back and carry on with a new session, re-issuing the reads in
+    /// flight. Off: every call fails with ECONNRESET from then on. Default on.
+    pub reconnect: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
         let direct = !matches!(std::env::var("STOKER_DIRECT").as_deref(), Ok("0" | "off" | "false" | "no"));
-        Options { area_bytes: 64 << 20, ring_entries: 512, timeout: Duration::from_secs(300), direct }
+        Options { area_bytes: 64 << 20, ring_entries: 512, timeout: Duration::from_secs(300), direct, reconnect: true }
     }
 }
 
 pub struct Client {
-    socket: String,
-    opts: Options,
-    current: Mutex<Arc<Session>>,
-    plan: Mutex<Option<Arc<EpochPlan>>>,
+    link: Arc<Link>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = self.current.lock();
+        let s = self.link.current();
         f.debug_struct("Client").field("session", &s.welcome.session).field("shards", &s.welcome.shards).finish()
     }
 }
@@ -106,26 +114,22 @@ impl Client {
         Client::connect_with(socket, Options::default())
     }
 
+    /// Attach to the engine on `socket`; fails at once when it is not there
+    /// (only a client that was attached waits for the engine to come back).
     pub fn connect_with(socket: &str, opts: Options) -> Result<Client> {
         let s = Session::connect(socket, opts.clone())?;
-        Ok(Client { socket: socket.to_string(), opts, current: Mutex::new(Arc::new(s)), plan: Mutex::new(None) })
+        Ok(Client { link: Arc::new(Link::new(socket, opts, s)) })
     }
 
-    /// This process's session, opening a new one first in a forked child.
+    /// This process's live session: a new one in a forked child (the
+    /// inherited session's Drop only closes this process's copies), or when
+    /// the engine went away (waiting for it up to the timeout).
     fn session(&self) -> Result<Arc<Session>> {
-        let mut cur = self.current.lock();
-        if cur.pid != std::process::id() {
-            let fresh = Arc::new(Session::connect(&self.socket, self.opts.clone())?);
-            // The inherited session's Drop only closes this process's copies.
-            let _old = std::mem::replace(&mut *cur, fresh);
-            // A plan posts on its own session: the parent's is not ours.
-            *self.plan.lock() = None;
-        }
-        Ok(cur.clone())
+        self.link.session_until(Instant::now() + self.link.opts.timeout)
     }
 
     fn control(&self, req: Request) -> Result<Response> {
-        self.session()?.control(&req)
+        self.link.retrying(|s| s.control(&req))
     }
 
     /// The engine's id of this process's session.
@@ -133,12 +137,17 @@ impl Client {
         Ok(self.session()?.welcome.session)
     }
 
+    /// Times this client opened a new session because the engine went away.
+    pub fn reconnects(&self) -> u64 {
+        self.link.reconnects()
+    }
+
     pub fn shards(&self) -> usize {
-        self.current.lock().welcome.shards as usize
+        self.link.current().welcome.shards as usize
     }
 
     pub fn block_bytes(&self) -> u64 {
-        self.current.lock().welcome.block_bytes
+        self.link.current().welcome.block_bytes
     }
 
     /// Attributes of a file or directory (`/` is the root, `/NAME` a mount).
@@ -201,23 +210,58 @@ impl Client {
     /// slot is read synchronously and handed over from a copy. A read the
     /// engine has not answered within the client's timeout gets ETIMEDOUT
     /// (checked once a second; its slot stays reserved until the engine
-    /// answers, so a late answer lands nowhere), and every read waiting
-    /// gets ECONNRESET when the engine goes away.
+    /// answers, so a late answer lands nowhere). A read whose engine goes
+    /// away is issued again on a new session once the engine is back (from
+    /// another thread; `done` then runs there), or gets the connection
+    /// error if it is not back within the timeout.
     pub fn read_async(&self, path: &str, off: u64, len: u64, done: ReadDone) {
         if let Err(e) = check_path(path) {
             return done(Err(e));
         }
-        let s = match self.session() {
-            Ok(s) => s,
-            Err(e) => return done(Err(e)),
+        self.read_async_try(Arc::from(path), off, len, done, 0);
+    }
+
+    /// `read_async`, issued for the `tries`-th time.
+    pub(crate) fn read_async_try(&self, path: Arc<str>, off: u64, len: u64, done: ReadDone, tries: u32) {
+        let cur = self.link.current();
+        let s = if cur.pid == std::process::id() && cur.is_dead() {
+            // Never wait for the engine here: park it with the link.
+            return self.park_or_fail(path, off, len, done, tries, reconnect::gave_up());
+        } else if cur.pid == std::process::id() {
+            cur
+        } else {
+            match self.session() {
+                Ok(s) => s,
+                Err(e) => return done(Err(e)),
+            }
         };
-        if s.op_ranges(path, off, len).len() > 1 {
-            return match self.read(path, off, len) {
+        if s.op_ranges(&path, off, len).len() > 1 {
+            return match self.read(&path, off, len) {
                 Ok(v) => done(Ok(&v)),
                 Err(e) => done(Err(e)),
             };
         }
-        s.read_async(&Arc::from(path), off, len, done);
+        // The callback holds the link weakly: a dropped client issues nothing again.
+        let link = Arc::downgrade(&self.link);
+        let p = path.clone();
+        let wrapped: ReadDone = Box::new(move |r| match r {
+            Err(e) if lost(&e) => match link.upgrade() {
+                Some(link) => Client { link }.park_or_fail(p, off, len, done, tries, e),
+                None => done(Err(e)),
+            },
+            r => done(r),
+        });
+        s.read_async(&path, off, len, wrapped);
+    }
+
+    /// Keep a read that lost its engine for a new session, or fail it with
+    /// `e` once it was issued again `REISSUE_MAX` times.
+    fn park_or_fail(&self, path: Arc<str>, off: u64, len: u64, done: ReadDone, tries: u32, e: Error) {
+        if tries >= REISSUE_MAX || !self.link.opts.reconnect {
+            return done(Err(e));
+        }
+        let deadline = Instant::now() + self.link.opts.timeout;
+        self.link.park(Retry { path, off, len, done, deadline, tries: tries + 1 });
     }
 
     /// Read `len` bytes at `off` and hand them to `f` in place in shared
@@ -225,21 +269,27 @@ impl Client {
     /// (or oddly cut) are handed over from a copy.
     pub fn read_with<R>(&self, path: &str, off: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
         check_path(path)?;
-        let s = self.session()?;
-        if s.op_ranges(path, off, len).len() > 1 {
-            return Ok(f(&self.read(path, off, len)?));
+        let p: Arc<str> = Arc::from(path);
+        // None: the range is read as a copy instead.
+        let got = self.link.retrying(|s| {
+            if s.op_ranges(path, off, len).len() > 1 {
+                return Ok(None);
+            }
+            let mut pipe = Pipeline::new(s.clone());
+            if pipe.submit(0, &p, off, len, 0)? != Some(len) {
+                // Only a prefix fitted (the area is fragmented by held views).
+                return Ok(None);
+            }
+            let (_, op) = pipe.next_done().expect("one op in flight")?;
+            match op.err {
+                Some(e) => Err(e),
+                None => Ok(Some((s.clone(), op))),
+            }
+        })?;
+        match got {
+            Some((s, op)) => Ok(f(s.op_bytes(&op))),
+            None => Ok(f(&self.read(path, off, len)?)),
         }
-        let mut pipe = Pipeline::new(s.clone());
-        if pipe.submit(0, &Arc::from(path), off, len, 0)? != Some(len) {
-            // Only a prefix fitted (the area is fragmented by held views).
-            drop(pipe);
-            return Ok(f(&self.read(path, off, len)?));
-        }
-        let (_, op) = pipe.next_done().expect("one op in flight")?;
-        if let Some(e) = op.err {
-            return Err(e);
-        }
-        Ok(f(s.op_bytes(&op)))
     }
 
     /// Post many reads at once; answers come in completion order as views
@@ -257,12 +307,14 @@ impl Client {
 
     fn batch(&self, reqs: Vec<ReadReq>, copy: bool) -> Batch {
         match self.session() {
-            Ok(s) => Batch::new(s, reqs, copy, self.plan.lock().clone()),
+            Ok(s) => {
+                let plan = self.link.plan.lock().clone();
+                Batch::new(self.link.clone(), s, reqs, copy, plan)
+            }
             Err(e) => {
                 // Every request fails with the connection error.
-                let s = self.current.lock().clone();
-                let mut b = Batch::new(s, Vec::new(), copy, None);
-                b.fail_all(reqs.len(), e);
+                let mut b = Batch::new(self.link.clone(), self.link.current(), reqs, copy, None);
+                b.fail_all(e);
                 b
             }
         }
@@ -282,105 +334,114 @@ impl Client {
 
     pub(crate) fn prefetch_range(&self, path: &str, off: u64, len: u64) -> Result<u64> {
         check_path(path)?;
-        let s = self.session()?;
-        let bs = s.welcome.block_bytes_for(path);
-        let p: Arc<str> = Arc::from(path);
-        let mut pipe = Pipeline::new(s.clone());
-        let blocks: Vec<u64> = (off / bs..=(off + len.max(1) - 1) / bs).collect();
-        let mut next = 0;
-        let mut size = 0;
-        let mut err = None;
-        loop {
-            // Whole blocks: a prefetch caches what a read of the block would.
-            // The slot holds only the path: nothing is copied back.
-            while next < blocks.len() {
-                match pipe.submit_no_data(&p, blocks[next] * bs, s.chunk_bytes_for(path)) {
-                    Ok(true) => next += 1,
-                    Ok(false) => break,
-                    Err(e) => {
-                        err.get_or_insert(e);
-                        next = blocks.len();
-                    }
-                }
-            }
-            match pipe.next_done() {
-                None => break,
-                Some(Ok((_, op))) => match op.err {
-                    Some(e) => {
-                        err.get_or_insert(e);
-                    }
-                    None => size = op.size,
-                },
-                Some(Err(e)) => return Err(e),
-            }
-        }
-        match err {
-            Some(e) => Err(e),
-            None => Ok(size),
-        }
+        self.link.retrying(|s| prefetch_on(s, path, off, len))
     }
 
     /// Read `buf.len()` bytes at `off`, every slot-sized range posted as
     /// the area allows. Returns (bytes read, object size).
     fn read_at(&self, path: &str, off: u64, buf: &mut [u8]) -> Result<(usize, u64)> {
         check_path(path)?;
-        let s = self.session()?;
-        let p: Arc<str> = Arc::from(path);
-        let mut ranges: std::collections::VecDeque<(u64, u64)> = s.op_ranges(path, off, buf.len() as u64).into();
-        let mut pipe = Pipeline::new(s.clone());
-        let mut short_at: Option<u64> = None;
-        let mut size = 0;
-        let mut err = None;
-        loop {
-            while let (Some(&(roff, rlen)), None) = (ranges.front(), &err) {
-                match pipe.submit(0, &p, roff, rlen, 0) {
-                    Ok(Some(n)) if n >= rlen => {
-                        ranges.pop_front();
-                    }
-                    Ok(Some(n)) => ranges[0] = (roff + n, rlen - n),
-                    Ok(None) => break,
-                    Err(e) => err = Some(e),
-                }
-            }
-            match pipe.next_done() {
-                None => break,
-                Some(Ok((_, op))) => {
-                    if let Some(e) = &op.err {
-                        err.get_or_insert(e.clone());
-                        continue;
-                    }
-                    let bytes = s.op_bytes(&op);
-                    let at = (op.off - off) as usize;
-                    buf[at..at + bytes.len()].copy_from_slice(bytes);
-                    size = op.size;
-                    if (bytes.len() as u64) < op.len {
-                        let end = op.off + bytes.len() as u64;
-                        short_at = Some(short_at.map_or(end, |x| x.min(end)));
-                    }
-                }
-                Some(Err(e)) => return Err(e),
-            }
-        }
-        if let Some(e) = err {
-            return Err(e);
-        }
-        let n = short_at.map_or(buf.len() as u64, |end| end - off);
-        Ok((n as usize, size))
+        self.link.retrying(|s| read_on(s, path, off, buf))
     }
 
     /// Hand over the order this process will read whole files in: from now
     /// on each whole-file read (`read_file`, `read_many`, whole-file batch
     /// entries) of a planned path keeps up to `window` later paths being
     /// fetched into the engine's cache, in plan order (see [`EpochPlan`]).
-    /// Replaces any earlier plan.
+    /// Replaces any earlier plan. A new session (after a fork, or when the
+    /// engine went away) drops the plan: hand it over again.
     pub fn plan_epoch<S: AsRef<str>>(&self, paths: &[S], window: usize) -> Result<Arc<EpochPlan>> {
         let plan = Arc::new(EpochPlan::new(self.session()?, paths, window)?);
-        *self.plan.lock() = Some(plan.clone());
+        *self.link.plan.lock() = Some(plan.clone());
         Ok(plan)
     }
 
     /// Forget the epoch plan (prefetches already posted still complete).
     pub fn clear_plan(&self) {
-        *self.plan.lock() = None;
+        *self.link.plan.lock() = None;
     }
+}
+
+/// Cache every block of `[off, off + len)` of `path` on session `s`.
+fn prefetch_on(s: &Arc<Session>, path: &str, off: u64, len: u64) -> Result<u64> {
+    let bs = s.welcome.block_bytes_for(path);
+    let p: Arc<str> = Arc::from(path);
+    let mut pipe = Pipeline::new(s.clone());
+    let blocks: Vec<u64> = (off / bs..=(off + len.max(1) - 1) / bs).collect();
+    let mut next = 0;
+    let mut size = 0;
+    let mut err = None;
+    loop {
+        // Whole blocks: a prefetch caches what a read of the block would.
+        // The slot holds only the path: nothing is copied back.
+        while next < blocks.len() {
+            match pipe.submit_no_data(&p, blocks[next] * bs, s.chunk_bytes_for(path)) {
+                Ok(true) => next += 1,
+                Ok(false) => break,
+                Err(e) => {
+                    err.get_or_insert(e);
+                    next = blocks.len();
+                }
+            }
+        }
+        match pipe.next_done() {
+            None => break,
+            Some(Ok((_, op))) => match op.err {
+                Some(e) => {
+                    err.get_or_insert(e);
+                }
+                None => size = op.size,
+            },
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(size),
+    }
+}
+
+/// `Client::read_at` on session `s`.
+fn read_on(s: &Arc<Session>, path: &str, off: u64, buf: &mut [u8]) -> Result<(usize, u64)> {
+    let p: Arc<str> = Arc::from(path);
+    let mut ranges: std::collections::VecDeque<(u64, u64)> = s.op_ranges(path, off, buf.len() as u64).into();
+    let mut pipe = Pipeline::new(s.clone());
+    let mut short_at: Option<u64> = None;
+    let mut size = 0;
+    let mut err = None;
+    loop {
+        while let (Some(&(roff, rlen)), None) = (ranges.front(), &err) {
+            match pipe.submit(0, &p, roff, rlen, 0) {
+                Ok(Some(n)) if n >= rlen => {
+                    ranges.pop_front();
+                }
+                Ok(Some(n)) => ranges[0] = (roff + n, rlen - n),
+                Ok(None) => break,
+                Err(e) => err = Some(e),
+            }
+        }
+        match pipe.next_done() {
+            None => break,
+            Some(Ok((_, op))) => {
+                if let Some(e) = &op.err {
+                    err.get_or_insert(e.clone());
+                    continue;
+                }
+                let bytes = s.op_bytes(&op);
+                let at = (op.off - off) as usize;
+                buf[at..at + bytes.len()].copy_from_slice(bytes);
+                size = op.size;
+                if (bytes.len() as u64) < op.len {
+                    let end = op.off + bytes.len() as u64;
+                    short_at = Some(short_at.map_or(end, |x| x.min(end)));
+                }
+            }
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let n = short_at.map_or(buf.len() as u64, |end| end - off);
+    Ok((n as usize, size))
 }

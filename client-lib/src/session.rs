@@ -5,6 +5,12 @@
 //! A session belongs to the process that opened it. After `fork` the child
 //! must never post on (or shut down) the parent's rings and sockets: `Drop`
 //! in another process only closes that process's copies of the descriptors.
+//!
+//! A session whose engine went away is dead for good (`is_dead`): every
+//! waiting and later call fails with ECONNRESET, and `Link` (reconnect.rs)
+//! replaces it with a new one. Writes to the engine use MSG_NOSIGNAL, so an
+//! engine that went away is an error here, never a SIGPIPE in the host
+//! process (C and Python programs do not all ignore it).
 
 use crate::alloc::SlotAlloc;
 use crate::{Error, Options, Result};
@@ -36,6 +42,37 @@ pub(crate) fn unexpected(r: Response) -> Error {
 
 pub(crate) fn io_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(libc::EIO, format!("{what}: {e}"))
+}
+
+/// The error of a call whose engine went away (see `reconnect::lost`).
+pub(crate) fn lost_err() -> Error {
+    Error::new(libc::ECONNRESET, "connection to the stoker engine was lost")
+}
+
+/// A control-socket failure: ECONNRESET when the engine closed the
+/// connection (it went away: worth a new session), EIO otherwise.
+fn transport_err(what: &str, e: std::io::Error) -> Error {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected | UnexpectedEof => {
+            Error::new(libc::ECONNRESET, format!("{what}: the engine closed the connection ({e})"))
+        }
+        _ => io_err(what, e),
+    }
+}
+
+/// Writes to a socket with MSG_NOSIGNAL: a peer that went away is EPIPE,
+/// never a SIGPIPE.
+pub(crate) struct NoSigpipe<'a>(pub(crate) &'a UnixStream);
+
+impl Write for NoSigpipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        nix::sys::socket::send(self.0.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL).map_err(std::io::Error::from)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A reserved range of the data area. Freed when the last holder drops it:
@@ -110,7 +147,10 @@ impl Shared {
     }
 
     fn finish(&self, shard: usize) {
-        *self.inflight[shard].lock() -= 1;
+        // Saturating: a lost session's completion thread zeroes the counts.
+        let mut n = self.inflight[shard].lock();
+        *n = n.saturating_sub(1);
+        drop(n);
         self.inflight_freed.notify_all();
     }
 }
@@ -171,12 +211,12 @@ fn connect_control(socket: &str, opts: &Options) -> Result<UnixStream> {
 }
 
 fn call(c: &mut UnixStream, req: &Request) -> Result<Response> {
-    write_frame(c, req).map_err(|e| io_err("control socket", e))?;
+    write_frame(&mut NoSigpipe(c), req).map_err(|e| transport_err("control socket", e))?;
     match read_frame::<_, Response>(c) {
         Ok(Some(Response::Error { errno, message })) => Err(Error::new(errno, message)),
         Ok(Some(r)) => Ok(r),
         Ok(None) => Err(Error::new(libc::ECONNRESET, "engine closed the connection")),
-        Err(e) => Err(io_err("control socket", e)),
+        Err(e) => Err(transport_err("control socket", e)),
     }
 }
 
@@ -270,9 +310,25 @@ impl Session {
 
     pub(crate) fn check_alive(&self) -> Result<()> {
         if self.shared.dead.load(Ordering::Acquire) {
-            return Err(Error::new(libc::ECONNRESET, "connection to the stoker engine was lost"));
+            return Err(lost_err());
         }
         Ok(())
+    }
+
+    /// Take this session out of use: a call of it could not reach the
+    /// engine. Later calls fail with ECONNRESET (and go to a new session);
+    /// requests already posted still complete, or fail when the engine's
+    /// doorbells close. Wakes every thread waiting for space or a ring entry.
+    pub(crate) fn mark_lost(&self) {
+        self.shared.dead.store(true, Ordering::Release);
+        // Lock before notifying: a waiter between its check and its wait
+        // holds the lock, so it cannot miss the wake-up.
+        drop(self.shared.slots.lock());
+        self.shared.slot_freed.notify_all();
+        for m in &self.shared.inflight {
+            drop(m.lock());
+        }
+        self.shared.inflight_freed.notify_all();
     }
 
     pub(crate) fn is_dead(&self) -> bool {
@@ -330,6 +386,7 @@ impl Session {
             if !wait {
                 return Ok(None);
             }
+            self.check_alive()?;
             if self.shared.slot_freed.wait_until(&mut slots, deadline).timed_out() {
                 return Err(Error::new(libc::ETIMEDOUT, "timed out waiting for shared-area space (are views held too long?)"));
             }
@@ -371,7 +428,7 @@ impl Session {
                     return Err(Error::new(libc::ETIMEDOUT, "timed out waiting for a ring entry"));
                 }
                 if self.is_dead() {
-                    return Err(Error::new(libc::ECONNRESET, "connection to the stoker engine was lost"));
+                    return Err(lost_err());
                 }
             }
             *n += 1;
@@ -384,6 +441,16 @@ impl Session {
         }
         let req_id = self.next_req.fetch_add(1, Ordering::Relaxed);
         self.shared.pending.lock().insert(req_id, Pending { to, shard, _lease: lease.clone() });
+        if self.is_dead() {
+            // The completion thread may have failed everything pending
+            // before this entry went in: then nothing would ever answer it.
+            // Whoever removes it answers it.
+            if self.shared.pending.lock().remove(&req_id).is_some() {
+                self.shared.finish(shard);
+                return Err(lost_err());
+            }
+            return Ok(req_id);
+        }
         let entry = SqEntry {
             req_id,
             buf_off: lease.off + at,
@@ -402,7 +469,8 @@ impl Session {
             self.shared.finish(shard);
             return Err(Error::new(libc::EIO, "request ring full or corrupt"));
         }
-        if (&self.shards[shard].bell).write_all(&[1]).is_err() {
+        if NoSigpipe(&self.shards[shard].bell).write_all(&[1]).is_err() {
+            // The engine went away; the completion thread fails this request.
             self.shared.dead.store(true, Ordering::Release);
         }
         Ok(req_id)
@@ -445,7 +513,11 @@ impl Drop for Session {
             let _ = s.bell.shutdown(std::net::Shutdown::Both);
         }
         if let Some(t) = self.completer.take() {
-            let _ = t.join();
+            // The last reference may go on the completion thread itself (in
+            // a callback): it ends by itself once the doorbells are shut.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }
