@@ -119,8 +119,8 @@ fn control_conn(socket: &str, opts: &Options) -> Option<UnixStream> {
 }
 
 /// Send `req` on `c` and read the answer with any descriptors it carries.
-fn call_fds(c: &mut UnixStream, req: &Request, fds_max: usize) -> Option<(Response, Vec<std::os::fd::OwnedFd>)> {
-    write_frame(c, req).ok()?;
+fn call_fds(c: &UnixStream, req: &Request, fds_max: usize) -> Option<(Response, Vec<std::os::fd::OwnedFd>)> {
+    write_frame(&mut crate::session::NoSigpipe(c), req).ok()?;
     let mut fds = Vec::new();
     let r = recv_frame_fds::<Response>(c, &mut fds, fds_max).ok()??;
     Some((r, fds))
