@@ -50,6 +50,8 @@ pub struct Loaded {
 
 pub struct AttrLog {
     file: Mutex<File>,
+    /// The last write failed (a full disk): warn once, not per write.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 fn encode(rec: &Rec) -> Vec<u8> {
@@ -120,7 +122,7 @@ impl AttrLog {
         } else {
             Self::rewrite(path, fingerprint, &loaded)?
         };
-        Ok((AttrLog { file: Mutex::new(file) }, loaded))
+        Ok((AttrLog { file: Mutex::new(file), failing: Default::default() }, loaded))
     }
 
     fn rewrite(path: &Path, fingerprint: &str, loaded: &Loaded) -> io::Result<File> {
@@ -143,9 +145,7 @@ impl AttrLog {
     /// Record `attr` for `path` (None forgets it).
     pub fn append(&self, path: &str, attr: Option<&Attr>) {
         let rec = encode(&Rec { p: path.to_string(), a: attr.cloned(), m: None, l: None });
-        if let Err(e) = self.file.lock().write_all(&rec) {
-            tracing::warn!(error = %e, "attribute log write failed; attributes will be re-learned after a restart");
-        }
+        self.write(&rec);
     }
 
     /// Record many at once (a listing) with one write.
@@ -176,8 +176,14 @@ impl AttrLog {
         if buf.is_empty() {
             return;
         }
-        if let Err(e) = self.file.lock().write_all(buf) {
-            tracing::warn!(error = %e, "attribute log write failed; attributes will be re-learned after a restart");
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.file.lock().write_all(buf) {
+            Err(e) if !self.failing.swap(true, Relaxed) => {
+                tracing::warn!(error = %e, "attribute log write failed; attributes will be re-learned after a restart")
+            }
+            Err(e) => tracing::debug!(error = %e, "attribute log write failed again"),
+            Ok(()) if self.failing.swap(false, Relaxed) => tracing::info!("attribute log writes succeed again"),
+            Ok(()) => {}
         }
     }
 }

@@ -214,6 +214,23 @@ impl Engine {
         let ns = Arc::new(ns);
         let listener = claim_socket(&cfg.socket, cfg.socket_group)?;
 
+        // Plan on no more than the filesystem can hold: with --capacity above
+        // it the disk fills before a segment does, nothing is ever evicted
+        // and caching stays paused on write errors (store/pause.rs). After
+        // the socket is claimed, so a start-up refused says only why.
+        let mut per_shard_capacity = cfg.per_shard_capacity();
+        if let Some(room) = store::per_shard_room(&root, &shard_dirs) {
+            if room < per_shard_capacity {
+                // At least what a shard needs for a few blocks (as config checks).
+                let room = room.max(4 * (cfg.block_bytes + 8192));
+                tracing::warn!(
+                    capacity = cfg.capacity_bytes,
+                    using = room * cfg.shards as u64,
+                    "--capacity is more than the cache dir's filesystem can hold; using what it can"
+                );
+                per_shard_capacity = room;
+            }
+        }
         let registry: shard::Registry = Arc::default();
         let counters: Vec<Arc<stats::ShardCounters>> = (0..cfg.shards).map(|_| Arc::default()).collect();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -234,7 +251,7 @@ impl Engine {
                 store: store::StoreConfig {
                     dir: shard_dirs[id].clone(),
                     segment_bytes: cfg.segment_bytes,
-                    capacity_bytes: cfg.per_shard_capacity(),
+                    capacity_bytes: per_shard_capacity,
                 },
                 socket_path: stoker_proto::shard_socket_path(&cfg.socket, id),
                 write_queue_bytes_max: cfg.write_queue_bytes_max,
@@ -283,7 +300,7 @@ impl Engine {
             sessions: AtomicU64::new(0),
             shard_cmds,
             policies,
-            capacity_bytes: cfg.capacity_bytes,
+            capacity_bytes: per_shard_capacity * cfg.shards as u64,
             direct,
             mounts: cfg
                 .mounts

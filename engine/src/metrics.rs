@@ -63,11 +63,14 @@ pub fn render_engine(s: &EngineSources) -> String {
     per_shard(&mut t, cs, &names::WRITE_DROPPED_BLOCKS, |_, c| c.write_dropped.load(Relaxed));
     per_shard(&mut t, cs, &names::READAHEAD_BLOCKS, |_, c| c.readahead_blocks.load(Relaxed));
     per_shard(&mut t, cs, &names::READAHEAD_DROPPED, |_, c| c.readahead_dropped.load(Relaxed));
+    per_shard(&mut t, cs, &names::CACHE_WRITE_ERRORS, |_, c| c.cache_write_errors.load(Relaxed));
+    per_shard(&mut t, cs, &names::SESSION_INFLIGHT_LIMITED, |_, c| c.session_inflight_limited.load(Relaxed));
     per_shard(&mut t, cs, &names::CAPACITY_BYTES, |_, c| c.capacity_bytes.load(Relaxed));
     per_shard(&mut t, cs, &names::USED_BYTES, |_, c| c.used_bytes.load(Relaxed));
     per_shard(&mut t, cs, &names::BLOCKS, |_, c| c.blocks.load(Relaxed));
     per_shard(&mut t, cs, &names::SEGMENTS, |_, c| c.segments.load(Relaxed));
     per_shard(&mut t, cs, &names::INFLIGHT_REQUESTS, |_, c| c.inflight_requests.load(Relaxed));
+    per_shard(&mut t, cs, &names::CACHING_PAUSED, |_, c| c.caching_paused.load(Relaxed));
     t.family(&names::UFS_INFLIGHT_LIMIT);
     for (mount, limit) in s.ctx.ns.mount_limits() {
         t.sample(&names::UFS_INFLIGHT_LIMIT, &[&mount], limit as u64);

@@ -13,7 +13,7 @@ use crate::namespace::{normalise, Namespace, NsError};
 use crate::session::SessionArea;
 use crate::stats::ShardCounters;
 use crate::policy::Policies;
-use crate::store::{Store, StoreConfig};
+use crate::store::{Store, StoreConfig, StoreError};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
@@ -129,6 +129,8 @@ struct Shard {
     readahead: Arc<crate::readahead::ReadAhead>,
     readahead_inflight: Rc<Cell<usize>>,
     direct: Option<DirectPublisher>,
+    /// Sessions with a stream attached to this shard now.
+    attached: RefCell<std::collections::HashSet<u64>>,
 }
 
 /// Start a shard thread. `ready` gets the recovery report once the store is
@@ -206,6 +208,7 @@ async fn run(
             .direct
             .filter(|_| setup.memory_cache_bytes == 0)
             .map(|areas| DirectPublisher { areas, shard: setup.id as u32, ns: ns.clone() }),
+        attached: RefCell::default(),
     });
     if let Some(p) = shard.direct.clone() {
         shard.store.set_on_segment_drop(Box::new(move || p.areas.table.bump_dropped(p.shard)));
@@ -244,22 +247,50 @@ async fn run(
     let _ = std::fs::remove_file(&setup.socket_path);
 }
 
+/// How long a new shard connection may take to send its session id.
+const ATTACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A client connected to this shard's socket: it sends its session id, and
 /// the stream becomes the doorbell in both directions.
 async fn attach(shard: Rc<Shard>, mut stream: UnixStream) {
-    let mut id = [0u8; 8];
-    if stream.read_exact(&mut id).await.is_err() {
-        return;
-    }
-    let id = u64::from_le_bytes(id);
+    let id = {
+        let read = async {
+            let mut id = [0u8; 8];
+            stream.read_exact(&mut id).await.map(|()| u64::from_le_bytes(id))
+        }
+        .fuse();
+        let late = glommio::timer::sleep(ATTACH_TIMEOUT).fuse();
+        futures::pin_mut!(read, late);
+        futures::select! {
+            r = read => match r {
+                Ok(id) => id,
+                Err(_) => return,
+            },
+            _ = late => {
+                tracing::debug!(shard = shard.id, "shard connection sent no session id in time");
+                return;
+            }
+        }
+    };
     let Some(area) = shard.registry.lock().get(&id).cloned() else {
         tracing::warn!(shard = shard.id, session = id, "unknown session on shard socket");
         return;
     };
-    // SAFETY: one session stream per shard per session: this task is the only
-    // consumer of the SQ and (through `cq`) the only producer of the CQ.
+    // One stream per session per shard: a second would be a second consumer
+    // of the same SQ.
+    let Some(_attached) = Attached::new(&shard, id) else {
+        tracing::warn!(shard = shard.id, session = id, "session attached twice to one shard; refused");
+        return;
+    };
+    // SAFETY: one session stream per shard per session (`Attached`): this
+    // task is the only consumer of the SQ and (through `cq`) the only
+    // producer of the CQ.
     let (mut sq, cq) = unsafe { (area.sq(shard.id), area.cq(shard.id)) };
     let cq = Rc::new(RefCell::new(cq));
+    // A client keeps at most ring_entries requests in flight per shard (so
+    // its CQ never overflows); one that posts more waits here for answers
+    // instead of growing this shard's task list without bound.
+    let slots = Rc::new(glommio::sync::Semaphore::new(area.layout().ring_entries as u64));
     let (mut rd, mut wr) = stream.split();
     // Completions ring the client's bell through one writer task; a full
     // channel means a ring is already pending, which covers this completion.
@@ -281,8 +312,22 @@ async fn attach(shard: Rc<Shard>, mut stream: UnixStream) {
         loop {
             match sq.pop() {
                 Ok(Some(req)) => {
+                    let permit = match slots.try_acquire_static_permit(1) {
+                        Ok(p) => p,
+                        Err(_) => {
+                            shard.counters.session_inflight_limited.fetch_add(1, Relaxed);
+                            match slots.acquire_static_permit(1).await {
+                                Ok(p) => p,
+                                Err(_) => break 'session,
+                            }
+                        }
+                    };
                     let task = serve(shard.clone(), area.clone(), req, cq.clone(), bell.clone());
-                    glommio::spawn_local(task).detach();
+                    glommio::spawn_local(async move {
+                        task.await;
+                        drop(permit);
+                    })
+                    .detach();
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -293,6 +338,24 @@ async fn attach(shard: Rc<Shard>, mut stream: UnixStream) {
         }
     }
     tracing::debug!(shard = shard.id, session = id, "session closed");
+}
+
+/// Marks a session attached to this shard for as long as it lives.
+struct Attached {
+    shard: Rc<Shard>,
+    id: u64,
+}
+
+impl Attached {
+    fn new(shard: &Rc<Shard>, id: u64) -> Option<Attached> {
+        shard.attached.borrow_mut().insert(id).then(|| Attached { shard: shard.clone(), id })
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.shard.attached.borrow_mut().remove(&self.id);
+    }
 }
 
 async fn serve(
@@ -614,9 +677,11 @@ impl Shard {
     fn cache_in_background(&self, path: &str, block: u64, key: BlockKey, data: Rc<Vec<u8>>, publish: Option<(u64, Attr)>) {
         let len = data.len() as u64;
         let queued = &self.write_queue_bytes;
-        if queued.get() + len > self.write_queue_bytes_max {
-            // The disk is behind: serve without caching rather than queue without bound.
+        if queued.get() + len > self.write_queue_bytes_max || !self.store.accepts_writes() {
+            // The disk is behind, or caching is paused after a write error (a
+            // full disk): serve without caching rather than queue without bound.
             self.counters.write_dropped.fetch_add(1, Relaxed);
+            publish_store(&self.store, &self.counters);
             return;
         }
         queued.set(queued.get() + len);
@@ -645,6 +710,10 @@ impl Shard {
                     counters.quota_evicted_blocks.fetch_add(dropped, Relaxed);
                 }
                 Ok(()) => {}
+                // The store logs a write error once, when it pauses caching.
+                Err(e @ (StoreError::Io(_) | StoreError::Glommio(_) | StoreError::Full(_) | StoreError::Closed)) => {
+                    tracing::debug!(error = %e, "caching a block failed")
+                }
                 Err(e) => tracing::warn!(error = %e, "caching a block failed"),
             }
             if let Some((p, epoch, attr, path)) = publisher {
@@ -723,6 +792,8 @@ fn publish_store(store: &Store, c: &ShardCounters) {
     c.reinserted_blocks.store(s.reinserted_blocks, Relaxed);
     c.corrupt_records.store(s.corrupt_records, Relaxed);
     c.device_bytes_read.store(s.device_bytes_read, Relaxed);
+    c.cache_write_errors.store(s.write_errors, Relaxed);
+    c.caching_paused.store(s.caching_paused as u64, Relaxed);
 }
 
 /// Apply control-plane commands in arrival order.

@@ -27,6 +27,12 @@ pub struct ShardCounters {
     pub mem_bytes: AtomicU64,
     pub readahead_blocks: AtomicU64,
     pub readahead_dropped: AtomicU64,
+    pub cache_write_errors: AtomicU64,
+    /// 1 while caching is paused after a segment write error, else 0.
+    pub caching_paused: AtomicU64,
+    /// Ring entries taken while the session already had `ring_entries`
+    /// requests in flight on this shard (a client breaking the protocol).
+    pub session_inflight_limited: AtomicU64,
     pub recovery: parking_lot::Mutex<RecoveryStats>,
     /// Read latencies, published by the shard every second (metrics::latency).
     pub read_latency: crate::metrics::latency::ReadLatency,
@@ -58,6 +64,9 @@ impl ShardCounters {
             mem_bytes: self.mem_bytes.load(Relaxed),
             readahead_blocks: self.readahead_blocks.load(Relaxed),
             readahead_dropped: self.readahead_dropped.load(Relaxed),
+            cache_write_errors: self.cache_write_errors.load(Relaxed),
+            caching_paused: self.caching_paused.load(Relaxed) != 0,
+            session_inflight_limited: self.session_inflight_limited.load(Relaxed),
         }
     }
 }

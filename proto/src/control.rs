@@ -162,6 +162,18 @@ pub struct ShardStats {
     pub readahead_blocks: u64,
     #[serde(default)]
     pub readahead_dropped: u64,
+    /// Segment writes that failed (a full disk, an I/O error); each pauses
+    /// caching on the shard for a back-off (docs/ARCHITECTURE.md, "Failure
+    /// handling").
+    #[serde(default)]
+    pub cache_write_errors: u64,
+    /// Caching is paused after a write error: misses are served, not cached.
+    #[serde(default)]
+    pub caching_paused: bool,
+    /// Ring entries a session posted beyond `ring_entries` in flight on
+    /// this shard (the shard waits for its answers before taking more).
+    #[serde(default)]
+    pub session_inflight_limited: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]

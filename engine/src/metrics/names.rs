@@ -48,6 +48,8 @@ pub const REINSERTED_BLOCKS: Def = def("stoker_reinserted_blocks_total", Kind::C
 pub const CORRUPT_RECORDS: Def = def("stoker_corrupt_records_total", Kind::Counter, SHARD, "Records that failed their checksum or key check on read (served as misses).");
 pub const WRITE_DROPPED_BLOCKS: Def = def("stoker_write_dropped_blocks_total", Kind::Counter, SHARD, "Fetched blocks served without being cached because the write queue was full.");
 pub const READAHEAD_BLOCKS: Def = def("stoker_readahead_blocks_total", Kind::Counter, SHARD, "Blocks fetched ahead of a sequential reader of a large object.");
+pub const CACHE_WRITE_ERRORS: Def = def("stoker_cache_write_errors_total", Kind::Counter, SHARD, "Segment writes that failed (a full disk, an I/O error); each pauses caching on the shard for a back-off of 1 s doubling to 30 s.");
+pub const SESSION_INFLIGHT_LIMITED: Def = def("stoker_session_inflight_limited_total", Kind::Counter, SHARD, "Ring entries a session posted while it already had ring_entries requests in flight on the shard; the shard waits for an answer before taking more.");
 pub const READAHEAD_DROPPED: Def = def("stoker_readahead_dropped_total", Kind::Counter, SHARD, "Read-ahead fetches not started: 16 already in flight on the shard, or its write queue more than half full.");
 
 // ---- gauges, per shard ----
@@ -55,6 +57,7 @@ pub const CAPACITY_BYTES: Def = def("stoker_capacity_bytes", Kind::Gauge, SHARD,
 pub const USED_BYTES: Def = def("stoker_used_bytes", Kind::Gauge, SHARD, "Bytes of segment files the shard uses now.");
 pub const BLOCKS: Def = def("stoker_blocks", Kind::Gauge, SHARD, "Blocks in the shard's index.");
 pub const SEGMENTS: Def = def("stoker_segments", Kind::Gauge, SHARD, "Segment files of the shard.");
+pub const CACHING_PAUSED: Def = def("stoker_caching_paused", Kind::Gauge, SHARD, "1 while caching is paused after a segment write error (misses are served, not cached), else 0.");
 pub const INFLIGHT_REQUESTS: Def = def("stoker_inflight_requests", Kind::Gauge, SHARD, "Requests the shard has taken off client rings and not answered yet (queue depth).");
 
 // ---- engine-wide ----
@@ -107,11 +110,14 @@ pub const ALL: &[Def] = &[
     WRITE_DROPPED_BLOCKS,
     READAHEAD_BLOCKS,
     READAHEAD_DROPPED,
+    CACHE_WRITE_ERRORS,
+    SESSION_INFLIGHT_LIMITED,
     CAPACITY_BYTES,
     USED_BYTES,
     BLOCKS,
     SEGMENTS,
     INFLIGHT_REQUESTS,
+    CACHING_PAUSED,
     UFS_INFLIGHT_LIMIT,
     SESSIONS,
     SESSIONS_OPENED,

@@ -17,6 +17,7 @@ pub mod index;
 
 mod evict;
 mod heads;
+mod pause;
 mod recover;
 mod segment;
 
@@ -128,6 +129,10 @@ pub struct StoreStats {
     pub corrupt_records: u64,
     /// Bytes read from segment files to serve `get` and `get_range`.
     pub device_bytes_read: u64,
+    /// Segment writes that failed (a full disk, an I/O error).
+    pub write_errors: u64,
+    /// Whether caching is paused after a write error (see `accepts_writes`).
+    pub caching_paused: bool,
 }
 
 /// A block (or the range of one asked of `get_range`) read from the store;
@@ -198,6 +203,9 @@ struct Shared {
     /// Called after segment files are deleted (clients holding descriptors
     /// of them must let go, or the space stays in use).
     on_drop: RefCell<Option<Box<dyn Fn()>>>,
+    /// Whether writes are paused after a write error (a full disk), and
+    /// until when.
+    pause: pause::Pause,
 }
 
 /// How a full store picks what to drop.
@@ -232,6 +240,37 @@ pub struct Store {
     /// The writer task; dropping the store cancels it (queued, unwritten
     /// puts then fail with `Closed` — the "crash" the tests simulate).
     _writer: glommio::Task<()>,
+}
+
+/// Bytes each of `dirs` (the shard directories under `root`) may plan on
+/// holding on the filesystem of `root`: what is free to the engine now
+/// (statvfs `f_bavail`) plus the segment files already there, less 1/16 for
+/// index archives, metadata and the filesystem's own needs, split evenly.
+/// None when the filesystem cannot be asked.
+#[allow(clippy::unnecessary_cast)] // statvfs field types differ between platforms
+pub fn per_shard_room(root: &std::path::Path, dirs: &[PathBuf]) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_root = std::ffi::CString::new(root.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: statvfs writes one struct statvfs through the pointer, which
+    // points to one; the path is a valid NUL-terminated string.
+    if unsafe { libc::statvfs(c_root.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded, so it filled the struct (zeroed before).
+    let st = unsafe { st.assume_init() };
+    let free = (st.f_bavail as u64).checked_mul(st.f_frsize as u64)?;
+    let mut ours: u64 = 0;
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".dat") {
+                ours = ours.saturating_add(e.metadata().map_or(0, |m| m.len()));
+            }
+        }
+    }
+    let room = free.saturating_add(ours);
+    Some((room - room / 16) / (dirs.len().max(1) as u64))
 }
 
 /// How long opening a cache waits for a lock held by another process (one
@@ -299,6 +338,7 @@ impl Store {
             last_read: RefCell::default(),
             heads: RefCell::new(heads::HeadCache::new(HEAD_CACHE_BYTES)),
             on_drop: RefCell::default(),
+            pause: pause::Pause::default(),
         });
         evict::enforce_capacity(&shared).await?;
         report.elapsed_us = started.elapsed().as_micros() as u64;
@@ -594,7 +634,17 @@ impl Store {
             reinserted_blocks: c.reinserted_blocks.get(),
             corrupt_records: c.corrupt_records.get(),
             device_bytes_read: c.device_bytes_read.get(),
+            write_errors: self.shared.pause.errors(),
+            caching_paused: self.shared.pause.paused(),
         }
+    }
+
+    /// False while writes are paused after a write error and the back-off
+    /// has not run out: a caller should serve the block without caching it
+    /// (a `put` now fails at once). True again once the back-off is over, so
+    /// the next put tries the disk; a success resumes caching.
+    pub fn accepts_writes(&self) -> bool {
+        !self.shared.pause.holding(std::time::Instant::now())
     }
 
     /// Waits for every put queued before this call, then fdatasyncs the open

@@ -123,8 +123,17 @@ pub(super) async fn run_writer(shared: Rc<Shared>, mut rx: mpsc::UnboundedReceiv
 }
 
 /// Writes `batch` in queue order, rolling segments as needed, then indexes
-/// each record and completes its put.
+/// each record and completes its put. A failed write or roll fails the rest
+/// of the batch and pauses writes (`pause.rs`); while paused, a batch fails
+/// at once without touching the disk.
 async fn write_batch(shared: &Rc<Shared>, batch: Vec<Pending>) {
+    if shared.pause.holding(std::time::Instant::now()) {
+        let e = StoreError::Full("caching paused after a segment write error".into());
+        for p in batch {
+            fail(p, &e);
+        }
+        return;
+    }
     let mut rest = batch.into_iter().peekable();
     while let Some(first_len) = rest.peek().map(|p| p.bytes.len() as u64) {
         let needs_roll = {
@@ -133,7 +142,7 @@ async fn write_batch(shared: &Rc<Shared>, batch: Vec<Pending>) {
         };
         if needs_roll {
             if let Err(e) = roll(shared).await {
-                tracing::error!(error = %e, "store: cannot roll to a new segment");
+                shared.pause.failed(&format!("rolling to a new segment: {e}"));
                 for p in rest {
                     fail(p, &e);
                 }
@@ -155,42 +164,38 @@ async fn write_batch(shared: &Rc<Shared>, batch: Vec<Pending>) {
             end += len;
             run.extend(rest.next());
         }
-        let result = write_run(shared, &file, start, end, &run).await;
-        match result {
-            Ok(()) => {
-                let mut index = shared.index.borrow_mut();
-                let mut segs = shared.segs.borrow_mut();
-                let mut at = start;
-                for p in run {
-                    let len_units = (p.bytes.len() as u64 / ALIGN) as u32;
-                    let loc = Location { seg_id, offset_units: (at / ALIGN) as u32, len_units, accessed: false };
-                    if p.flags & FLAG_TOMBSTONE != 0 {
-                        index.remove(&p.key_hash);
-                    } else {
-                        index.insert(p.key_hash, loc.pack());
-                    }
-                    if segs.open.id == seg_id {
-                        segs.open.entries.push(IdxEntry {
-                            key_hash: p.key_hash,
-                            offset_units: loc.offset_units,
-                            len_units: len_units as u16,
-                            flags: p.flags,
-                        });
-                    }
-                    at += p.bytes.len() as u64;
-                    if let Some(done) = p.done {
-                        let _ = done.send(Ok(()));
-                    }
-                }
+        if let Err(e) = write_run(shared, &file, start, end, &run).await {
+            // Nothing of the run is indexed or counted; the open segment's
+            // end is back at `start` (see `write_at_end`).
+            shared.pause.failed(&format!("segment {seg_id} at {start}: {e}"));
+            for p in run.into_iter().chain(rest) {
+                fail(p, &e);
             }
-            Err(e) => {
-                // The reserved range stays a hole; recovery stops scanning
-                // there, so records after it in this segment survive only via
-                // the `.idx` written at seal.
-                tracing::error!(error = %e, seg_id, start, "store: segment write failed");
-                for p in run {
-                    fail(p, &e);
-                }
+            return;
+        }
+        shared.pause.succeeded();
+        let mut index = shared.index.borrow_mut();
+        let mut segs = shared.segs.borrow_mut();
+        let mut at = start;
+        for p in run {
+            let len_units = (p.bytes.len() as u64 / ALIGN) as u32;
+            let loc = Location { seg_id, offset_units: (at / ALIGN) as u32, len_units, accessed: false };
+            if p.flags & FLAG_TOMBSTONE != 0 {
+                index.remove(&p.key_hash);
+            } else {
+                index.insert(p.key_hash, loc.pack());
+            }
+            if segs.open.id == seg_id {
+                segs.open.entries.push(IdxEntry {
+                    key_hash: p.key_hash,
+                    offset_units: loc.offset_units,
+                    len_units: len_units as u16,
+                    flags: p.flags,
+                });
+            }
+            at += p.bytes.len() as u64;
+            if let Some(done) = p.done {
+                let _ = done.send(Ok(()));
             }
         }
     }
@@ -211,16 +216,38 @@ async fn write_run(shared: &Rc<Shared>, file: &Rc<DmaFile>, start: u64, end: u64
         buf.as_bytes_mut()[at..at + p.bytes.len()].copy_from_slice(&p.bytes);
         at += p.bytes.len();
     }
-    // Reserve before the await so concurrent readers of `used_bytes` see it.
+    write_at_end(shared, file, start, buf).await
+}
+
+/// Writes `buf` at `start`, the open segment's end, moving the end past it.
+///
+/// The end moves before the write is issued (readers of `used_bytes` see
+/// bytes on their way) and goes back to `start` if the write fails or is
+/// short, so a failed append is never counted and the next one starts at
+/// the same aligned offset. What a short write left past `start` is cut off
+/// (best effort): a crash before that is a torn tail that recovery cuts.
+async fn write_at_end(shared: &Rc<Shared>, file: &Rc<DmaFile>, start: u64, buf: glommio::io::DmaBuffer) -> Result<()> {
+    let len = buf.len();
+    let end = start.checked_add(len as u64).ok_or_else(|| StoreError::InvalidArgument("segment offset overflow".into()))?;
     shared.segs.borrow_mut().open.end = end;
-    let written = file.write_at(buf, start).await?;
-    if written != len {
-        return Err(StoreError::Io(std::io::Error::new(
+    let result = match file.write_at(buf, start).await {
+        Ok(written) if written == len => return Ok(()),
+        Ok(written) => Err(StoreError::Io(std::io::Error::new(
             std::io::ErrorKind::WriteZero,
             format!("short segment write: {written} of {len} bytes"),
-        )));
+        ))),
+        Err(e) => Err(StoreError::from(e)),
+    };
+    {
+        let mut segs = shared.segs.borrow_mut();
+        if Rc::ptr_eq(&segs.open.file, file) {
+            segs.open.end = start;
+        }
     }
-    Ok(())
+    if let Err(e) = file.truncate(start).await {
+        tracing::debug!(error = %e, start, "store: cutting a failed append off the segment");
+    }
+    result
 }
 
 /// Appends already-encoded records (reinsertion during reclaim) to the open
@@ -232,11 +259,7 @@ pub(super) async fn append_raw(shared: &Rc<Shared>, records: &[u8]) -> Result<(u
     };
     let mut buf = file.alloc_dma_buffer(records.len());
     buf.as_bytes_mut().copy_from_slice(records);
-    shared.segs.borrow_mut().open.end = start + records.len() as u64;
-    let written = file.write_at(buf, start).await?;
-    if written != records.len() {
-        return Err(StoreError::Io(std::io::Error::new(std::io::ErrorKind::WriteZero, "short reinsertion write")));
-    }
+    write_at_end(shared, &file, start, buf).await?;
     Ok((seg_id, start))
 }
 
@@ -257,6 +280,12 @@ async fn roll(shared: &Rc<Shared>) -> Result<()> {
     };
     write_idx(&shared.dir, &SegmentIndex { seg_id: id, data_bytes: end, entries }).await?;
     let next_id = id.checked_add(1).ok_or_else(|| StoreError::Full("segment ids exhausted".into()))?;
+    // Ids only grow, so a file of the next id can only be what a roll that
+    // failed half-way (a full disk) left: empty and never indexed.
+    match std::fs::remove_file(shared.dir.join(data_file_name(next_id))) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     let file = create_segment(&shared.dir, next_id).await?;
     {
         let mut segs = shared.segs.borrow_mut();
