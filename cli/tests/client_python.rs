@@ -50,14 +50,21 @@ fn venv(root: &Path) -> PathBuf {
     py
 }
 
-#[test]
-fn python_client_reads_the_tree_byte_for_byte() {
+/// The repository root and a venv's python with the binding built, or None
+/// (said once) when STOKER_SKIP_PYTHON is set.
+fn python() -> Option<(PathBuf, PathBuf)> {
     if std::env::var_os("STOKER_SKIP_PYTHON").is_some() {
         eprintln!("STOKER_SKIP_PYTHON set: skipped");
-        return;
+        return None;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let py = venv(&root);
+    Some((root, py))
+}
+
+#[test]
+fn python_client_reads_the_tree_byte_for_byte() {
+    let Some((root, py)) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let sizes: Vec<usize> = (0..120).map(|i| [0, 1, 4095, 4097, 110_000, 300_000, 5 << 20][i % 7] + i).collect();
@@ -79,12 +86,7 @@ fn python_client_reads_the_tree_byte_for_byte() {
 /// and started again on the same cache dir and socket.
 #[test]
 fn python_client_keeps_reading_across_engine_restarts() {
-    if std::env::var_os("STOKER_SKIP_PYTHON").is_some() {
-        eprintln!("STOKER_SKIP_PYTHON set: skipped");
-        return;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let py = venv(&root);
+    let Some((root, py)) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let sizes: Vec<usize> = (0..40).map(|i| [1, 4097, 110_000, 300_000, 3 << 20][i % 5] + i).collect();

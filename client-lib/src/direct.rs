@@ -11,6 +11,7 @@
 //! short read, a failed check) is simply not a direct hit: the read goes
 //! through the engine as before, which also republishes the entry.
 
+use crate::session::connect_control;
 use crate::Options;
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
@@ -111,13 +112,6 @@ thread_local! {
     static BODY: RefCell<Aligned> = const { RefCell::new(Aligned { ptr: std::ptr::null_mut(), cap: 0 }) };
 }
 
-fn control_conn(socket: &str, opts: &Options) -> Option<UnixStream> {
-    let c = UnixStream::connect(socket).ok()?;
-    c.set_read_timeout(Some(opts.timeout)).ok()?;
-    c.set_write_timeout(Some(opts.timeout)).ok()?;
-    Some(c)
-}
-
 /// Send `req` on `c` and read the answer with any descriptors it carries.
 fn call_fds(c: &UnixStream, req: &Request, fds_max: usize) -> Option<(Response, Vec<std::os::fd::OwnedFd>)> {
     write_frame(&mut crate::session::NoSigpipe(c), req).ok()?;
@@ -131,8 +125,8 @@ impl Direct {
     /// reads off, or anything about the table is not right (reads then all
     /// go through the engine).
     pub(crate) fn connect(socket: &str, opts: &Options, shards: u32) -> Option<Direct> {
-        let mut c = control_conn(socket, opts)?;
-        let (resp, mut fds) = call_fds(&mut c, &Request::DirectTable, 2)?;
+        let c = connect_control(socket, opts).ok()?;
+        let (resp, mut fds) = call_fds(&c, &Request::DirectTable, 2)?;
         let Response::DirectTable { table_bytes, feedback_bytes } = resp else { return None };
         if fds.len() != 2 {
             return None;
@@ -190,7 +184,7 @@ impl Direct {
         }
         let mut conn = self.conn.lock();
         if conn.is_none() {
-            *conn = control_conn(&self.socket, &self.opts);
+            *conn = connect_control(&self.socket, &self.opts).ok();
         }
         let c = conn.as_mut()?;
         let got = call_fds(c, &Request::SegmentFd { shard, seg_id }, 1);

@@ -199,7 +199,7 @@ fn memfd(bytes: u64) -> Result<File> {
     }
 }
 
-fn connect_control(socket: &str, opts: &Options) -> Result<UnixStream> {
+pub(crate) fn connect_control(socket: &str, opts: &Options) -> Result<UnixStream> {
     let c = UnixStream::connect(socket).map_err(|e| {
         Error::new(
             libc::ECONNREFUSED,
