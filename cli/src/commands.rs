@@ -136,6 +136,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         None => stoker_tuning::ConfigFile::default(),
     };
     let mut cfg = file.engine_config(a.cache_dir)?;
+    // The two keys whose parsers live here.
+    if let Some(m) = &file.serve.metrics {
+        cfg.metrics = Some(metrics_addr_arg(m).map_err(anyhow::Error::msg).context("[serve] metrics")?);
+    }
+    if let Some(g) = &file.serve.socket_group {
+        cfg.socket_group = Some(group_arg(g).map_err(anyhow::Error::msg).context("[serve] socket_group")?);
+    }
     for (name, uri) in file.mounts()? {
         cfg.mounts.push(mount_arg(&format!("{name}={uri}")).map_err(anyhow::Error::msg)?);
     }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{wait_for, Server};
+use common::{run, wait_for, Server};
 use rand::{RngCore, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -116,7 +116,7 @@ fn a_full_disk_pauses_caching_and_reads_stay_correct() {
     let (_, free, _) = fs_usage(&disk.dir);
     write_zeros(&filler, free.saturating_sub(6 << 20));
 
-    let check_usage = |srv: &mut Server| {
+    let check_usage = |srv: &mut Server, c: &stoker_client::Client| {
         assert!(srv.child.try_wait().unwrap().is_none(), "the engine exited");
         let s = c.engine_stats().unwrap();
         let (in_use, _, total) = fs_usage(&disk.dir);
@@ -127,33 +127,59 @@ fn a_full_disk_pauses_caching_and_reads_stay_correct() {
         let got = c.read_file(&format!("/m/{n}")).unwrap();
         assert!(got == std::fs::read(src.join(n)).unwrap(), "wrong bytes for {n}");
         if i % 10 == 0 {
-            check_usage(&mut srv);
+            check_usage(&mut srv, &c);
         }
     }
     wait_for("a counted write error", Duration::from_secs(30), || {
         c.engine_stats().unwrap().shards.iter().any(|s| s.cache_write_errors > 0)
     });
-    check_usage(&mut srv);
+    check_usage(&mut srv, &c);
     let paused = c.engine_stats().unwrap().shards.iter().filter(|s| s.caching_paused).count();
     assert!(paused > 0, "no shard reports caching paused");
     let blocks_full = c.engine_stats().unwrap().blocks;
 
+    // `stoker free` while caching is paused: its tombstones cannot be
+    // written now, and must not be lost (or a restart brings the blocks back).
+    let cached = |sock: &str, path: &str| -> u64 {
+        let out = run(&["stat", path, "--json", "--socket", sock]);
+        assert!(out.status.success(), "stoker stat {path}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stat --json");
+        v["cached_blocks"].as_u64().expect("cached_blocks")
+    };
+    assert!(cached(&sock, "/m/d0") > 0, "nothing of /m/d0 was cached before the disk filled");
+    let out = run(&["free", "/m/d0", "--socket", &sock]);
+    assert!(out.status.success(), "stoker free: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(cached(&sock, "/m/d0"), 0);
+
     // Space returns: caching resumes within the longest back-off (30 s).
+    // /m/d0 is left alone so that what a restart finds there is the free's doing.
     std::fs::remove_file(&filler).unwrap();
+    let others: Vec<&String> = names.iter().filter(|n| !n.starts_with("d0/")).collect();
     let mut i = 0;
     wait_for("caching to resume", Duration::from_secs(90), || {
-        let n = &names[i % names.len()];
+        let n = others[i % others.len()];
         i += 1;
         assert!(c.read_file(&format!("/m/{n}")).unwrap() == std::fs::read(src.join(n)).unwrap(), "wrong bytes for {n}");
         let s = c.engine_stats().unwrap();
         s.blocks > blocks_full && s.shards.iter().all(|s| !s.caching_paused)
     });
-    check_usage(&mut srv);
+    check_usage(&mut srv, &c);
+    drop(c);
+    srv.stop();
+
+    // After a restart the freed blocks stay freed.
+    let mut srv = Server::start(
+        &disk.dir.join("cache"),
+        &sock,
+        &["--shards", "2", "--capacity", "1G", "--mount", &format!("m=file://{}", src.display())],
+    );
+    assert_eq!(cached(&sock, "/m/d0"), 0, "blocks freed while caching was paused came back after a restart");
+    let c = srv.client();
     // Every file still reads correctly, cached or not.
     for n in &names {
         assert!(c.read_file(&format!("/m/{n}")).unwrap() == std::fs::read(src.join(n)).unwrap(), "wrong bytes for {n}");
     }
-    check_usage(&mut srv);
+    check_usage(&mut srv, &c);
     drop(c);
     srv.stop();
 }

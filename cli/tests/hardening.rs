@@ -339,3 +339,33 @@ fn absurd_durations_and_sizes_get_one_line_and_the_engine_lives() {
     assert_eq!(srv.client().read_file(&format!("/m/{}", tree[0].0)).unwrap(), tree[0].1);
     srv.stop();
 }
+
+#[test]
+fn session_ids_are_unguessable_and_a_wrong_one_attaches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let tree = make_tree(&src, &[1000], 8);
+    let sock = dir.path().join("s.sock").to_string_lossy().into_owned();
+    let srv = Server::start(&dir.path().join("cache"), &sock, &["--shards", "2", "--mount", &format!("m=file://{}", src.display())]);
+    let clients: Vec<_> = (0..4).map(|_| srv.client()).collect();
+    let ids: Vec<u64> = clients.iter().map(|c| c.session_id().unwrap()).collect();
+    // The id is what a shard socket admits on: sessions opened one after
+    // another must not be able to work out each other's.
+    for (i, a) in ids.iter().enumerate() {
+        for b in &ids[i + 1..] {
+            assert!(a.abs_diff(*b) > 1 << 20, "session ids {ids:?} are close enough to guess");
+        }
+    }
+    // A shard stream naming an id the engine never gave out is closed unserved.
+    let mut s = UnixStream::connect(stoker_proto::shard_socket_path(&sock, 0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&ids[0].wrapping_add(1).to_le_bytes()).unwrap();
+    let mut b = [0u8; 8];
+    assert!(matches!(s.read(&mut b), Ok(0)), "a stream with a made-up session id was not closed at once");
+    // The real sessions still read.
+    for c in &clients {
+        assert_eq!(c.read_file(&format!("/m/{}", tree[0].0)).unwrap(), tree[0].1);
+    }
+    drop(clients);
+    srv.stop();
+}

@@ -184,7 +184,22 @@ fn bad_entries(rng: &mut SmallRng, sock: &str, shards: u32, good_path: &str) {
             flags: if rng.gen_bool(0.2) { FLAG_NO_DATA } else { rng.gen() },
             _reserved: rng.gen(),
         };
-        if rng.gen_bool(0.5) {
+        if i < 6 {
+            // A stream over a multi-block file that runs on to absurd blocks:
+            // read-ahead is asked to go where no block is.
+            e = SqEntry {
+                req_id: i,
+                buf_off: data - PAGE,
+                buf_len: PAGE,
+                block: [0, 1, 2, 3, u64::MAX, 1 << 40][i as usize],
+                off_in_block: 0,
+                len: 4096,
+                path_len: good_path.len() as u32,
+                flags: 0,
+                _reserved: 0,
+            };
+            h.put_path(e.buf_off, good_path);
+        } else if rng.gen_bool(0.5) {
             // A real path in a slot at the very end of the area, so lengths
             // past the slot run off the area.
             e.buf_off = data - PAGE;
@@ -302,7 +317,7 @@ fn bad_shard_streams(rng: &mut SmallRng, sock: &str, shards: u32) {
             1 => junk,
             // The same session again: a second consumer of its SQ.
             2 => [h.welcome.session.to_le_bytes().to_vec(), junk].concat(),
-            _ => [(h.welcome.session + 1 + rng.gen_range(0..1000)).to_le_bytes().to_vec(), junk].concat(),
+            _ => [h.welcome.session.wrapping_add(1 + rng.gen_range(0..1000)).to_le_bytes().to_vec(), junk].concat(),
         };
         let _ = s.write_all(&bytes);
     }
@@ -335,11 +350,24 @@ fn hostile_clients_on_the_rings_cannot_hurt_the_engine() {
     let mut srv = Server::start(
         &dir.path().join("cache"),
         &sock,
-        &["--shards", "2", "--capacity", "64M", "--ufs-latency", "20ms", "--mount", &format!("m=file://{}", src.display())],
+        &[
+            "--shards",
+            "2",
+            "--capacity",
+            "64M",
+            // Small blocks: the larger files span several, so hostile reads reach read-ahead.
+            "--block-size",
+            "64K",
+            "--ufs-latency",
+            "20ms",
+            "--mount",
+            &format!("m=file://{}", src.display()),
+        ],
     );
     let opts = stoker_client::Options { timeout: Duration::from_secs(30), direct: false, ..Default::default() };
     let good = stoker_client::Client::connect_with(&sock, opts.clone()).unwrap();
-    let good_path = format!("/m/{}", tree[2].0);
+    // 300,000 bytes: five blocks.
+    let good_path = format!("/m/{}", tree[3].0);
     let mut rng = SmallRng::seed_from_u64(0x5707_12e5);
     let t0 = Instant::now();
     let mut rounds = 0;
@@ -360,7 +388,7 @@ fn hostile_clients_on_the_rings_cannot_hurt_the_engine() {
     }
     // A new client still gets in, and the engine counted the flood.
     let fresh = stoker_client::Client::connect_with(&sock, opts).unwrap();
-    assert_eq!(fresh.read_file(&good_path).unwrap(), tree[2].1);
+    assert_eq!(fresh.read_file(&good_path).unwrap(), tree[3].1);
     let s = fresh.engine_stats().unwrap();
     assert!(s.shards.iter().any(|s| s.session_inflight_limited > 0), "no shard counted a session over its ring: {:?}", s.shards);
     drop((good, fresh));

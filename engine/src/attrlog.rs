@@ -14,6 +14,12 @@
 //! rest is cut off). The log is rewritten compactly at start-up when more than
 //! half of it is superseded. Writes are not fsynced: after a power loss the
 //! cache simply re-learns attributes from under storage.
+//!
+//! A write that fails (a full disk) may leave part of a record behind, and
+//! the record it lost may be the one saying a file changed: a restart would
+//! then trust the older attribute. So a failed write empties the log and
+//! starts it again from its first record; what is logged from then on is
+//! current, and everything else is re-learned from under storage.
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -49,9 +55,36 @@ pub struct Loaded {
 }
 
 pub struct AttrLog {
-    file: Mutex<File>,
+    out: Mutex<Out>,
+    /// The first record (the mounts), written again after a failed write.
+    header: Vec<u8>,
     /// The last write failed (a full disk): warn once, not per write.
     failing: std::sync::atomic::AtomicBool,
+}
+
+struct Out {
+    sink: Box<dyn Sink>,
+    /// The log was emptied after a failed write: its first record goes
+    /// ahead of the next write.
+    needs_header: bool,
+}
+
+/// Where the log goes: its file (tests put a failing one in its place).
+trait Sink: Send {
+    /// Append all of `buf`; on an error some of it may have been written.
+    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Cut the log to nothing.
+    fn clear(&mut self) -> io::Result<()>;
+}
+
+impl Sink for File {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write_all(buf)
+    }
+    fn clear(&mut self) -> io::Result<()> {
+        // The file is O_APPEND: the next write lands at the new end.
+        self.set_len(0)
+    }
 }
 
 fn encode(rec: &Rec) -> Vec<u8> {
@@ -122,13 +155,22 @@ impl AttrLog {
         } else {
             Self::rewrite(path, fingerprint, &loaded)?
         };
-        Ok((AttrLog { file: Mutex::new(file), failing: Default::default() }, loaded))
+        Ok((AttrLog::over(Box::new(file), fingerprint), loaded))
+    }
+
+    fn over(sink: Box<dyn Sink>, fingerprint: &str) -> AttrLog {
+        AttrLog {
+            out: Mutex::new(Out { sink, needs_header: false }),
+            header: encode(&Rec { p: String::new(), a: None, m: Some(fingerprint.to_string()), l: None }),
+            failing: Default::default(),
+        }
     }
 
     fn rewrite(path: &Path, fingerprint: &str, loaded: &Loaded) -> io::Result<File> {
         let attrs = &loaded.attrs;
         let tmp: PathBuf = path.with_extension("tmp");
         let mut buf = encode(&Rec { p: String::new(), a: None, m: Some(fingerprint.to_string()), l: None });
+        buf.reserve(attrs.len() * 96);
         for (p, a) in attrs {
             buf.extend_from_slice(&encode(&Rec { p: p.clone(), a: Some(a.clone()), m: None, l: None }));
         }
@@ -177,13 +219,32 @@ impl AttrLog {
             return;
         }
         use std::sync::atomic::Ordering::Relaxed;
-        match self.file.lock().write_all(buf) {
-            Err(e) if !self.failing.swap(true, Relaxed) => {
-                tracing::warn!(error = %e, "attribute log write failed; attributes will be re-learned after a restart")
+        let mut out = self.out.lock();
+        let res = if out.needs_header {
+            out.sink.append(&[self.header.as_slice(), buf].concat())
+        } else {
+            out.sink.append(buf)
+        };
+        match res {
+            Ok(()) => {
+                out.needs_header = false;
+                if self.failing.swap(false, Relaxed) {
+                    tracing::info!("attribute log writes succeed again");
+                }
             }
-            Err(e) => tracing::debug!(error = %e, "attribute log write failed again"),
-            Ok(()) if self.failing.swap(false, Relaxed) => tracing::info!("attribute log writes succeed again"),
-            Ok(()) => {}
+            Err(e) => {
+                // Part of `buf` may be in the log and the rest is lost: empty
+                // it rather than leave older attributes a restart would trust.
+                if let Err(e2) = out.sink.clear() {
+                    tracing::error!(error = %e2, "cannot empty the attribute log after a failed write; it will be discarded at the next start");
+                }
+                out.needs_header = true;
+                if !self.failing.swap(true, Relaxed) {
+                    tracing::warn!(error = %e, "attribute log write failed; the log was emptied (attributes are re-learned from under storage after a restart)");
+                } else {
+                    tracing::debug!(error = %e, "attribute log write failed again");
+                }
+            }
         }
     }
 }
@@ -228,6 +289,48 @@ mod tests {
         // Other mounts: nothing is trusted.
         let (_, got) = AttrLog::open(&path, "m=file:///b").unwrap();
         assert!(got.attrs.is_empty());
+    }
+
+    /// A log in memory whose next append fails half-way when told to.
+    #[derive(Clone, Default)]
+    struct Flaky {
+        bytes: std::sync::Arc<Mutex<Vec<u8>>>,
+        fail_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Sink for Flaky {
+        fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+            if self.fail_next.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                self.bytes.lock().extend_from_slice(&buf[..buf.len() / 2]);
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.bytes.lock().extend_from_slice(buf);
+            Ok(())
+        }
+        fn clear(&mut self) -> io::Result<()> {
+            self.bytes.lock().clear();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_never_leaves_an_older_attribute_to_trust() {
+        let sink = Flaky::default();
+        let log = AttrLog::over(Box::new(sink.clone()), "m");
+        log.out.lock().sink.append(&log.header).unwrap();
+        log.append("/m/x", Some(&attr("v1")));
+        log.append("/m/y", Some(&attr("v1")));
+        // x changes, and the record saying so is torn by a full disk.
+        sink.fail_next.store(true, std::sync::atomic::Ordering::Relaxed);
+        log.append("/m/x", Some(&attr("v2")));
+        log.append("/m/z", Some(&attr("v1")));
+        let bytes = sink.bytes.lock().clone();
+        let (recs, good) = decode_all(&bytes);
+        assert_eq!(good, bytes.len(), "a torn record was left in the log");
+        assert_eq!(recs.first().and_then(|r| r.m.as_deref()), Some("m"), "the log lost its first record");
+        let paths: Vec<&str> = recs.iter().skip(1).map(|r| r.p.as_str()).collect();
+        // x's old attribute is gone (re-learned), z's is kept.
+        assert_eq!(paths, vec!["/m/z"]);
     }
 
     #[test]

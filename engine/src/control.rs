@@ -29,7 +29,8 @@ pub struct ControlCtx {
     pub block_bytes: u64,
     pub socket: String,
     pub stopping: AtomicBool,
-    pub next_session: AtomicU64,
+    /// Sessions opened since start (a count; ids are random, see `session_token`).
+    pub sessions_opened: AtomicU64,
     pub sessions: AtomicU64,
     /// One command queue per shard (policies, free, per-path stats).
     pub shard_cmds: Vec<futures::channel::mpsc::UnboundedSender<crate::shard::ShardCmd>>,
@@ -157,7 +158,8 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
             Request::Hello { .. } => match fds.pop() {
                 None => Response::Error { errno: libc::EINVAL, message: "hello without a shared area".into() },
                 Some(fd) => {
-                    let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
+                    let id = session_token(&ctx.registry);
+                    ctx.sessions_opened.fetch_add(1, Ordering::Relaxed);
                     match SessionArea::from_fd(id, fd, ctx.counters.len() as u32) {
                         Ok(area) => {
                             let ring_entries = area.layout().ring_entries;
@@ -233,6 +235,31 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
     for id in my_sessions {
         if reg.remove(&id).is_some() {
             ctx.sessions.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A new session id: 64 random bits from the kernel, never 0 and never an
+/// id in use. The id is the capability a client presents on the shard
+/// sockets (which cannot check the peer's credentials: docs/SECURITY.md),
+/// so it is handed out only to an admitted control connection and cannot
+/// be guessed by another process.
+pub fn session_token(registry: &Registry) -> u64 {
+    loop {
+        let mut b = [0u8; 8];
+        // SAFETY: `b` is writable for its 8 bytes; flags 0 = the urandom pool,
+        // which blocks only before the pool is first initialised at boot.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        let id = if n == 8 {
+            u64::from_le_bytes(b)
+        } else {
+            // getrandom cannot fail on Linux >= 3.17 with a valid buffer;
+            // fall back to a hash of the clock rather than refusing the session.
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            crc32c::crc32c(&t.as_nanos().to_le_bytes()) as u64 | (u64::from(std::process::id()) << 32)
+        };
+        if id != 0 && !registry.lock().contains_key(&id) {
+            return id;
         }
     }
 }

@@ -296,7 +296,7 @@ impl Engine {
             block_bytes: cfg.block_bytes,
             socket: cfg.socket.clone(),
             stopping: AtomicBool::new(false),
-            next_session: AtomicU64::new(1),
+            sessions_opened: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             shard_cmds,
             policies,

@@ -79,7 +79,7 @@ pub fn render_engine(s: &EngineSources) -> String {
     t.sample(&names::SESSIONS, &[], s.ctx.sessions.load(Relaxed));
     t.family(&names::SESSIONS_OPENED);
     // Session ids start at 1 and are taken once per accepted session.
-    t.sample(&names::SESSIONS_OPENED, &[], s.ctx.next_session.load(Relaxed).saturating_sub(1));
+    t.sample(&names::SESSIONS_OPENED, &[], s.ctx.sessions_opened.load(Relaxed));
     let l = &s.ctx.limits;
     t.family(&names::CONTROL_CONNECTIONS);
     t.sample(&names::CONTROL_CONNECTIONS, &[], l.open.load(Relaxed) as u64);

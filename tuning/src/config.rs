@@ -60,6 +60,18 @@ pub struct ServeSection {
     pub ufs_threads: Option<usize>,
     pub metadata_sync: Option<String>,
     pub socket: Option<String>,
+    /// `--metrics ADDR` (a bare port is on 127.0.0.1); parsed by the cli.
+    pub metrics: Option<String>,
+    /// `--socket-group GROUP` (a name or a gid); parsed by the cli.
+    pub socket_group: Option<String>,
+    pub control_connections: Option<usize>,
+    pub control_timeout: Option<String>,
+    /// `fifo-reinsert` or `lru`.
+    pub eviction: Option<String>,
+    pub memory_cache: Option<Size>,
+    pub direct_entries: Option<u64>,
+    /// Like `--quota NAME=SIZE`: `[serve.quotas]` with `NAME = SIZE` keys.
+    pub quotas: Option<std::collections::BTreeMap<String, Size>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -179,6 +191,24 @@ impl ConfigFile {
         if let Some(v) = &s.socket {
             cfg.socket = v.clone();
         }
+        if let Some(v) = s.control_connections {
+            cfg.control_connections_max = v;
+        }
+        if let Some(v) = &s.control_timeout {
+            cfg.control_timeout = duration("control_timeout", v)?.context("[serve] control_timeout: `never` is not allowed")?;
+        }
+        if let Some(v) = &s.eviction {
+            cfg.eviction = v.parse().map_err(anyhow::Error::msg).context("[serve] eviction")?;
+        }
+        if let Some(v) = &s.memory_cache {
+            cfg.memory_cache_bytes = v.bytes("memory_cache")?;
+        }
+        if let Some(v) = s.direct_entries {
+            cfg.direct_entries = v;
+        }
+        for (name, size) in s.quotas.iter().flatten() {
+            cfg.quotas.push((name.clone(), size.bytes_in("serve.quotas", name)?));
+        }
         Ok(cfg)
     }
 }
@@ -186,6 +216,24 @@ impl ConfigFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_serve_flag_has_a_key() {
+        let f = ConfigFile::parse(
+            "[serve]\ncontrol_connections = 9\ncontrol_timeout = \"3s\"\neviction = \"lru\"\nmemory_cache = \"1M\"\n\
+             direct_entries = 0\nmetrics = \"9464\"\nsocket_group = \"0\"\n[serve.quotas]\nscratch = \"2G\"\n",
+        )
+        .unwrap();
+        let c = f.engine_config(Some("/tmp/c".into())).unwrap();
+        assert_eq!(c.control_connections_max, 9);
+        assert_eq!(c.control_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(c.eviction, stoker_engine::store::Eviction::Lru);
+        assert_eq!((c.memory_cache_bytes, c.direct_entries), (1 << 20, 0));
+        assert_eq!(c.quotas, vec![("scratch".to_string(), 2 << 30)]);
+        assert_eq!((f.serve.metrics.as_deref(), f.serve.socket_group.as_deref()), (Some("9464"), Some("0")));
+        let bad = ConfigFile::parse("[serve]\neviction = \"mru\"\n").unwrap().engine_config(Some("/tmp/c".into()));
+        assert!(format!("{:#}", bad.unwrap_err()).contains("eviction"));
+    }
 
     #[test]
     fn serve_section_sets_the_engine_and_unknown_keys_fail() {

@@ -206,6 +206,11 @@ struct Shared {
     /// Whether writes are paused after a write error (a full disk), and
     /// until when.
     pause: pause::Pause,
+    /// Keys whose tombstones could not be written (writes were paused or
+    /// failed): written ahead of the next batch that reaches the disk, so a
+    /// `free` during a full disk is not undone by a restart. Key hashes
+    /// only (8 bytes each, at most one per removed block).
+    owed_tombstones: RefCell<Vec<u64>>,
 }
 
 /// How a full store picks what to drop.
@@ -339,6 +344,7 @@ impl Store {
             heads: RefCell::new(heads::HeadCache::new(HEAD_CACHE_BYTES)),
             on_drop: RefCell::default(),
             pause: pause::Pause::default(),
+            owed_tombstones: RefCell::default(),
         });
         evict::enforce_capacity(&shared).await?;
         report.elapsed_us = started.elapsed().as_micros() as u64;
@@ -613,12 +619,8 @@ impl Store {
     pub fn remove(&self, key_hash: u64) -> bool {
         let found = self.shared.index.borrow_mut().remove(&key_hash).is_some();
         if found {
-            let header = RecordHeader::tombstone(key_hash);
-            let mut bytes = vec![0u8; header.record_len() as usize];
-            format::encode_record(&header, &[], &[], &mut bytes);
-            let pending = Pending { key_hash, flags: format::FLAG_TOMBSTONE, bytes, done: None, _permit: None };
             // A closed writer means the store is being dropped; nothing to do.
-            let _ = self.tx.unbounded_send(WriterMsg::Put(pending));
+            let _ = self.tx.unbounded_send(WriterMsg::Put(Pending::tombstone(key_hash)));
         }
         found
     }

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use glommio::io::{DmaFile, OpenOptions};
 use glommio::sync::StaticPermit;
 
-use super::format::{data_file_name, idx_file_name, idx_tmp_file_name, ALIGN, FLAG_TOMBSTONE};
+use super::format::{self, data_file_name, idx_file_name, idx_tmp_file_name, RecordHeader, ALIGN, FLAG_TOMBSTONE};
 use super::index::{encode_idx, IdxEntry, Location, SegmentIndex};
 use super::{evict, Result, Shared, StoreError};
 
@@ -78,6 +78,16 @@ pub(super) struct Pending {
     pub _permit: Option<StaticPermit>,
 }
 
+impl Pending {
+    /// The tombstone record of `key_hash` (fire and forget).
+    pub fn tombstone(key_hash: u64) -> Pending {
+        let header = RecordHeader::tombstone(key_hash);
+        let mut bytes = vec![0u8; header.record_len() as usize];
+        format::encode_record(&header, &[], &[], &mut bytes);
+        Pending { key_hash, flags: FLAG_TOMBSTONE, bytes, done: None, _permit: None }
+    }
+}
+
 pub(super) enum WriterMsg {
     Put(Pending),
     Flush(oneshot::Sender<Result<()>>),
@@ -96,6 +106,9 @@ pub(super) async fn run_writer(shared: Rc<Shared>, mut rx: mpsc::UnboundedReceiv
         };
         match msg {
             WriterMsg::Flush(reply) => {
+                if !shared.owed_tombstones.borrow().is_empty() {
+                    write_batch(&shared, Vec::new()).await;
+                }
                 let r = sync_open(&shared).await;
                 let _ = reply.send(r);
             }
@@ -130,10 +143,14 @@ async fn write_batch(shared: &Rc<Shared>, batch: Vec<Pending>) {
     if shared.pause.holding(std::time::Instant::now()) {
         let e = StoreError::Full("caching paused after a segment write error".into());
         for p in batch {
-            fail(p, &e);
+            fail(shared, p, &e);
         }
         return;
     }
+    // Tombstones owed from a failed batch go first: they were asked for
+    // before anything in this batch.
+    let owed = std::mem::take(&mut *shared.owed_tombstones.borrow_mut());
+    let batch: Vec<Pending> = owed.into_iter().map(Pending::tombstone).chain(batch).collect();
     let mut rest = batch.into_iter().peekable();
     while let Some(first_len) = rest.peek().map(|p| p.bytes.len() as u64) {
         let needs_roll = {
@@ -144,7 +161,7 @@ async fn write_batch(shared: &Rc<Shared>, batch: Vec<Pending>) {
             if let Err(e) = roll(shared).await {
                 shared.pause.failed(&format!("rolling to a new segment: {e}"));
                 for p in rest {
-                    fail(p, &e);
+                    fail(shared, p, &e);
                 }
                 return;
             }
@@ -169,7 +186,7 @@ async fn write_batch(shared: &Rc<Shared>, batch: Vec<Pending>) {
             // end is back at `start` (see `write_at_end`).
             shared.pause.failed(&format!("segment {seg_id} at {start}: {e}"));
             for p in run.into_iter().chain(rest) {
-                fail(p, &e);
+                fail(shared, p, &e);
             }
             return;
         }
@@ -201,7 +218,12 @@ async fn write_batch(shared: &Rc<Shared>, batch: Vec<Pending>) {
     }
 }
 
-fn fail(p: Pending, e: &StoreError) {
+/// Completes a put that could not be written with `e`; a tombstone is kept
+/// (as its key) to be written ahead of the next batch instead.
+fn fail(shared: &Shared, p: Pending, e: &StoreError) {
+    if p.flags & FLAG_TOMBSTONE != 0 {
+        shared.owed_tombstones.borrow_mut().push(p.key_hash);
+    }
     if let Some(done) = p.done {
         let _ = done.send(Err(e.duplicate()));
     }
