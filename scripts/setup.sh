@@ -9,8 +9,15 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # The Python binding's test builds a venv and installs maturin with pip.
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+# etcd-client compiles etcd's protobuf definitions at build time.
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 if [ "${STOKER_NEED_FUSE:-0}" = 1 ]; then
   command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+fi
+# The cluster tests run a real etcd on 127.0.0.1.
+if [ "${STOKER_NEED_ETCD:-0}" = 1 ]; then
+  command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+  export STOKER_REQUIRE_ETCD=1
 fi
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   need_apt+=(cargo rustc)

@@ -4,7 +4,7 @@
 # storage against a real S3-compatible server (moto) on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STOKER_NEED_FUSE=1 STOKER_NEED_S3=1 source scripts/setup.sh
+STOKER_NEED_FUSE=1 STOKER_NEED_S3=1 STOKER_NEED_ETCD=1 source scripts/setup.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast --failure-output final
 else

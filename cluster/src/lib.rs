@@ -1,0 +1,11 @@
+//! Several stoker engines as one cache (docs/CLUSTER.md): membership in
+//! etcd (`membership`) and the one placement function every node uses to
+//! find a block's owner (`placement`). This crate knows nothing of the
+//! engine: the engine asks it who owns a key and who the members are.
+
+pub mod membership;
+pub mod peer;
+pub mod placement;
+
+pub use membership::{parse_cluster_uri, JoinConfig, Membership, View};
+pub use placement::{owner, Member};

@@ -1,0 +1,358 @@
+//! Peer reads: one node asks a block's owner for it over TCP.
+//!
+//! Protocol (all integers little-endian), one connection per pair of nodes,
+//! requests multiplexed by id:
+//!
+//! - hello, client → server: `b"STKP"`, version `u16`, token length `u16`,
+//!   the token. The server answers one byte, 0 = admitted; anything else is
+//!   followed by a `u16` length and a message, and the connection is closed.
+//!   An unauthenticated peer gets nothing else.
+//! - request: `u32` length, then `id u64`, `block u64`, path length `u16`,
+//!   path, version length `u16`, version (the requester's version token of
+//!   the file; the owner refuses a block of another version).
+//! - answer: `u32` length, then `id u64`, status `u8` (0 ok, else an errno),
+//!   then the block's bytes (ok) or a message.
+//!
+//! Bounds: frames of at most `FRAME_MAX`; `Limits::connections` connections
+//! per server; `Limits::in_flight` requests per connection (the server stops
+//! reading a connection that has that many unanswered); every read of a
+//! started frame, and every request as seen by the client, has a timeout.
+//! A client request that fails or times out is an error the caller answers
+//! by reading under storage itself: a peer never fails a read.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Semaphore};
+
+const MAGIC: &[u8; 4] = b"STKP";
+const VERSION: u16 = 1;
+/// Largest frame either side accepts: a 4 MiB block and its header.
+pub const FRAME_MAX: usize = (4 << 20) + 64 * 1024;
+const PATH_MAX: usize = 4096;
+/// Longest cluster token accepted.
+pub const TOKEN_MAX: usize = 1024;
+
+/// One block asked of its owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockRequest {
+    pub path: String,
+    pub version: String,
+    pub block: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {0}: refused: {1}")]
+    Refused(SocketAddr, String),
+    #[error("peer {0}: {1}")]
+    Io(SocketAddr, std::io::Error),
+    #[error("peer {0}: no answer within {1:?}")]
+    Timeout(SocketAddr, Duration),
+    #[error("peer {0}: bad frame: {1}")]
+    Protocol(SocketAddr, &'static str),
+    #[error("peer {addr}: errno {errno}: {message}")]
+    Remote { addr: SocketAddr, errno: i32, message: String },
+}
+
+/// What a server's owner does with a request: the block's bytes, or an
+/// errno and a message.
+pub type Served = Result<Vec<u8>, (i32, String)>;
+pub type Handler = Arc<dyn Fn(BlockRequest) -> Pin<Box<dyn Future<Output = Served> + Send>> + Send + Sync>;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub connections: usize,
+    pub in_flight: usize,
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { connections: 256, in_flight: 64, timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Counters of a server, for `stoker stat` and metrics.
+#[derive(Default, Debug)]
+pub struct ServerCounters {
+    pub requests: AtomicU64,
+    pub bytes: AtomicU64,
+    pub errors: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// Constant-time comparison: a token is not leaked one byte at a time.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serve peers on `listener` until the returned task is aborted.
+pub fn serve(listener: TcpListener, token: Arc<Vec<u8>>, limits: Limits, counters: Arc<ServerCounters>, handler: Handler) -> tokio::task::JoinHandle<()> {
+    let conns = Arc::new(Semaphore::new(limits.connections));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = conns.clone().try_acquire_owned() else {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                let mut s = stream;
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), refuse(&mut s, "too many peer connections")).await;
+                });
+                continue;
+            };
+            let (token, counters, handler) = (token.clone(), counters.clone(), handler.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = stream.set_nodelay(true);
+                if let Err(e) = connection(stream, &token, limits, counters, handler).await {
+                    tracing::debug!(error = %e, "peer connection ended");
+                }
+            });
+        }
+    })
+}
+
+async fn refuse(s: &mut TcpStream, why: &str) -> std::io::Result<()> {
+    let mut out = vec![1u8];
+    out.extend_from_slice(&(why.len() as u16).to_le_bytes());
+    out.extend_from_slice(why.as_bytes());
+    s.write_all(&out).await
+}
+
+async fn connection(stream: TcpStream, token: &[u8], limits: Limits, counters: Arc<ServerCounters>, handler: Handler) -> std::io::Result<()> {
+    let (mut rd, wr) = stream.into_split();
+    // The hello, within the timeout.
+    let hello = tokio::time::timeout(limits.timeout, async {
+        let mut head = [0u8; 8];
+        rd.read_exact(&mut head).await?;
+        let len = u16::from_le_bytes([head[6], head[7]]) as usize;
+        if &head[..4] != MAGIC || len > TOKEN_MAX {
+            // Not our protocol: refuse now rather than wait for bytes that never come.
+            return Ok((head, Vec::new()));
+        }
+        let mut t = vec![0u8; len];
+        rd.read_exact(&mut t).await?;
+        Ok::<_, std::io::Error>((head, t))
+    })
+    .await;
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let ok = matches!(&hello, Ok(Ok((head, t))) if !t.is_empty() && &head[..4] == MAGIC && u16::from_le_bytes([head[4], head[5]]) == VERSION && same(t, token));
+    if !ok {
+        counters.refused.fetch_add(1, Ordering::Relaxed);
+        let mut w = wr.lock().await;
+        let mut out = vec![1u8];
+        let why = "bad cluster token or protocol (--cluster-token-file must match on every node)";
+        out.extend_from_slice(&(why.len() as u16).to_le_bytes());
+        out.extend_from_slice(why.as_bytes());
+        let _ = tokio::time::timeout(limits.timeout, w.write_all(&out)).await;
+        return Ok(());
+    }
+    wr.lock().await.write_all(&[0]).await?;
+    let slots = Arc::new(Semaphore::new(limits.in_flight));
+    loop {
+        let permit = slots.clone().acquire_owned().await.expect("never closed");
+        let mut len = [0u8; 4];
+        // Idle connections wait as long as they like; a started frame must finish.
+        if rd.read_exact(&mut len).await.is_err() {
+            return Ok(());
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if !(18..=PATH_MAX * 2 + 32).contains(&len) {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request frame of a bad size"));
+        }
+        let mut body = vec![0u8; len];
+        tokio::time::timeout(limits.timeout, rd.read_exact(&mut body))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "half a request"))??;
+        let Some((id, req)) = decode_request(&body) else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad request"));
+        };
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let (wr, handler, counters) = (wr.clone(), handler.clone(), counters.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let answer = handler(req).await;
+            let (status, payload): (u8, &[u8]) = match &answer {
+                Ok(data) => {
+                    counters.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    (0, data)
+                }
+                Err((errno, msg)) => {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    ((*errno).clamp(1, 255) as u8, msg.as_bytes())
+                }
+            };
+            let mut out = Vec::with_capacity(13 + payload.len());
+            out.extend_from_slice(&((9 + payload.len()) as u32).to_le_bytes());
+            out.extend_from_slice(&id.to_le_bytes());
+            out.push(status);
+            out.extend_from_slice(payload);
+            let mut w = wr.lock().await;
+            // A peer that stops reading holds this task, not the others' answers, for at most the timeout.
+            let _ = tokio::time::timeout(limits.timeout, w.write_all(&out)).await;
+        });
+    }
+}
+
+fn decode_request(b: &[u8]) -> Option<(u64, BlockRequest)> {
+    let id = u64::from_le_bytes(b.get(0..8)?.try_into().ok()?);
+    let block = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
+    let pl = u16::from_le_bytes(b.get(16..18)?.try_into().ok()?) as usize;
+    let path = std::str::from_utf8(b.get(18..18 + pl)?).ok()?.to_string();
+    let at = 18 + pl;
+    let vl = u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize;
+    let version = std::str::from_utf8(b.get(at + 2..at + 2 + vl)?).ok()?.to_string();
+    if at + 2 + vl != b.len() || pl > PATH_MAX {
+        return None;
+    }
+    Some((id, BlockRequest { path, version, block }))
+}
+
+fn encode_request(id: u64, r: &BlockRequest) -> Vec<u8> {
+    let len = 8 + 8 + 2 + r.path.len() + 2 + r.version.len();
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&r.block.to_le_bytes());
+    out.extend_from_slice(&(r.path.len() as u16).to_le_bytes());
+    out.extend_from_slice(r.path.as_bytes());
+    out.extend_from_slice(&(r.version.len() as u16).to_le_bytes());
+    out.extend_from_slice(r.version.as_bytes());
+    out
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, (i32, String)>>>>>;
+
+/// A connection to one peer, shared by every reader on this node.
+pub struct PeerClient {
+    addr: SocketAddr,
+    limits: Limits,
+    wr: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
+    waiters: Waiters,
+    next: AtomicU64,
+    slots: Semaphore,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PeerClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl PeerClient {
+    /// Connect and authenticate, within `limits.timeout`.
+    pub async fn connect(addr: SocketAddr, token: &[u8], limits: Limits) -> Result<PeerClient, PeerError> {
+        let t = limits.timeout;
+        let io = |e| PeerError::Io(addr, e);
+        let mut s = tokio::time::timeout(t, TcpStream::connect(addr)).await.map_err(|_| PeerError::Timeout(addr, t))?.map_err(io)?;
+        let _ = s.set_nodelay(true);
+        let mut hello = MAGIC.to_vec();
+        hello.extend_from_slice(&VERSION.to_le_bytes());
+        hello.extend_from_slice(&(token.len() as u16).to_le_bytes());
+        hello.extend_from_slice(token);
+        let answer = tokio::time::timeout(t, async {
+            s.write_all(&hello).await?;
+            let mut ok = [0u8; 1];
+            s.read_exact(&mut ok).await?;
+            if ok[0] == 0 {
+                return Ok(None);
+            }
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await?;
+            let mut m = vec![0u8; u16::from_le_bytes(l) as usize];
+            s.read_exact(&mut m).await?;
+            Ok::<_, std::io::Error>(Some(String::from_utf8_lossy(&m).into_owned()))
+        })
+        .await
+        .map_err(|_| PeerError::Timeout(addr, t))?
+        .map_err(io)?;
+        if let Some(why) = answer {
+            return Err(PeerError::Refused(addr, why));
+        }
+        let (mut rd, wr) = s.into_split();
+        let waiters: Waiters = Arc::default();
+        let w = waiters.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                let mut len = [0u8; 4];
+                if rd.read_exact(&mut len).await.is_err() {
+                    break;
+                }
+                let len = u32::from_le_bytes(len) as usize;
+                if !(9..=FRAME_MAX).contains(&len) {
+                    break;
+                }
+                let mut body = vec![0u8; len];
+                if rd.read_exact(&mut body).await.is_err() {
+                    break;
+                }
+                let id = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+                let status = body[8];
+                let payload = body.split_off(9);
+                let answer = if status == 0 { Ok(payload) } else { Err((i32::from(status), String::from_utf8_lossy(&payload).into_owned())) };
+                if let Some(tx) = w.lock().expect("not poisoned").remove(&id) {
+                    let _ = tx.send(answer);
+                }
+            }
+            // The connection is gone: every waiter learns it now.
+            w.lock().expect("not poisoned").clear();
+        });
+        Ok(PeerClient {
+            addr,
+            limits,
+            wr: tokio::sync::Mutex::new(wr),
+            waiters,
+            next: AtomicU64::new(1),
+            slots: Semaphore::new(limits.in_flight),
+            reader,
+        })
+    }
+
+    /// Whether the connection still stands (a new one is needed otherwise).
+    pub fn is_open(&self) -> bool {
+        !self.reader.is_finished()
+    }
+
+    /// Ask for one block; an error means "read it from under storage".
+    pub async fn read(&self, req: &BlockRequest) -> Result<Vec<u8>, PeerError> {
+        let t = self.limits.timeout;
+        let addr = self.addr;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let work = async {
+            let _slot = self.slots.acquire().await.expect("never closed");
+            let (tx, rx) = oneshot::channel();
+            self.waiters.lock().expect("not poisoned").insert(id, tx);
+            let frame = encode_request(id, req);
+            if let Err(e) = self.wr.lock().await.write_all(&frame).await {
+                self.waiters.lock().expect("not poisoned").remove(&id);
+                return Err(PeerError::Io(addr, e));
+            }
+            let r = rx.await.map_err(|_| PeerError::Protocol(addr, "connection closed"));
+            r?.map_err(|(errno, message)| PeerError::Remote { addr, errno, message })
+        };
+        match tokio::time::timeout(t, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                // A late answer finds no waiter and is dropped.
+                self.waiters.lock().expect("not poisoned").remove(&id);
+                Err(PeerError::Timeout(addr, t))
+            }
+        }
+    }
+}
