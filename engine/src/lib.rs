@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod attrlog;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod control_limits;

@@ -217,6 +217,52 @@ pub struct EngineStats {
     /// The namespace's mounts and their settings.
     #[serde(default)]
     pub mounts: Vec<MountInfo>,
+    /// This node in its cluster (`--cluster`), absent when alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// A node's view of its cluster and its peer-read counters (`stoker stat`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    pub node_id: String,
+    /// Whether etcd answers now (false: serving with the last list seen).
+    pub etcd_ok: bool,
+    pub members: Vec<ClusterMember>,
+    /// Blocks other members asked this node for.
+    pub served: PeerServed,
+    /// Blocks this node asked their owners for.
+    pub asked: PeerAsked,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterMember {
+    pub id: String,
+    pub addr: String,
+    pub capacity_bytes: u64,
+    /// `up` (in the member list), or `self`.
+    pub state: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerServed {
+    pub requests: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    /// Connections refused (bad token, too many).
+    pub refused: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerAsked {
+    /// Blocks an owner sent.
+    pub hits: u64,
+    pub bytes: u64,
+    /// Asks that failed (owner down, slow, refused, or it answered an error).
+    pub errors: u64,
+    /// Blocks read from under storage here because the owner could not
+    /// give them (every error is a fallback; a read never fails for a peer).
+    pub fallbacks: u64,
 }
 
 /// One mount as `stoker stat` shows it. Option values of secret keys are
