@@ -147,6 +147,7 @@ impl Client {
 
     /// Cached blocks under `path` expire `seconds` after they were cached
     /// (whole seconds, at least one); `None` clears the TTL.
+    #[pyo3(signature = (path, seconds))]
     fn ttl(&self, py: Python<'_>, path: &str, seconds: Option<f64>) -> PyResult<(u64, u64)> {
         let ttl = match seconds {
             Some(s) if !(s.is_finite() && s > 0.0) => return Err(PyValueError::new_err("a TTL must be a positive number of seconds (None clears it)")),
