@@ -135,7 +135,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         Some(p) => stoker_tuning::ConfigFile::load(p)?,
         None => stoker_tuning::ConfigFile::default(),
     };
-    let mut cfg = file.engine_config(a.cache_dir)?;
+    let mut cfg = crate::serve_config::engine_config(&file, a.cache_dir)?;
     // The two keys whose parsers live here.
     if let Some(m) = &file.serve.metrics {
         cfg.metrics = Some(metrics_addr_arg(m).map_err(anyhow::Error::msg).context("[serve] metrics")?);

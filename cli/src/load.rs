@@ -9,55 +9,16 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::IsTerminal;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use stoker_client::{Client, Kind};
-use stoker_proto::control::{checksum, read_frame, write_frame, Request, Response};
+use stoker_proto::control::checksum;
 
 pub struct LoadOpts {
     pub parallel: usize,
     pub skip_cached: bool,
     pub verify: bool,
-}
-
-/// One control connection, kept open for many requests.
-struct Control(UnixStream);
-
-impl Control {
-    fn connect(socket: &str) -> Result<Control> {
-        let s = UnixStream::connect(socket).with_context(|| {
-            format!("cannot reach the stoker engine at {socket} (is `stoker serve` running? set --socket or STOKER_SOCKET)")
-        })?;
-        s.set_read_timeout(Some(Duration::from_secs(600)))?;
-        Ok(Control(s))
-    }
-
-    fn call(&mut self, req: &Request) -> Result<Response> {
-        write_frame(&mut self.0, req).context("sending to the engine")?;
-        match read_frame::<_, Response>(&mut self.0).context("reading the engine's answer")? {
-            Some(Response::Error { message, .. }) => bail!("{message}"),
-            Some(r) => Ok(r),
-            None => bail!("the engine closed the connection"),
-        }
-    }
-
-    /// Whether every block of `path` is cached (an empty file always is).
-    fn fully_cached(&mut self, path: &str) -> Result<bool> {
-        match self.call(&Request::PathStat { path: path.into() })? {
-            Response::PathStats(s) => Ok(s.cached_blocks >= s.blocks),
-            other => bail!("unexpected answer from the engine: {other:?}"),
-        }
-    }
-
-    /// Checksum of a range read straight from under storage.
-    fn ufs_checksum(&mut self, path: &str, off: u64, len: u64) -> Result<(u64, u64)> {
-        match self.call(&Request::UfsChecksum { path: path.into(), off, len })? {
-            Response::Checksum { len, checksum } => Ok((len, checksum)),
-            other => bail!("unexpected answer from the engine: {other:?}"),
-        }
-    }
 }
 
 pub(crate) fn human(bytes: u64) -> String {
@@ -89,7 +50,7 @@ fn human_secs(s: f64) -> String {
 pub(crate) fn walk(c: &Client, prefix: &str) -> Result<Vec<(String, u64)>> {
     match c.walk(prefix) {
         Ok(files) => Ok(files.into_iter().map(|e| (e.name, e.attr.size)).collect()),
-        Err(e) if e.errno == libc::E2BIG => walk_by_listing(c, prefix),
+        Err(e) if e.errno() == libc::E2BIG => walk_by_listing(c, prefix),
         Err(e) => Err(e.into()),
     }
 }
@@ -116,13 +77,13 @@ fn walk_by_listing(c: &Client, prefix: &str) -> Result<Vec<(String, u64)>> {
 
 /// Read `path` through the cache and compare it, range by range, with under
 /// storage. `Ok(Some(reason))` on a mismatch.
-fn verify_file(c: &Client, ctl: &mut Control, path: &str, size: u64) -> Result<Option<String>> {
+fn verify_file(c: &Client, path: &str, size: u64) -> Result<Option<String>> {
     let chunk = c.block_bytes().clamp(1 << 20, 64 << 20);
     let mut off = 0;
     while off < size {
         let len = chunk.min(size - off);
         let cached = c.read(path, off, len)?;
-        let (ulen, usum) = ctl.ufs_checksum(path, off, len)?;
+        let (ulen, usum) = c.ufs_checksum(path, off, len)?;
         if cached.len() as u64 != ulen {
             return Ok(Some(format!(
                 "cached bytes differ from under storage: {} bytes through the cache at offset {off}, {ulen} from under storage",
@@ -227,19 +188,14 @@ pub fn load(socket: &str, prefix: &str, o: &LoadOpts) -> Result<()> {
         });
         let workers: Vec<_> = (0..parallel)
             .map(|_| {
-                s.spawn(|| {
-                    let mut ctl: Option<Control> = None;
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((path, size)) = files.get(i) else { break };
-                        if let Err(e) = one_file(&c, socket, &mut ctl, path, *size, o, &n) {
-                            failed.lock().unwrap().push(format!("{path}: {e:#}"));
-                            // The connection may be mid-frame: start a new one.
-                            ctl = None;
-                        }
-                        n.files.fetch_add(1, Ordering::Relaxed);
-                        n.bytes.fetch_add(*size, Ordering::Relaxed);
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((path, size)) = files.get(i) else { break };
+                    if let Err(e) = one_file(&c, path, *size, o, &n) {
+                        failed.lock().unwrap().push(format!("{path}: {e:#}"));
                     }
+                    n.files.fetch_add(1, Ordering::Relaxed);
+                    n.bytes.fetch_add(*size, Ordering::Relaxed);
                 })
             })
             .collect();
@@ -287,21 +243,11 @@ pub fn load(socket: &str, prefix: &str, o: &LoadOpts) -> Result<()> {
     Ok(())
 }
 
-fn one_file(
-    c: &Client,
-    socket: &str,
-    ctl: &mut Option<Control>,
-    path: &str,
-    size: u64,
-    o: &LoadOpts,
-    n: &Counts,
-) -> Result<()> {
-    if (o.skip_cached || o.verify) && ctl.is_none() {
-        *ctl = Some(Control::connect(socket)?);
-    }
-    let skip = match ctl.as_mut() {
-        Some(ctl) if o.skip_cached => ctl.fully_cached(path)?,
-        _ => false,
+fn one_file(c: &Client, path: &str, size: u64, o: &LoadOpts, n: &Counts) -> Result<()> {
+    // Whether every block of `path` is cached (an empty file always is).
+    let skip = o.skip_cached && {
+        let s = c.path_stat(path)?;
+        s.cached_blocks >= s.blocks
     };
     if skip {
         n.skipped.fetch_add(1, Ordering::Relaxed);
@@ -309,8 +255,8 @@ fn one_file(
         c.prefetch(path, size).map_err(anyhow::Error::from)?;
         n.loaded.fetch_add(1, Ordering::Relaxed);
     }
-    if let Some(ctl) = ctl.as_mut().filter(|_| o.verify) {
-        if let Some(reason) = verify_file(c, ctl, path, size)? {
+    if o.verify {
+        if let Some(reason) = verify_file(c, path, size)? {
             bail!("{reason}");
         }
         n.verified.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,7 @@ mod demo;
 mod load;
 mod mount;
 mod policy_cmd;
+mod serve_config;
 
 use clap::{Args, Parser, Subcommand};
 

@@ -1,65 +1,56 @@
 //! pin, unpin, free, ttl and `stat PATH`: policy and cache-management
-//! commands, sent as single control requests to the engine.
+//! commands, each one call of `stoker_client::Client`.
 
 use anyhow::{bail, Context, Result};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
-use stoker_proto::control::{read_frame, write_frame, PathStats, Request, Response};
+use stoker_client::{Applied, Client, Options};
 
-fn call(socket: &str, req: &Request) -> Result<Response> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
-        format!("cannot reach the stoker engine at {socket} (is `stoker serve` running? set --socket or STOKER_SOCKET)")
-    })?;
-    // Walking a large prefix can take a while; never wait forever.
-    s.set_read_timeout(Some(Duration::from_secs(600)))?;
-    write_frame(&mut s, req).context("sending to the engine")?;
-    match read_frame::<_, Response>(&mut s).context("reading the engine's answer")? {
-        Some(Response::Error { message, .. }) => bail!("{message}"),
-        Some(r) => Ok(r),
-        None => bail!("the engine closed the connection"),
-    }
+/// A client for one command: fails at once when the engine goes away (run
+/// it again) and waits up to 10 minutes for an answer (walking a large
+/// prefix can take a while).
+fn connect(socket: &str) -> Result<Client> {
+    let opts = Options { timeout: Duration::from_secs(600), reconnect: false, direct: false, area_bytes: 1 << 20, ..Default::default() };
+    Ok(Client::connect_with(socket, opts)?)
 }
 
-fn done(what: &str, path: &str, r: Response) -> Result<()> {
-    match r {
-        Response::Done { files, blocks } => {
-            println!("{what} {path}: {files} files, {blocks} cached blocks");
-            Ok(())
-        }
-        other => bail!("unexpected answer from the engine: {other:?}"),
-    }
+fn done(what: &str, path: &str, a: Applied) {
+    println!("{what} {path}: {} files, {} cached blocks", a.files, a.blocks);
 }
 
 pub fn pin(socket: &str, path: &str, pinned: bool) -> Result<()> {
-    let req = if pinned { Request::Pin { path: path.into() } } else { Request::Unpin { path: path.into() } };
-    done(if pinned { "pinned" } else { "unpinned" }, path, call(socket, &req)?)
+    let c = connect(socket)?;
+    if pinned {
+        done("pinned", path, c.pin(path)?);
+    } else {
+        done("unpinned", path, c.unpin(path)?);
+    }
+    Ok(())
 }
 
 pub fn free(socket: &str, path: &str) -> Result<()> {
-    done("freed", path, call(socket, &Request::Free { path: path.into() })?)
+    done("freed", path, connect(socket)?.free(path)?);
+    Ok(())
 }
 
 pub fn ttl(socket: &str, path: &str, duration: &str) -> Result<()> {
-    let secs = match duration {
+    let ttl = match duration {
         "never" | "off" | "none" => None,
         d => {
-            let dur = stoker_engine::parse_duration(d)
+            let dur = stoker_proto::units::parse_duration(d)
                 .map_err(anyhow::Error::msg)?
                 .context("a TTL of `never` clears it")?;
             if dur.is_zero() {
                 bail!("a TTL must be positive (use `never` to clear it)");
             }
-            Some(dur.as_secs().max(1))
+            Some(dur)
         }
     };
-    done("ttl set on", path, call(socket, &Request::Ttl { path: path.into(), secs })?)
+    done("ttl set on", path, connect(socket)?.ttl(path, ttl)?);
+    Ok(())
 }
 
 pub fn path_stat(socket: &str, path: &str, json: bool) -> Result<()> {
-    let s: PathStats = match call(socket, &Request::PathStat { path: path.into() })? {
-        Response::PathStats(s) => s,
-        other => bail!("unexpected answer from the engine: {other:?}"),
-    };
+    let s = connect(socket)?.path_stat(path)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

@@ -247,14 +247,14 @@ fn read_async_hands_the_bytes_over_and_times_out_on_a_hung_engine() {
     for (i, (path, bytes)) in tree.iter().enumerate() {
         let tx = tx.clone();
         let len = bytes.len() as u64 + 10; // past the end: short at EOF
-        c.read_async(path, 0, len, Box::new(move |r| tx.send((i, r.map(|b| b.to_vec()).map_err(|e| e.errno))).unwrap()));
+        c.read_async(path, 0, len, Box::new(move |r| tx.send((i, r.map(|b| b.to_vec()).map_err(|e| e.errno()))).unwrap()));
     }
     for _ in 0..tree.len() {
         let (i, r) = rx.recv_timeout(Duration::from_secs(30)).expect("an answer");
         assert!(r.unwrap() == tree[i].1, "{} read back wrong", tree[i].0);
     }
     let missing = tx.clone();
-    c.read_async("/m/no-such-file", 0, 10, Box::new(move |r| missing.send((usize::MAX, r.map(|b| b.to_vec()).map_err(|e| e.errno))).unwrap()));
+    c.read_async("/m/no-such-file", 0, 10, Box::new(move |r| missing.send((usize::MAX, r.map(|b| b.to_vec()).map_err(|e| e.errno()))).unwrap()));
     assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap().1, Err(libc::ENOENT));
 
     // An engine that stops answering (SIGSTOP): the callback gets ETIMEDOUT.
@@ -269,7 +269,7 @@ fn read_async_hands_the_bytes_over_and_times_out_on_a_hung_engine() {
         })
     });
     let (path, _) = &tree[1];
-    c.read_async(path, 1000, 100, Box::new(move |r| tx.send((1, r.map(|b| b.to_vec()).map_err(|e| e.errno))).unwrap()));
+    c.read_async(path, 1000, 100, Box::new(move |r| tx.send((1, r.map(|b| b.to_vec()).map_err(|e| e.errno()))).unwrap()));
     let got = rx.recv_timeout(Duration::from_secs(20));
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);

@@ -84,7 +84,7 @@ fn s3_tree_reads_byte_for_byte_beside_a_local_mount() {
         assert!(got == data[off as usize..end], "range {off}+{len} differs");
     }
     // Missing object and directory errors; the version is the ETag.
-    assert_eq!(c.read_file("/s3/c0/missing.bin").unwrap_err().errno, libc::ENOENT);
+    assert_eq!(c.read_file("/s3/c0/missing.bin").unwrap_err().errno(), libc::ENOENT);
     assert!(c.stat(&path).unwrap().version.starts_with('e'), "version token from the ETag");
 
     // `stoker stat` and the server log never show the secret.
@@ -209,8 +209,8 @@ fn server_killed_mid_read_gives_an_error_then_recovers() {
     let t0 = Instant::now();
     let err = c.read("/s3/big.bin", 10 << 20, 1 << 20).expect_err("a read with the server gone must fail");
     assert!(t0.elapsed() < Duration::from_secs(20), "error took {:?}", t0.elapsed());
-    assert!(err.errno == libc::EIO || err.errno == libc::ETIMEDOUT, "errno {} ({})", err.errno, err.message);
-    assert!(!err.message.contains(SECRET_KEY));
+    assert!(err.errno() == libc::EIO || err.errno() == libc::ETIMEDOUT, "errno {} ({err})", err.errno());
+    assert!(!err.to_string().contains(SECRET_KEY));
     // Cached blocks are still served while the store is down.
     assert!(c.read("/s3/big.bin", 0, 1 << 20).unwrap() == data[..1 << 20]);
 
@@ -259,10 +259,10 @@ fn http_read_only_mount() {
     let (rel, data) = tree.iter().max_by_key(|(_, d)| d.len()).unwrap();
     let got = c.read(&format!("/web/{rel}"), (1 << 20) - 5, 10).unwrap();
     assert!(got == data[(1 << 20) - 5..(1 << 20) + 5]);
-    assert_eq!(c.read_file("/web/nope.bin").unwrap_err().errno, libc::ENOENT);
+    assert_eq!(c.read_file("/web/nope.bin").unwrap_err().errno(), libc::ENOENT);
     // No listing over plain HTTP: one clear error, not a hang or an empty dir.
     let err = c.list("/web/c0").unwrap_err();
-    assert!(err.message.contains("cannot list"), "{}", err.message);
+    assert!(err.to_string().contains("cannot list"), "{err}");
     srv.stop();
     let _ = http.kill();
     let _ = http.wait();

@@ -29,8 +29,8 @@ fn set_error(msg: &str) {
 }
 
 fn fail(e: &Error) -> i32 {
-    set_error(&e.message);
-    -e.errno.max(1)
+    set_error(&e.to_string());
+    -e.errno().max(1)
 }
 
 /// Run `f`, turning a panic into -EIO.

@@ -22,7 +22,7 @@ pub enum FsError {
     BadHandle(u64),
     #[error("{op} is not supported on a stoker mount")]
     Unsupported { op: &'static str },
-    /// The engine (or under storage behind it) failed; `source.errno` is kept.
+    /// The engine (or under storage behind it) failed; `source.errno()` is kept.
     #[error("{path}: {source}")]
     Backend { path: String, source: stoker_client::Error },
 }
@@ -43,7 +43,7 @@ impl FsError {
             FsError::BadHandle(_) => libc::EBADF,
             // ENOSYS is what the kernel remembers as "never ask again" (xattrs).
             FsError::Unsupported { .. } => libc::ENOSYS,
-            FsError::Backend { source, .. } => match source.errno {
+            FsError::Backend { source, .. } => match source.errno() {
                 0 => libc::EIO,
                 // Time-outs and a lost engine are I/O errors to a reader.
                 libc::ETIMEDOUT | libc::ECONNRESET | libc::ECONNREFUSED | libc::EPROTO => libc::EIO,
@@ -62,7 +62,7 @@ impl FsError {
     }
 
     pub(crate) fn backend(path: &str, source: stoker_client::Error) -> FsError {
-        if source.errno == libc::ENOENT {
+        if source.errno() == libc::ENOENT {
             FsError::NotFound { path: path.to_string() }
         } else {
             FsError::Backend { path: path.to_string(), source }

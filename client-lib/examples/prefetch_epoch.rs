@@ -4,17 +4,15 @@
 //! stoker serve --cache-dir D/cache --mount data=file://D/data --ufs-latency 20ms --socket D/s.sock &
 //! cargo run --release -p stoker-client --example prefetch_epoch -- D/s.sock /data D/data [THREADS] [WINDOW] [FILES]
 //! ```
-//! Before each pass the prefix is freed (`Free` control request), so both
+//! Before each pass the prefix is freed (`Client::free`), so both
 //! passes start cold; prints files/s and p99 for each and the ratio.
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 use stoker_client::Client;
-use stoker_proto::control::{read_frame, write_frame, Request, Response};
 
 fn files(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -32,15 +30,6 @@ fn files(root: &Path) -> Vec<String> {
     }
     out.sort();
     out
-}
-
-fn free(socket: &str, prefix: &str) {
-    let mut s = UnixStream::connect(socket).expect("engine socket");
-    write_frame(&mut s, &Request::Free { path: prefix.into() }).expect("send free");
-    match read_frame::<_, Response>(&mut s).expect("free answer") {
-        Some(Response::Done { .. }) => {}
-        other => panic!("free failed: {other:?}"),
-    }
 }
 
 fn pass(client: &Client, order: &[String], threads: usize) -> (f64, f64) {
@@ -83,9 +72,9 @@ fn main() {
     order.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(7));
     let client = Client::connect(socket).expect("connect");
 
-    free(socket, prefix);
+    client.free(prefix).expect("free");
     let (plain, plain_p99) = pass(&client, &order, threads);
-    free(socket, prefix);
+    client.free(prefix).expect("free");
     client.plan_epoch(&order, window).expect("plan");
     let (planned, planned_p99) = pass(&client, &order, threads);
     client.clear_plan();

@@ -11,7 +11,7 @@ use crate::plan::EpochPlan;
 use crate::op::{check_path, Data, Op, Pipeline, View};
 use crate::reconnect::{lost, Link, REISSUE_MAX};
 use crate::session::Session;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -108,7 +108,7 @@ impl Batch {
         for (i, r) in self {
             out[i] = Some(r);
         }
-        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::new(libc::EIO, "read lost in batch")))).collect()
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Internal("read lost in batch".into())))).collect()
     }
 
     /// Every request of the batch fails with `e` (none is posted).

@@ -12,7 +12,7 @@
 //! through the engine as before, which also republishes the entry.
 
 use crate::session::connect_control;
-use crate::Options;
+use crate::options::Options;
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
 use std::cell::RefCell;

@@ -8,8 +8,8 @@
 //! Never: hand out a view before every piece of its op has completed (the
 //! engine could still be writing it), or free a lease a request still uses.
 
-use crate::session::{errno_message, Deliver, Lease, Session};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::session::{completion_error, Deliver, Lease, Session};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -22,10 +22,10 @@ const PATH_BYTES_MAX: usize = 4096;
 
 pub(crate) fn check_path(path: &str) -> Result<()> {
     if !path.starts_with('/') {
-        return Err(Error::new(libc::EINVAL, format!("bad path {path:?}: must start with /")));
+        return Err(Error::Invalid(format!("bad path {path:?}: must start with /")));
     }
     if path.len() > PATH_BYTES_MAX {
-        return Err(Error::new(libc::ENAMETOOLONG, format!("path of {} bytes is too long", path.len())));
+        return Err(Error::NameTooLong(format!("path of {} bytes is too long", path.len())));
     }
     Ok(())
 }
@@ -61,66 +61,24 @@ impl Op {
         let Some(i) = self.pieces.iter().position(|p| p.0 == c.req_id) else { return };
         if c.result < 0 {
             let errno = (-c.result) as i32;
-            self.err.get_or_insert(Error::new(errno, errno_message(&self.path, errno)));
+            self.err.get_or_insert(completion_error(&self.path, errno));
         } else {
             self.got[i] = (c.result as u64).min(self.pieces[i].2);
             self.size = c.object_size;
         }
         self.remaining -= 1;
     }
-}
 
-impl Session {
-    /// Split [off, off+len) at block boundaries and at the chunk size.
-    pub(crate) fn pieces(&self, path: &str, off: u64, len: u64) -> Vec<(u64, u64)> {
-        let bs = self.welcome.block_bytes_for(path);
-        let chunk = self.chunk_bytes_for(path);
-        let mut out = Vec::new();
-        let mut at = off;
-        let end = off.saturating_add(len);
-        while at < end {
-            let block_end = (at / bs + 1) * bs;
-            let piece_end = end.min(block_end).min(at + chunk);
-            out.push((at, piece_end - at));
-            at = piece_end;
-        }
-        out
-    }
-
-    /// Cut [off, off+len) into ranges that each fit one op: at most
-    /// `op_bytes_max`, and no piece but the last shorter than the path (the
-    /// engine reads a piece's path from where its bytes will land).
-    pub(crate) fn op_ranges(&self, path: &str, off: u64, len: u64) -> Vec<(u64, u64)> {
-        let path_len = path.len() as u64;
-        let max = self.op_bytes_max();
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        let mut cur: Option<(u64, u64)> = None;
-        for (poff, plen) in self.pieces(path, off, len) {
-            cur = match cur {
-                Some((coff, clen)) if clen + plen <= max => Some((coff, clen + plen)),
-                Some(c) => {
-                    out.push(c);
-                    Some((poff, plen))
-                }
-                None => Some((poff, plen)),
-            };
-            if plen < path_len && poff + plen < off + len {
-                out.push(cur.take().unwrap());
-            }
-        }
-        out.extend(cur);
-        if out.is_empty() {
-            out.push((off, 0));
-        }
-        out
+    pub(crate) fn finished(&self) -> bool {
+        self.remaining == 0
     }
 
     /// Lease space for [off, off+len) of `path` and post its pieces; `None`
     /// when `wait` is false and the area is full right now.
-    pub(crate) fn start_op(&self, path: &Arc<str>, off: u64, len: u64, flags: u32, tx: &Sender<CqEntry>, wait: bool) -> Result<Option<Op>> {
-        self.check_alive()?;
+    pub(crate) fn start(s: &Session, path: &Arc<str>, off: u64, len: u64, flags: u32, tx: &Sender<CqEntry>, wait: bool) -> Result<Option<Op>> {
+        s.check_alive()?;
         let plen = path.len() as u64;
-        let mut pieces = self.pieces(path, off, len);
+        let mut pieces = s.pieces(path, off, len);
         if pieces.is_empty() {
             pieces.push((off, 0)); // an empty read still asks, to learn the size
         }
@@ -128,7 +86,7 @@ impl Session {
         let no_data = flags & FLAG_NO_DATA != 0;
         let last_at = pieces.last().map(|p| p.0 - off).unwrap_or(0);
         let need = if no_data { plen } else { len.max(last_at + plen) };
-        let Some(lease) = self.lease(need, wait)? else { return Ok(None) };
+        let Some(lease) = s.lease(need, wait)? else { return Ok(None) };
         let mut op = Op {
             lease,
             path: path.clone(),
@@ -142,18 +100,11 @@ impl Session {
         };
         for (poff, pl) in pieces {
             let at = if no_data { 0 } else { poff - off };
-            let id = self.post(path, poff, pl, flags, &op.lease, at, Deliver::Chan(tx.clone()))?;
+            let id = s.post(path, poff, pl, flags, &op.lease, at, Deliver::Chan(tx.clone()))?;
             op.pieces.push((id, at, pl));
             op.remaining += 1;
         }
         Ok(Some(op))
-    }
-
-    /// The bytes of a finished op.
-    pub(crate) fn op_bytes(&self, op: &Op) -> &[u8] {
-        debug_assert_eq!(op.remaining, 0);
-        // SAFETY: every piece completed, and `op` holds the lease.
-        unsafe { self.data(op.lease.off, op.bytes() as usize) }
     }
 }
 
@@ -183,17 +134,17 @@ impl Pipeline {
     /// flight; then, if views held elsewhere leave the area too fragmented
     /// for the whole range, it posts the prefix that fits.
     pub(crate) fn submit(&mut self, tag: usize, path: &Arc<str>, off: u64, len: u64, flags: u32) -> Result<Option<u64>> {
-        let mut op = self.s.start_op(path, off, len, flags, &self.tx, false)?;
+        let mut op = Op::start(&self.s, path, off, len, flags, &self.tx, false)?;
         if op.is_none() && self.idle() {
             let plen = (path.len() as u64).div_ceil(4096) * 4096;
             let room = self.s.largest_free().saturating_sub(plen) / 4096 * 4096;
             op = if room >= 4096 && room < len && flags & FLAG_NO_DATA == 0 {
-                self.s.start_op(path, off, room, flags, &self.tx, false)?
+                Op::start(&self.s, path, off, room, flags, &self.tx, false)?
             } else {
                 None
             };
             if op.is_none() {
-                op = self.s.start_op(path, off, len, flags, &self.tx, true)?;
+                op = Op::start(&self.s, path, off, len, flags, &self.tx, true)?;
             }
         }
         let Some(op) = op else { return Ok(None) };
@@ -220,7 +171,7 @@ impl Pipeline {
             let c = match self.rx.recv_timeout(self.s.opts.timeout) {
                 Ok(c) => c,
                 Err(_) => {
-                    return Some(Err(Error::new(libc::ETIMEDOUT, format!("no answer from the engine in {:?}", self.s.opts.timeout))));
+                    return Some(Err(Error::Timeout(format!("no answer from the engine in {:?}", self.s.opts.timeout))));
                 }
             };
             let Some(id) = self.by_req.remove(&c.req_id) else { continue };
@@ -356,6 +307,48 @@ struct AsyncState {
 }
 
 impl AsyncOp {
+    /// Post a read of `[off, off + len)` (one op's worth: see `op_ranges`)
+    /// whose answer goes to `done` on the completion thread. Waits only for
+    /// shared-area space and ring entries (bounded by the timeout).
+    pub(crate) fn start(s: &Session, path: &Arc<str>, off: u64, len: u64, done: ReadDone) {
+        let mut pieces = s.pieces(path, off, len);
+        if pieces.is_empty() {
+            pieces.push((off, 0));
+        }
+        let plen = path.len() as u64;
+        let last_at = pieces.last().map(|p| p.0 - off).unwrap_or(0);
+        let lease = match s.check_alive().and_then(|_| s.lease(len.max(last_at + plen), true)) {
+            Ok(Some(l)) => l,
+            Ok(None) => return done(Err(Error::Busy("no shared-area space".into()))),
+            Err(e) => return done(Err(e)),
+        };
+        let n = pieces.len();
+        let op = Arc::new(AsyncOp {
+            map: s.map.clone(),
+            data_offset: s.layout.data_offset,
+            lease: lease.clone(),
+            path: path.clone(),
+            deadline: Instant::now() + s.opts.timeout,
+            state: parking_lot::Mutex::new(AsyncState {
+                pieces: pieces.iter().map(|&(poff, pl)| (poff - off, pl)).collect(),
+                got: vec![0; n],
+                remaining: n,
+                err: None,
+                done: Some(done),
+            }),
+        });
+        for (i, &(poff, pl)) in pieces.iter().enumerate() {
+            if let Err(e) = s.post(path, poff, pl, 0, &lease, poff - off, Deliver::Call(op.clone(), i)) {
+                // The pieces never posted complete now, with the error.
+                let errno = e.errno();
+                for j in i..n {
+                    op.complete(j, &CqEntry { req_id: 0, result: -(errno as i64), data_off: 0, object_size: 0 });
+                }
+                return;
+            }
+        }
+    }
+
     pub(crate) fn expired(&self, now: Instant) -> bool {
         now >= self.deadline
     }
@@ -363,7 +356,7 @@ impl AsyncOp {
     /// Hand the callback ETIMEDOUT, unless it has run already.
     pub(crate) fn fail_expired(&self, timeout: Duration) {
         let Some(done) = self.state.lock().done.take() else { return };
-        done(Err(Error::new(libc::ETIMEDOUT, format!("{}: no answer from the engine in {timeout:?}", self.path))));
+        done(Err(Error::Timeout(format!("{}: no answer from the engine in {timeout:?}", self.path))));
     }
 
     /// Piece `idx` finished (or failed, or will never be posted).
@@ -371,7 +364,7 @@ impl AsyncOp {
         let mut st = self.state.lock();
         if c.result < 0 {
             let errno = (-c.result) as i32;
-            st.err.get_or_insert(Error::new(errno, errno_message(&self.path, errno)));
+            st.err.get_or_insert(completion_error(&self.path, errno));
         } else if let Some(g) = st.got.get_mut(idx) {
             *g = c.result as u64;
         }
@@ -400,49 +393,5 @@ impl AsyncOp {
             std::slice::from_raw_parts(self.map.as_ptr().add((self.data_offset + self.lease.off) as usize), n as usize)
         };
         done(Ok(bytes));
-    }
-}
-
-impl Session {
-    /// Post a read of `[off, off + len)` (one op's worth: see `op_ranges`)
-    /// whose answer goes to `done` on the completion thread. Waits only for
-    /// shared-area space and ring entries (bounded by the timeout).
-    pub(crate) fn read_async(&self, path: &Arc<str>, off: u64, len: u64, done: ReadDone) {
-        let mut pieces = self.pieces(path, off, len);
-        if pieces.is_empty() {
-            pieces.push((off, 0));
-        }
-        let plen = path.len() as u64;
-        let last_at = pieces.last().map(|p| p.0 - off).unwrap_or(0);
-        let lease = match self.check_alive().and_then(|_| self.lease(len.max(last_at + plen), true)) {
-            Ok(Some(l)) => l,
-            Ok(None) => return done(Err(Error::new(libc::EAGAIN, "no shared-area space"))),
-            Err(e) => return done(Err(e)),
-        };
-        let n = pieces.len();
-        let op = Arc::new(AsyncOp {
-            map: self.map.clone(),
-            data_offset: self.layout.data_offset,
-            lease: lease.clone(),
-            path: path.clone(),
-            deadline: Instant::now() + self.opts.timeout,
-            state: parking_lot::Mutex::new(AsyncState {
-                pieces: pieces.iter().map(|&(poff, pl)| (poff - off, pl)).collect(),
-                got: vec![0; n],
-                remaining: n,
-                err: None,
-                done: Some(done),
-            }),
-        });
-        for (i, &(poff, pl)) in pieces.iter().enumerate() {
-            if let Err(e) = self.post(path, poff, pl, 0, &lease, poff - off, Deliver::Call(op.clone(), i)) {
-                // The pieces never posted complete now, with the error.
-                let errno = e.errno;
-                for j in i..n {
-                    op.complete(j, &CqEntry { req_id: 0, result: -(errno as i64), data_off: 0, object_size: 0 });
-                }
-                return;
-            }
-        }
     }
 }

@@ -10,7 +10,7 @@
 
 use crate::op::check_path;
 use crate::session::{Lease, Session};
-use crate::Result;
+use crate::error::Result;
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::Mutex;
 use std::collections::HashMap;

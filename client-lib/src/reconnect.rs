@@ -19,8 +19,11 @@
 //! here), or wait for the engine past a caller's deadline.
 
 use crate::plan::EpochPlan;
-use crate::session::{io_err, lost_err, Session};
-use crate::{Client, Error, Options, ReadDone, Result};
+use crate::session::{lost_err, Session};
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::op::ReadDone;
+use crate::options::Options;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,7 +39,7 @@ pub(crate) const REISSUE_MAX: u32 = 3;
 
 /// True for the errors of a call whose engine went away.
 pub(crate) fn lost(e: &Error) -> bool {
-    matches!(e.errno, libc::ECONNRESET | libc::ECONNREFUSED)
+    matches!(e.errno(), libc::ECONNRESET | libc::ECONNREFUSED)
 }
 
 /// An asynchronous read waiting for a new session.
@@ -101,10 +104,10 @@ impl Link {
         }
         drop(cur);
         let Some(_one) = self.reconnecting.try_lock_until(deadline) else {
-            return Err(Error::new(
-                libc::ECONNREFUSED,
-                format!("lost the stoker engine at {} and it did not come back within {:?}", self.socket, self.opts.timeout),
-            ));
+            return Err(Error::Unreachable(format!(
+                "lost the stoker engine at {} and it did not come back within {:?}",
+                self.socket, self.opts.timeout
+            )));
         };
         // Another thread may have opened one while this one waited.
         let cur = self.current();
@@ -134,10 +137,7 @@ impl Link {
                 Err(e) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        return Err(Error::new(
-                            e.errno,
-                            format!("lost the stoker engine and could not reach it again within {:?}: {}", self.opts.timeout, e.message),
-                        ));
+                        return Err(Error::Reconnect { within: self.opts.timeout, last: Box::new(e) });
                     }
                     std::thread::sleep(wait.min(deadline - now));
                     wait = (wait * 2).min(BACKOFF_MAX);
@@ -181,7 +181,7 @@ impl Link {
                 p.worker = false;
                 std::mem::take(&mut p.reads)
             };
-            let e = io_err("starting the reconnect thread", e);
+            let e = Error::io("starting the reconnect thread", e);
             for r in reads {
                 (r.done)(Err(e.clone()));
             }
@@ -231,6 +231,5 @@ fn usable(s: &Session) -> bool {
 
 /// The error a read gets when it may not be issued again.
 pub(crate) fn gave_up() -> Error {
-    let e = lost_err();
-    Error::new(e.errno, format!("{} (and again after {REISSUE_MAX} new sessions)", e.message))
+    Error::Lost(format!("{} (and again after {REISSUE_MAX} new sessions)", lost_err()))
 }

@@ -13,7 +13,9 @@
 //! process (C and Python programs do not all ignore it).
 
 use crate::alloc::SlotAlloc;
-use crate::{Error, Options, Result};
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::options::Options;
 use crossbeam_channel::Sender;
 use memmap2::{MmapOptions, MmapRaw};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
@@ -35,18 +37,14 @@ const CONTROL_IDLE_MAX: usize = 4;
 
 pub(crate) fn unexpected(r: Response) -> Error {
     match r {
-        Response::Error { errno, message } => Error::new(errno, message),
-        other => Error::new(libc::EPROTO, format!("unexpected answer from engine: {other:?}")),
+        Response::Error { errno, message } => Error::Engine { errno, message },
+        other => Error::Protocol(format!("unexpected answer from engine: {other:?}")),
     }
-}
-
-pub(crate) fn io_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(libc::EIO, format!("{what}: {e}"))
 }
 
 /// The error of a call whose engine went away (see `reconnect::lost`).
 pub(crate) fn lost_err() -> Error {
-    Error::new(libc::ECONNRESET, "connection to the stoker engine was lost")
+    Error::Lost("connection to the stoker engine was lost".into())
 }
 
 /// A control-socket failure: ECONNRESET when the engine closed the
@@ -55,9 +53,9 @@ fn transport_err(what: &str, e: std::io::Error) -> Error {
     use std::io::ErrorKind::*;
     match e.kind() {
         BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected | UnexpectedEof => {
-            Error::new(libc::ECONNRESET, format!("{what}: the engine closed the connection ({e})"))
+            Error::Lost(format!("{what}: the engine closed the connection ({e})"))
         }
-        _ => io_err(what, e),
+        _ => Error::io(what, e),
     }
 }
 
@@ -187,13 +185,13 @@ fn memfd(bytes: u64) -> Result<File> {
     unsafe {
         let fd = libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
         if fd < 0 {
-            return Err(io_err("memfd_create", std::io::Error::last_os_error()));
+            return Err(Error::io("memfd_create", std::io::Error::last_os_error()));
         }
         let file = File::from(OwnedFd::from_raw_fd(fd));
-        file.set_len(bytes).map_err(|e| io_err("sizing shared area", e))?;
+        file.set_len(bytes).map_err(|e| Error::io("sizing shared area", e))?;
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
         if libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) != 0 {
-            return Err(io_err("sealing shared area", std::io::Error::last_os_error()));
+            return Err(Error::io("sealing shared area", std::io::Error::last_os_error()));
         }
         Ok(file)
     }
@@ -201,21 +199,20 @@ fn memfd(bytes: u64) -> Result<File> {
 
 pub(crate) fn connect_control(socket: &str, opts: &Options) -> Result<UnixStream> {
     let c = UnixStream::connect(socket).map_err(|e| {
-        Error::new(
-            libc::ECONNREFUSED,
-            format!("cannot reach the stoker engine at {socket}: {e} (is `stoker serve` running? set --socket or STOKER_SOCKET)"),
-        )
+        Error::Unreachable(format!(
+            "cannot reach the stoker engine at {socket}: {e} (is `stoker serve` running? set --socket or STOKER_SOCKET)"
+        ))
     })?;
-    c.set_read_timeout(Some(opts.timeout)).map_err(|e| io_err("control socket", e))?;
+    c.set_read_timeout(Some(opts.timeout)).map_err(|e| Error::io("control socket", e))?;
     Ok(c)
 }
 
 fn call(c: &mut UnixStream, req: &Request) -> Result<Response> {
     write_frame(&mut NoSigpipe(c), req).map_err(|e| transport_err("control socket", e))?;
     match read_frame::<_, Response>(c) {
-        Ok(Some(Response::Error { errno, message })) => Err(Error::new(errno, message)),
+        Ok(Some(Response::Error { errno, message })) => Err(Error::Engine { errno, message }),
         Ok(Some(r)) => Ok(r),
-        Ok(None) => Err(Error::new(libc::ECONNRESET, "engine closed the connection")),
+        Ok(None) => Err(Error::Lost("engine closed the connection".into())),
         Err(e) => Err(transport_err("control socket", e)),
     }
 }
@@ -230,7 +227,7 @@ impl Session {
         };
         let layout = Layout::new(shards, opts.ring_entries, opts.area_bytes.max(1 << 20));
         let file = memfd(layout.total_bytes())?;
-        let map = MmapOptions::new().map_raw(&file).map_err(|e| io_err("mapping shared area", e))?;
+        let map = MmapOptions::new().map_raw(&file).map_err(|e| Error::io("mapping shared area", e))?;
         // SAFETY: the mapping is total_bytes() long, fresh and page aligned.
         unsafe { layout.write_header(map.as_mut_ptr()) };
 
@@ -241,23 +238,23 @@ impl Session {
         });
         let fds = [file.as_raw_fd()];
         sendmsg::<()>(control.as_raw_fd(), &[IoSlice::new(&hello)], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-            .map_err(|e| io_err("handshake", e))?;
+            .map_err(|e| Error::io("handshake", e))?;
         let welcome = match read_frame::<_, Response>(&mut control) {
             Ok(Some(Response::Welcome(w))) => w,
             Ok(Some(other)) => return Err(unexpected(other)),
-            Ok(None) => return Err(Error::new(libc::ECONNRESET, "engine closed the connection")),
-            Err(e) => return Err(io_err("handshake", e)),
+            Ok(None) => return Err(Error::Lost("engine closed the connection".into())),
+            Err(e) => return Err(Error::io("handshake", e)),
         };
         if welcome.shards != shards || welcome.shard_sockets.len() != shards as usize {
-            return Err(Error::new(libc::EPROTO, "engine changed its shard count during the handshake"));
+            return Err(Error::Protocol("engine changed its shard count during the handshake".into()));
         }
 
         let mut links = Vec::new();
         let mut cqs = Vec::new();
         let mut bells_in = Vec::new();
         for (i, path) in welcome.shard_sockets.iter().enumerate() {
-            let mut s = UnixStream::connect(path).map_err(|e| io_err(&format!("connecting to shard socket {path}"), e))?;
-            s.write_all(&welcome.session.to_le_bytes()).map_err(|e| io_err("attaching to shard", e))?;
+            let mut s = UnixStream::connect(path).map_err(|e| Error::io(&format!("connecting to shard socket {path}"), e))?;
+            s.write_all(&welcome.session.to_le_bytes()).map_err(|e| Error::io("attaching to shard", e))?;
             let base = map.as_mut_ptr();
             // SAFETY: offsets come from the layout of this mapping; this client
             // is the only producer of each SQ and the only consumer of each CQ.
@@ -267,7 +264,7 @@ impl Session {
                     Consumer::<CqEntry>::new(base.add(layout.cq_offset(i as u32) as usize), layout.ring_entries),
                 )
             };
-            bells_in.push(s.try_clone().map_err(|e| io_err("shard socket", e))?);
+            bells_in.push(s.try_clone().map_err(|e| Error::io("shard socket", e))?);
             cqs.push(cq);
             links.push(ShardLink { sq: Mutex::new(sq), bell: s });
         }
@@ -288,7 +285,7 @@ impl Session {
             std::thread::Builder::new()
                 .name("stoker-completions".into())
                 .spawn(move || complete_loop(bells_in, cqs, shared, timeout))
-                .map_err(|e| io_err("starting completion thread", e))?
+                .map_err(|e| Error::io("starting completion thread", e))?
         };
         Ok(Session {
             pid: std::process::id(),
@@ -348,7 +345,7 @@ impl Session {
         // A transport error leaves the stream mid-frame: never reuse it.
         let reusable = match &r {
             Ok(_) => true,
-            Err(e) => e.errno != libc::EIO && e.errno != libc::ECONNRESET,
+            Err(e) => e.errno() != libc::EIO && e.errno() != libc::ECONNRESET,
         };
         if reusable {
             let mut idle = self.control_idle.lock();
@@ -365,10 +362,60 @@ impl Session {
         (self.layout.data_bytes / 4 / 4096 * 4096).max(4096)
     }
 
-
     /// Largest piece one ring entry asks for under `path`'s mount.
     pub(crate) fn chunk_bytes_for(&self, path: &str) -> u64 {
         self.welcome.block_bytes_for(path).min(self.op_bytes_max())
+    }
+
+    /// Split [off, off+len) at block boundaries and at the chunk size.
+    pub(crate) fn pieces(&self, path: &str, off: u64, len: u64) -> Vec<(u64, u64)> {
+        let bs = self.welcome.block_bytes_for(path);
+        let chunk = self.chunk_bytes_for(path);
+        let mut out = Vec::new();
+        let mut at = off;
+        let end = off.saturating_add(len);
+        while at < end {
+            let block_end = (at / bs + 1) * bs;
+            let piece_end = end.min(block_end).min(at + chunk);
+            out.push((at, piece_end - at));
+            at = piece_end;
+        }
+        out
+    }
+
+    /// Cut [off, off+len) into ranges that each fit one op: at most
+    /// `op_bytes_max`, and no piece but the last shorter than the path (the
+    /// engine reads a piece's path from where its bytes will land).
+    pub(crate) fn op_ranges(&self, path: &str, off: u64, len: u64) -> Vec<(u64, u64)> {
+        let path_len = path.len() as u64;
+        let max = self.op_bytes_max();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut cur: Option<(u64, u64)> = None;
+        for (poff, plen) in self.pieces(path, off, len) {
+            cur = match cur {
+                Some((coff, clen)) if clen + plen <= max => Some((coff, clen + plen)),
+                Some(c) => {
+                    out.push(c);
+                    Some((poff, plen))
+                }
+                None => Some((poff, plen)),
+            };
+            if plen < path_len && poff + plen < off + len {
+                out.push(cur.take().unwrap());
+            }
+        }
+        out.extend(cur);
+        if out.is_empty() {
+            out.push((off, 0));
+        }
+        out
+    }
+
+    /// The bytes of a finished op.
+    pub(crate) fn op_bytes(&self, op: &Op) -> &[u8] {
+        debug_assert!(op.finished());
+        // SAFETY: every piece completed, and `op` holds the lease.
+        unsafe { self.data(op.lease.off, op.bytes() as usize) }
     }
 
     /// Reserve `len` bytes of the data area. With `wait`, block (bounded by
@@ -376,7 +423,7 @@ impl Session {
     pub(crate) fn lease(&self, len: u64, wait: bool) -> Result<Option<Arc<Lease>>> {
         let mut slots = self.shared.slots.lock();
         if !slots.fits_ever(len) {
-            return Err(Error::new(libc::EINVAL, "request larger than the shared area"));
+            return Err(Error::Invalid("request larger than the shared area".into()));
         }
         let deadline = Instant::now() + self.opts.timeout;
         loop {
@@ -388,7 +435,7 @@ impl Session {
             }
             self.check_alive()?;
             if self.shared.slot_freed.wait_until(&mut slots, deadline).timed_out() {
-                return Err(Error::new(libc::ETIMEDOUT, "timed out waiting for shared-area space (are views held too long?)"));
+                return Err(Error::Timeout("timed out waiting for shared-area space (are views held too long?)".into()));
             }
             self.check_alive()?;
         }
@@ -425,7 +472,7 @@ impl Session {
             let mut n = self.shared.inflight[shard].lock();
             while *n >= self.layout.ring_entries {
                 if self.shared.inflight_freed.wait_until(&mut n, deadline).timed_out() {
-                    return Err(Error::new(libc::ETIMEDOUT, "timed out waiting for a ring entry"));
+                    return Err(Error::Timeout("timed out waiting for a ring entry".into()));
                 }
                 if self.is_dead() {
                     return Err(lost_err());
@@ -467,7 +514,7 @@ impl Session {
             // Cannot happen while in-flight <= ring entries; fail cleanly anyway.
             self.shared.pending.lock().remove(&req_id);
             self.shared.finish(shard);
-            return Err(Error::new(libc::EIO, "request ring full or corrupt"));
+            return Err(Error::Internal("request ring full or corrupt".into()));
         }
         if NoSigpipe(&self.shards[shard].bell).write_all(&[1]).is_err() {
             // The engine went away; the completion thread fails this request.
@@ -488,9 +535,14 @@ impl Session {
     }
 }
 
-pub(crate) fn errno_message(path: &str, errno: i32) -> String {
-    let what = std::io::Error::from_raw_os_error(errno);
-    format!("{path}: {what}")
+/// The error of a ring request answered with `-errno`: the engine's, or
+/// ECONNRESET when this client failed it because the engine went away.
+pub(crate) fn completion_error(path: &str, errno: i32) -> Error {
+    let message = format!("{path}: {}", std::io::Error::from_raw_os_error(errno));
+    match errno {
+        libc::ECONNRESET => Error::Lost(message),
+        _ => Error::Engine { errno, message },
+    }
 }
 
 impl Drop for Session {

@@ -81,11 +81,11 @@ fn errors_are_errnos() {
     let sock = dir.path().join("s.sock").to_string_lossy().into_owned();
     let _engine = start(&src, &dir.path().join("cache"), &sock);
     let c = Client::connect(&sock).unwrap();
-    assert_eq!(c.read_file("/m/nope").unwrap_err().errno, libc_enoent());
-    assert_eq!(c.read_file("/nomount/x").unwrap_err().errno, libc_enoent());
-    assert_eq!(c.read_file("/m/d0").unwrap_err().errno, 21 /* EISDIR */);
-    assert_eq!(c.stat("relative").unwrap_err().errno, 22 /* EINVAL */);
-    assert!(Client::connect(&format!("{sock}.absent")).unwrap_err().message.contains("stoker serve"));
+    assert_eq!(c.read_file("/m/nope").unwrap_err().errno(), libc_enoent());
+    assert_eq!(c.read_file("/nomount/x").unwrap_err().errno(), libc_enoent());
+    assert_eq!(c.read_file("/m/d0").unwrap_err().errno(), 21 /* EISDIR */);
+    assert_eq!(c.stat("relative").unwrap_err().errno(), 22 /* EINVAL */);
+    assert!(Client::connect(&format!("{sock}.absent")).unwrap_err().to_string().contains("stoker serve"));
 }
 
 fn libc_enoent() -> i32 {

@@ -11,11 +11,12 @@ use std::os::raw::c_int;
 use stoker_client::{Client as Inner, Data, ReadReq};
 
 fn err(e: stoker_client::Error) -> PyErr {
-    match e.errno {
-        2 => PyFileNotFoundError::new_err((e.errno, e.message)),
-        21 => PyIsADirectoryError::new_err((e.errno, e.message)),
-        22 => PyValueError::new_err(e.message),
-        _ => PyIOError::new_err((e.errno, e.message)),
+    let (errno, message) = (e.errno(), e.to_string());
+    match errno {
+        2 => PyFileNotFoundError::new_err((errno, message)),
+        21 => PyIsADirectoryError::new_err((errno, message)),
+        22 => PyValueError::new_err(message),
+        _ => PyIOError::new_err((errno, message)),
     }
 }
 
@@ -127,6 +128,39 @@ impl Client {
     fn engine_stats_json(&self, py: Python<'_>) -> PyResult<String> {
         let s = py.allow_threads(|| self.inner.engine_stats()).map_err(err)?;
         Ok(serde_json::to_string(&s).expect("stats serialize"))
+    }
+
+    /// Keep the cached blocks of a file or prefix through eviction:
+    /// (files, cached blocks) under it.
+    fn pin(&self, py: Python<'_>, path: &str) -> PyResult<(u64, u64)> {
+        py.allow_threads(|| self.inner.pin(path)).map(|a| (a.files, a.blocks)).map_err(err)
+    }
+
+    fn unpin(&self, py: Python<'_>, path: &str) -> PyResult<(u64, u64)> {
+        py.allow_threads(|| self.inner.unpin(path)).map(|a| (a.files, a.blocks)).map_err(err)
+    }
+
+    /// Drop the cached blocks of a file or prefix now.
+    fn free(&self, py: Python<'_>, path: &str) -> PyResult<(u64, u64)> {
+        py.allow_threads(|| self.inner.free(path)).map(|a| (a.files, a.blocks)).map_err(err)
+    }
+
+    /// Cached blocks under `path` expire `seconds` after they were cached
+    /// (whole seconds, at least one); `None` clears the TTL.
+    #[pyo3(signature = (path, seconds))]
+    fn ttl(&self, py: Python<'_>, path: &str, seconds: Option<f64>) -> PyResult<(u64, u64)> {
+        let ttl = match seconds {
+            Some(s) if !(s.is_finite() && s > 0.0) => return Err(PyValueError::new_err("a TTL must be a positive number of seconds (None clears it)")),
+            s => s.map(std::time::Duration::from_secs_f64),
+        };
+        py.allow_threads(|| self.inner.ttl(path, ttl)).map(|a| (a.files, a.blocks)).map_err(err)
+    }
+
+    /// {"path", "files", "bytes", "blocks", "cached_blocks", "cached_fraction",
+    /// "pinned", "ttl_secs"} as JSON text.
+    fn path_stat_json(&self, py: Python<'_>, path: &str) -> PyResult<String> {
+        let s = py.allow_threads(|| self.inner.path_stat(path)).map_err(err)?;
+        Ok(serde_json::to_string(&s).expect("path stats serialize"))
     }
 
     /// Tell the engine the order whole files will be read in; it fetches

@@ -47,6 +47,18 @@ def main():
     assert sorted(paths) == [e["name"] for e in walked if e["name"] in want], walked[:3]
     assert all(e["attr"]["size"] == len(want[e["name"]]) for e in walked if e["name"] in want)
 
+    # Cache management: every path was read above, so it is all cached.
+    one = paths[0]
+    assert c.pin(one)[0] == 1
+    st = c.path_stat(one)
+    assert st["pinned"] and st["cached_fraction"] == 1.0, st
+    assert c.unpin(one)[0] == 1 and not c.path_stat(one)["pinned"]
+    assert c.ttl(one, 3600)[0] == 1 and c.path_stat(one)["ttl_secs"] == 3600
+    assert c.ttl(one, None)[0] == 1 and c.path_stat(one)["ttl_secs"] is None
+    c.free(one)
+    assert c.path_stat(one)["cached_fraction"] < 1.0 or len(want[one]) == 0
+    assert c.read(one) == want[one]
+
     # Map-style dataset, bytes and zero-copy items.
     ds = stoker.StokerDataset(paths, socket=sock)
     assert len(ds) == len(paths)

@@ -4,7 +4,8 @@
 //! - `key`: how a (mount, path, block) is routed to a shard and how a cached
 //!   block is named;
 //! - `control`: the length-prefixed JSON messages on the control socket;
-//! - `ring`: the layout of the shared-memory area (rings and data area).
+//! - `ring`: the layout of the shared-memory area (rings and data area);
+//! - `units`: sizes and durations as flags and config files write them.
 //!
 //! It never does I/O of its own beyond framing on a caller's stream.
 
@@ -13,6 +14,7 @@ pub mod direct;
 pub mod format;
 pub mod key;
 pub mod ring;
+pub mod units;
 
 /// Protocol version exchanged in the handshake; bumped on any wire change.
 pub const PROTOCOL_VERSION: u32 = 2;

@@ -7,8 +7,8 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use stoker_engine::config::EngineConfig;
-use stoker_engine::{parse_duration, parse_size};
+use std::time::Duration;
+use stoker_proto::units::{parse_duration, parse_size};
 
 /// A size: an integer number of bytes or a string like "4M".
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -32,7 +32,8 @@ impl Size {
     }
 }
 
-fn duration(key: &str, s: &str) -> Result<Option<std::time::Duration>> {
+/// A `[serve]` duration (`20ms`, `5s`, `never` is None), errors naming the key.
+pub fn duration(key: &str, s: &str) -> Result<Option<Duration>> {
     parse_duration(s).map_err(anyhow::Error::msg).with_context(|| format!("[serve] {key}"))
 }
 
@@ -145,111 +146,31 @@ impl ConfigFile {
         }
         Ok(out)
     }
-
-    /// An engine config with this file's `[serve]` values over the defaults,
-    /// mounts aside (see `mounts`). `cache_dir` is the command line's, which
-    /// wins over the file's.
-    pub fn engine_config(&self, cache_dir: Option<PathBuf>) -> Result<EngineConfig> {
-        let s = &self.serve;
-        let Some(dir) = cache_dir.or_else(|| s.cache_dir.clone()) else {
-            bail!("no cache dir: pass --cache-dir DIR or set cache_dir in [serve]");
-        };
-        let mut cfg = EngineConfig::new(dir);
-        if let Some(v) = &s.capacity {
-            cfg.capacity_bytes = v.bytes("capacity")?;
-        }
-        if let Some(v) = s.shards {
-            cfg.shards = v;
-        }
-        if let Some(v) = s.io_depth {
-            cfg.io_depth = v;
-        }
-        if let Some(v) = &s.block_size {
-            cfg.block_bytes = v.bytes("block_size")?;
-        }
-        if let Some(v) = s.ufs_threads {
-            cfg.ufs_threads = v;
-        }
-        if let Some(v) = s.readahead_blocks {
-            cfg.readahead_blocks = v;
-        }
-        if let Some(v) = &s.segment_size {
-            cfg.segment_bytes = v.bytes("segment_size")?;
-        }
-        if let Some(v) = &s.ufs_latency {
-            cfg.ufs_latency = duration("ufs_latency", v)?.unwrap_or_default();
-        }
-        if let Some(v) = &s.ufs_bandwidth {
-            cfg.ufs_bandwidth = Some(v.bytes("ufs_bandwidth")?);
-        }
-        if let Some(v) = &s.ufs_timeout {
-            cfg.ufs_timeout = duration("ufs_timeout", v)?.context("[serve] ufs_timeout: `never` is not allowed")?;
-        }
-        if let Some(v) = &s.metadata_sync {
-            cfg.metadata_sync = duration("metadata_sync", v)?;
-        }
-        if let Some(v) = &s.socket {
-            cfg.socket = v.clone();
-        }
-        if let Some(v) = s.control_connections {
-            cfg.control_connections_max = v;
-        }
-        if let Some(v) = &s.control_timeout {
-            cfg.control_timeout = duration("control_timeout", v)?.context("[serve] control_timeout: `never` is not allowed")?;
-        }
-        if let Some(v) = &s.eviction {
-            cfg.eviction = v.parse().map_err(anyhow::Error::msg).context("[serve] eviction")?;
-        }
-        if let Some(v) = &s.memory_cache {
-            cfg.memory_cache_bytes = v.bytes("memory_cache")?;
-        }
-        if let Some(v) = s.direct_entries {
-            cfg.direct_entries = v;
-        }
-        for (name, size) in s.quotas.iter().flatten() {
-            cfg.quotas.push((name.clone(), size.bytes_in("serve.quotas", name)?));
-        }
-        Ok(cfg)
-    }
 }
+
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn every_serve_flag_has_a_key() {
-        let f = ConfigFile::parse(
-            "[serve]\ncontrol_connections = 9\ncontrol_timeout = \"3s\"\neviction = \"lru\"\nmemory_cache = \"1M\"\n\
-             direct_entries = 0\nmetrics = \"9464\"\nsocket_group = \"0\"\n[serve.quotas]\nscratch = \"2G\"\n",
-        )
-        .unwrap();
-        let c = f.engine_config(Some("/tmp/c".into())).unwrap();
-        assert_eq!(c.control_connections_max, 9);
-        assert_eq!(c.control_timeout, std::time::Duration::from_secs(3));
-        assert_eq!(c.eviction, stoker_engine::store::Eviction::Lru);
-        assert_eq!((c.memory_cache_bytes, c.direct_entries), (1 << 20, 0));
-        assert_eq!(c.quotas, vec![("scratch".to_string(), 2 << 30)]);
-        assert_eq!((f.serve.metrics.as_deref(), f.serve.socket_group.as_deref()), (Some("9464"), Some("0")));
-        let bad = ConfigFile::parse("[serve]\neviction = \"mru\"\n").unwrap().engine_config(Some("/tmp/c".into()));
-        assert!(format!("{:#}", bad.unwrap_err()).contains("eviction"));
-    }
-
-    #[test]
-    fn serve_section_sets_the_engine_and_unknown_keys_fail() {
+    fn sections_parse_and_unknown_keys_fail() {
         let f = ConfigFile::parse(
             "[serve]\nshards = 3\nblock_size = \"1M\"\nsegment_size = 67108864\nmounts = [\"d=file:///tmp\"]\n\
-             metadata_sync = \"never\"\n[client]\nreaders = 8\n[mount]\nthreads = 4\nreadahead = \"2M\"\n",
+             metadata_sync = \"never\"\nmetrics = \"9464\"\nsocket_group = \"0\"\n[client]\nreaders = 8\n[mount]\nthreads = 4\nreadahead = \"2M\"\n",
         )
         .unwrap();
-        let c = f.engine_config(Some("/tmp/c".into())).unwrap();
-        assert_eq!((c.shards, c.block_bytes, c.segment_bytes), (3, 1 << 20, 64 << 20));
+        assert_eq!(f.serve.shards, Some(3));
+        assert_eq!(f.serve.block_size.as_ref().unwrap().bytes("block_size").unwrap(), 1 << 20);
+        assert_eq!(f.serve.segment_size, Some(Size::Bytes(64 << 20)));
+        assert_eq!(duration("metadata_sync", f.serve.metadata_sync.as_deref().unwrap()).unwrap(), None);
         assert_eq!(f.mounts().unwrap(), vec![("d".to_string(), "file:///tmp".to_string())]);
-        assert_eq!(c.metadata_sync, None);
         assert_eq!(f.client.readers, Some(8));
         assert_eq!(f.mount.readahead, Some(Size::Text("2M".into())));
+        assert_eq!((f.serve.metrics.as_deref(), f.serve.socket_group.as_deref()), (Some("9464"), Some("0")));
         assert!(ConfigFile::parse("[serve]\nshard = 3\n").is_err());
-        assert!(ConfigFile::parse("[serve]\nblock_size = \"4Q\"\n").unwrap().engine_config(Some("/x".into())).is_err());
+        let bad = Size::Text("4Q".into()).bytes("block_size").unwrap_err();
+        assert!(format!("{bad:#}").contains("[serve] block_size"), "{bad:#}");
         let f = ConfigFile::parse(
             "[serve]\nmounts = [\"s=s3://b\"]\n[serve.mount_options.s]\nendpoint = \"http://127.0.0.1:9000\"\nreadahead = 8\nread_only = true\n",
         )
@@ -260,9 +181,5 @@ mod tests {
         assert!(o.contains(&("s".into(), "read_only".into(), "true".into())));
         let f = ConfigFile::parse("[serve.mount_options.s]\nx = [1]\n").unwrap();
         assert!(f.mount_options().is_err());
-        // No cache dir anywhere is an error; the file's is used when the flag is absent.
-        assert!(ConfigFile::default().engine_config(None).is_err());
-        let f = ConfigFile::parse("[serve]\ncache_dir = \"/var/cache/stoker\"\n").unwrap();
-        assert_eq!(f.engine_config(None).unwrap().cache_dir, PathBuf::from("/var/cache/stoker"));
     }
 }

@@ -710,8 +710,12 @@ fn fingerprint(spec: &TuneSpec) -> String {
     )
 }
 
+/// Whole or not at all: a fsynced temporary file renamed over the old state.
 fn save_state(path: &Path, st: &State) -> Result<()> {
-    stoker_engine::durable::write(path, &serde_json::to_vec_pretty(st)?)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
 }
 
@@ -1177,8 +1181,8 @@ mod tests {
         let f = ConfigFile::parse(&text).unwrap();
         assert_eq!(f.serve.shards, Some(1));
         assert_eq!(f.client.readers, Some(32));
-        let c = f.engine_config(Some("/tmp/c".into())).unwrap();
-        assert_eq!((c.block_bytes, c.segment_bytes), (4 << 20, 256 << 20));
+        let size = |v: &Option<crate::config::Size>, key| v.as_ref().unwrap().bytes(key).unwrap();
+        assert_eq!((size(&f.serve.block_size, "block_size"), size(&f.serve.segment_size, "segment_size")), (4 << 20, 256 << 20));
         assert!(
             text.contains("1 -> 200 files/s (chosen), 2 -> 100 files/s"),
             "{text}"

@@ -38,6 +38,10 @@ class Client(_Client):
     def engine_stats(self):
         return json.loads(self.engine_stats_json())
 
+    def path_stat(self, path):
+        """Cached fraction, pin and TTL of a file or prefix."""
+        return json.loads(self.path_stat_json(path))
+
 
 def worker_shard():
     """(worker id, number of workers): torch's DataLoader worker when there

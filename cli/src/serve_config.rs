@@ -1,0 +1,111 @@
+//! `[serve]` of a config file (stoker-tuning's `ConfigFile`, which knows
+//! nothing of the engine) turned into an `EngineConfig`.
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use stoker_engine::config::EngineConfig;
+use stoker_tuning::config::{duration, ConfigFile};
+
+/// An engine config with `file`'s `[serve]` values over the defaults,
+/// mounts aside (see `ConfigFile::mounts`). `cache_dir` is the command line's, which
+/// wins over the file's.
+pub fn engine_config(file: &ConfigFile, cache_dir: Option<PathBuf>) -> Result<EngineConfig> {
+    let s = &file.serve;
+    let Some(dir) = cache_dir.or_else(|| s.cache_dir.clone()) else {
+        bail!("no cache dir: pass --cache-dir DIR or set cache_dir in [serve]");
+    };
+    let mut cfg = EngineConfig::new(dir);
+    if let Some(v) = &s.capacity {
+        cfg.capacity_bytes = v.bytes("capacity")?;
+    }
+    if let Some(v) = s.shards {
+        cfg.shards = v;
+    }
+    if let Some(v) = s.io_depth {
+        cfg.io_depth = v;
+    }
+    if let Some(v) = &s.block_size {
+        cfg.block_bytes = v.bytes("block_size")?;
+    }
+    if let Some(v) = s.ufs_threads {
+        cfg.ufs_threads = v;
+    }
+    if let Some(v) = s.readahead_blocks {
+        cfg.readahead_blocks = v;
+    }
+    if let Some(v) = &s.segment_size {
+        cfg.segment_bytes = v.bytes("segment_size")?;
+    }
+    if let Some(v) = &s.ufs_latency {
+        cfg.ufs_latency = duration("ufs_latency", v)?.unwrap_or_default();
+    }
+    if let Some(v) = &s.ufs_bandwidth {
+        cfg.ufs_bandwidth = Some(v.bytes("ufs_bandwidth")?);
+    }
+    if let Some(v) = &s.ufs_timeout {
+        cfg.ufs_timeout = duration("ufs_timeout", v)?.context("[serve] ufs_timeout: `never` is not allowed")?;
+    }
+    if let Some(v) = &s.metadata_sync {
+        cfg.metadata_sync = duration("metadata_sync", v)?;
+    }
+    if let Some(v) = &s.socket {
+        cfg.socket = v.clone();
+    }
+    if let Some(v) = s.control_connections {
+        cfg.control_connections_max = v;
+    }
+    if let Some(v) = &s.control_timeout {
+        cfg.control_timeout = duration("control_timeout", v)?.context("[serve] control_timeout: `never` is not allowed")?;
+    }
+    if let Some(v) = &s.eviction {
+        cfg.eviction = v.parse().map_err(anyhow::Error::msg).context("[serve] eviction")?;
+    }
+    if let Some(v) = &s.memory_cache {
+        cfg.memory_cache_bytes = v.bytes("memory_cache")?;
+    }
+    if let Some(v) = s.direct_entries {
+        cfg.direct_entries = v;
+    }
+    for (name, size) in s.quotas.iter().flatten() {
+        cfg.quotas.push((name.clone(), size.bytes_in("serve.quotas", name)?));
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_serve_flag_has_a_key() {
+        let f = ConfigFile::parse(
+            "[serve]\ncontrol_connections = 9\ncontrol_timeout = \"3s\"\neviction = \"lru\"\nmemory_cache = \"1M\"\n\
+             direct_entries = 0\nmetrics = \"9464\"\nsocket_group = \"0\"\n[serve.quotas]\nscratch = \"2G\"\n",
+        )
+        .unwrap();
+        let c = engine_config(&f, Some("/tmp/c".into())).unwrap();
+        assert_eq!(c.control_connections_max, 9);
+        assert_eq!(c.control_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(c.eviction, stoker_engine::store::Eviction::Lru);
+        assert_eq!((c.memory_cache_bytes, c.direct_entries), (1 << 20, 0));
+        assert_eq!(c.quotas, vec![("scratch".to_string(), 2 << 30)]);
+        let bad = engine_config(&ConfigFile::parse("[serve]\neviction = \"mru\"\n").unwrap(), Some("/tmp/c".into()));
+        assert!(format!("{:#}", bad.unwrap_err()).contains("eviction"));
+    }
+
+    #[test]
+    fn serve_section_sets_the_engine() {
+        let f = ConfigFile::parse(
+            "[serve]\nshards = 3\nblock_size = \"1M\"\nsegment_size = 67108864\nmetadata_sync = \"never\"\n",
+        )
+        .unwrap();
+        let c = engine_config(&f, Some("/tmp/c".into())).unwrap();
+        assert_eq!((c.shards, c.block_bytes, c.segment_bytes), (3, 1 << 20, 64 << 20));
+        assert_eq!(c.metadata_sync, None);
+        assert!(engine_config(&ConfigFile::parse("[serve]\nblock_size = \"4Q\"\n").unwrap(), Some("/x".into())).is_err());
+        // No cache dir anywhere is an error; the file's is used when the flag is absent.
+        assert!(engine_config(&ConfigFile::default(), None).is_err());
+        let f = ConfigFile::parse("[serve]\ncache_dir = \"/var/cache/stoker\"\n").unwrap();
+        assert_eq!(engine_config(&f, None).unwrap().cache_dir, PathBuf::from("/var/cache/stoker"));
+    }
+}
