@@ -107,6 +107,28 @@ pub struct ServeArgs {
     /// for a client to take an answer; a stalled connection is closed [default: 10s].
     #[arg(long, value_name = "DUR", value_parser = duration_arg)]
     pub control_timeout: Option<Duration>,
+    /// Join a cluster whose membership lives in etcd:
+    /// etcd://HOST:PORT[,HOST:PORT...] (docs/CLUSTER.md). Needs --node-id,
+    /// --peer-listen and --cluster-token-file [default: none, this node alone].
+    #[arg(long, value_name = "URI")]
+    pub cluster: Option<String>,
+    /// Name shared by the members of one cluster in etcd [default: stoker].
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// This node's id in the cluster; keep it across restarts (a restarted
+    /// node owns the same blocks).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Where this node serves block reads to the other members, e.g. 10.0.0.5:7070.
+    #[arg(long, value_name = "ADDR")]
+    pub peer_listen: Option<std::net::SocketAddr>,
+    /// Where the other members reach this node (HOST:PORT) [default: --peer-listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer_advertise: Option<String>,
+    /// File holding the token every member presents to the others (the same
+    /// on every node; keep it mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub cluster_token_file: Option<PathBuf>,
     /// What a full cache drops first: fifo-reinsert (oldest segment, read blocks
     /// get a second chance) or lru (least recently read segment) [default: fifo-reinsert].
     #[arg(long)]
@@ -130,6 +152,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
+    let cluster = cluster_config(&a)?;
     // Defaults, then the config file, then flags given on the command line.
     let file = match &a.config {
         Some(p) => stoker_tuning::ConfigFile::load(p)?,
@@ -229,6 +252,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if let Some(d) = a.control_timeout {
         cfg.control_timeout = d;
     }
+    cfg.cluster = cluster;
     let mut engine = Engine::start(cfg)?;
     if let Some(addr) = engine.metrics_addr() {
         eprintln!("stoker: metrics on http://{addr}/metrics");
@@ -238,6 +262,42 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     eprintln!("stoker: stopping");
     engine.stop();
     Ok(())
+}
+
+/// `--cluster` and its companions as a cluster config; None without `--cluster`.
+fn cluster_config(a: &ServeArgs) -> Result<Option<stoker_engine::cluster::ClusterConfig>> {
+    let Some(uri) = &a.cluster else {
+        if a.node_id.is_some() || a.peer_listen.is_some() || a.cluster_token_file.is_some() {
+            bail!("--node-id, --peer-listen and --cluster-token-file need --cluster etcd://HOST:PORT");
+        }
+        return Ok(None);
+    };
+    let endpoints = stoker_cluster::parse_cluster_uri(uri)?;
+    let (Some(node_id), Some(listen), Some(token_file)) = (&a.node_id, a.peer_listen, &a.cluster_token_file) else {
+        bail!("--cluster needs --node-id ID, --peer-listen ADDR and --cluster-token-file FILE");
+    };
+    if node_id.is_empty() || node_id.len() > 128 || node_id.contains('/') || node_id.chars().any(char::is_control) {
+        bail!("bad --node-id {node_id:?}: 1 to 128 characters, no '/'");
+    }
+    let token = std::fs::read(token_file).with_context(|| format!("--cluster-token-file {}", token_file.display()))?;
+    let token = token.trim_ascii().to_vec();
+    if token.is_empty() || token.len() > stoker_cluster::peer::TOKEN_MAX {
+        bail!("--cluster-token-file {}: the token must be 1 to {} bytes", token_file.display(), stoker_cluster::peer::TOKEN_MAX);
+    }
+    let advertise = a.peer_advertise.clone().unwrap_or_else(|| listen.to_string());
+    if listen.ip().is_unspecified() && a.peer_advertise.is_none() {
+        bail!("--peer-listen {listen} listens on every address: say where the others reach this node with --peer-advertise HOST:PORT");
+    }
+    Ok(Some(stoker_engine::cluster::ClusterConfig {
+        endpoints,
+        name: a.cluster_name.clone().unwrap_or_else(|| "stoker".into()),
+        node_id: node_id.clone(),
+        peer_listen: listen,
+        peer_advertise: advertise,
+        token,
+        peer_timeout: Duration::from_secs(5),
+        lease_ttl: Duration::from_secs(6),
+    }))
 }
 
 fn connect(socket: &str) -> Result<Client> {

@@ -6,6 +6,8 @@
 pub mod membership;
 pub mod peer;
 pub mod placement;
+#[doc(hidden)]
+pub mod testing;
 
 pub use membership::{parse_cluster_uri, JoinConfig, Membership, View};
 pub use placement::{owner, Member};

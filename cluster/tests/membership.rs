@@ -5,68 +5,9 @@
 //! printed reason when etcd is not installed, unless STOKER_REQUIRE_ETCD=1
 //! (scripts/test.sh sets it and installs etcd).
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use stoker_cluster::testing::{free_port, Etcd};
 use stoker_cluster::{JoinConfig, Member, Membership, View};
-
-struct Etcd {
-    child: Option<Child>,
-    client_port: u16,
-    peer_port: u16,
-    dir: std::path::PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Etcd {
-    fn start(dir: &Path) -> Option<Etcd> {
-        if Command::new("etcd").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-            assert!(std::env::var_os("STOKER_REQUIRE_ETCD").is_none(), "etcd is required (STOKER_REQUIRE_ETCD=1) but not installed");
-            println!("skipping: etcd is not installed (apt-get install etcd-server)");
-            return None;
-        }
-        let mut e = Etcd { child: None, client_port: free_port(), peer_port: free_port(), dir: dir.to_path_buf() };
-        e.spawn();
-        Some(e)
-    }
-
-    fn spawn(&mut self) {
-        let c = format!("http://127.0.0.1:{}", self.client_port);
-        let p = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(self.dir.join("etcd"))
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
-            .args(["--initial-cluster", &format!("t={p}"), "--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting etcd");
-        self.child = Some(child);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        vec![format!("http://127.0.0.1:{}", self.client_port)]
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn node(etcd: &Etcd, id: &str) -> Membership {
     let me = Member { id: id.into(), addr: format!("127.0.0.1:{}", free_port()), capacity_bytes: 1 << 30 };

@@ -151,6 +151,8 @@ pub struct EngineConfig {
     /// Longest wait for the rest of a control frame once it started, and
     /// for a client to take an answer. Default 10 s.
     pub control_timeout: Duration,
+    /// Membership of a cluster (`--cluster ...`, docs/CLUSTER.md). Default none: alone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// `--socket-group`: sockets are given this group, and its members are
     /// admitted besides root and the engine's own uid. Default none.
     pub socket_group: Option<u32>,
@@ -182,6 +184,7 @@ impl EngineConfig {
             metrics: None,
             control_connections_max: crate::control_limits::CONNECTIONS_MAX_DEFAULT,
             control_timeout: crate::control_limits::IO_TIMEOUT_DEFAULT,
+            cluster: None,
             socket_group: None,
         }
     }
