@@ -85,8 +85,8 @@ pub fn parse_cluster_uri(uri: &str) -> Result<Vec<String>, Error> {
 /// `leave` (or drop, which leaves by lease expiry).
 pub struct Membership {
     view: watch::Receiver<View>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Membership {
@@ -97,7 +97,7 @@ impl Membership {
         let (tx, rx) = watch::channel(View { members: vec![cfg.me.clone()], etcd_ok: false, changes: 0 });
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(run(cfg, tx, stop_rx));
-        Membership { view: rx, stop: Some(stop_tx), task: Some(task) }
+        Membership { view: rx, stop: std::sync::Mutex::new(Some(stop_tx)), task: std::sync::Mutex::new(Some(task)) }
     }
 
     /// The current view.
@@ -122,19 +122,21 @@ impl Membership {
     }
 
     /// Leave cleanly: revoke the lease, so the others drop this node at once.
-    pub async fn leave(mut self) {
-        if let Some(stop) = self.stop.take() {
+    /// Once; later calls return at once.
+    pub async fn leave(&self) {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
             let _ = task.await;
         }
     }
 
     /// Stop without telling etcd, as a crash would: the others drop this
     /// node when its lease expires.
-    pub fn abandon(mut self) {
-        if let Some(task) = self.task.take() {
+    pub fn abandon(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
     }
@@ -142,9 +144,7 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.abandon();
     }
 }
 

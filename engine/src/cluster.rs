@@ -58,6 +58,7 @@ struct Asked {
     hits: AtomicU64,
     bytes: AtomicU64,
     errors: AtomicU64,
+    fallbacks: AtomicU64,
 }
 
 pub struct ClusterNode {
@@ -120,6 +121,7 @@ impl ClusterNode {
             }
             Err(e) => {
                 self.asked.errors.fetch_add(1, Relaxed);
+                self.fell_back();
                 tracing::debug!(owner = %owner.id, error = %e, "peer read failed; reading under storage");
                 None
             }
@@ -149,8 +151,8 @@ impl ClusterNode {
         Ok(c)
     }
 
-    /// `stoker stat`'s `cluster` section; `fallbacks` is the shards' count.
-    pub fn stats(&self, fallbacks: u64) -> ClusterStats {
+    /// `stoker stat`'s `cluster` section.
+    pub fn stats(&self) -> ClusterStats {
         let v = self.membership.view();
         ClusterStats {
             node_id: self.me.clone(),
@@ -175,19 +177,20 @@ impl ClusterNode {
                 hits: self.asked.hits.load(Relaxed),
                 bytes: self.asked.bytes.load(Relaxed),
                 errors: self.asked.errors.load(Relaxed),
-                fallbacks,
+                fallbacks: self.asked.fallbacks.load(Relaxed),
             },
         }
     }
 
     /// Leave cleanly (the others drop this node at once) and stop serving peers.
-    pub async fn leave(self: Arc<Self>) {
+    pub async fn leave(&self) {
         self.server.abort();
-        match Arc::try_unwrap(self) {
-            Ok(node) => node.membership.leave().await,
-            // Someone still holds the node (a read in flight): its lease
-            // lapses instead.
-            Err(_) => {}
-        }
+        self.membership.leave().await;
+    }
+
+    /// A block another member owns was read from under storage here after
+    /// all (the owner could not give it, or gave a wrong length).
+    pub fn fell_back(&self) {
+        self.asked.fallbacks.fetch_add(1, Relaxed);
     }
 }
