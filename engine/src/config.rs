@@ -180,8 +180,8 @@ impl EngineConfig {
             direct_entries: crate::direct::ENTRIES_DEFAULT,
             io_depth: 128,
             metrics: None,
-            control_connections_max: crate::control_limits::CONNECTIONS_MAX_DEFAULT,
-            control_timeout: crate::control_limits::IO_TIMEOUT_DEFAULT,
+            control_connections_max: crate::server::control_limits::CONNECTIONS_MAX_DEFAULT,
+            control_timeout: crate::server::control_limits::IO_TIMEOUT_DEFAULT,
             socket_group: None,
         }
     }

@@ -6,30 +6,25 @@
 //! `Engine::start` returns once every shard has recovered its store and all
 //! sockets listen, so "the socket answers" means "the cache is ready".
 
-pub mod admin;
-pub mod attrlog;
 pub mod config;
-pub mod control;
-pub mod control_limits;
 pub mod direct;
 pub mod durable;
 pub mod error;
-pub mod memtier;
 pub mod metrics;
 pub mod namespace;
-pub mod peer;
 pub mod policy;
-pub mod quota;
-pub mod readahead;
-pub mod session;
+pub mod server;
 pub mod shard;
-pub mod stats;
-pub mod supervise;
 pub mod store;
 pub mod ufs;
 
+// Paths other crates use, kept where they were before the folders.
+pub use server::peer;
+
 use crate::config::EngineConfig;
 use crate::error::{io_ctx, EngineError, Result};
+use crate::server::{admin, control};
+use crate::shard::{readahead, supervise};
 use futures::channel::oneshot;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -232,7 +227,7 @@ impl Engine {
             }
         }
         let registry: shard::Registry = Arc::default();
-        let counters: Vec<Arc<stats::ShardCounters>> = (0..cfg.shards).map(|_| Arc::default()).collect();
+        let counters: Vec<Arc<metrics::counters::ShardCounters>> = (0..cfg.shards).map(|_| Arc::default()).collect();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let policies = Arc::new(
             policy::Policies::load(&root.join("policies.json")).map_err(io_ctx("loading policies"))?,

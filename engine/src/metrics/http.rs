@@ -45,8 +45,8 @@ impl Endpoint {
                     Err(e) => {
                         tracing::warn!(error = %e, "metrics accept failed");
                         // Out of descriptors, accept fails again at once: wait.
-                        if crate::control_limits::is_shortage(&e) {
-                            std::thread::sleep(crate::control_limits::ACCEPT_BACKOFF_MAX);
+                        if crate::server::control_limits::is_shortage(&e) {
+                            std::thread::sleep(crate::server::control_limits::ACCEPT_BACKOFF_MAX);
                         }
                     }
                 }

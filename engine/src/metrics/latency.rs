@@ -136,7 +136,7 @@ pub fn publish_reads(shared: &ReadLatency) {
 
 /// Run on a shard's executor for as long as the shard lives: publish its
 /// read latencies every [`PUBLISH_INTERVAL`].
-pub async fn publish_reads_forever(counters: std::sync::Arc<crate::stats::ShardCounters>) {
+pub async fn publish_reads_forever(counters: std::sync::Arc<crate::metrics::counters::ShardCounters>) {
     loop {
         glommio::timer::sleep(PUBLISH_INTERVAL).await;
         publish_reads(&counters.read_latency);

@@ -1,3 +1,16 @@
+//! `shard/` — the data path: one glommio executor per shard owning a block
+//! store, the fetches in flight and the rings of every client attached to it.
+//!
+//! Owns: attaching clients' streams and serving their ring entries, reads
+//! (DRAM tier `memtier.rs`, read-ahead buffer, store), fetching misses from
+//! under storage once per block, writing fetched blocks back to the store,
+//! sequential read-ahead (`readahead.rs`), commands from the control plane
+//! and TTL expiry, publishing to direct readers, the view of a client's
+//! shared area (`session.rs`) and taking the engine down on a shard panic
+//! (`supervise.rs`). Must never: import the control plane (`server/`), block
+//! its executor (under-storage calls go to tokio), or serve bytes the store
+//! did not verify.
+//!
 //! One shard: a glommio executor on its own thread that owns a block store,
 //! the in-flight fetch table and the rings of every attached client for this
 //! shard. Nothing in here is shared with other threads except the counters,
@@ -9,9 +22,14 @@
 //! under-storage fetch shared by all concurrent misses of the key, answered
 //! at once and appended to the store in the background.
 
+pub mod memtier;
+pub mod readahead;
+pub mod session;
+pub mod supervise;
+
 use crate::namespace::{normalise, Namespace, NsError};
-use crate::session::SessionArea;
-use crate::stats::ShardCounters;
+use crate::shard::session::SessionArea;
+use crate::metrics::counters::ShardCounters;
 use crate::policy::Policies;
 use crate::store::{Store, StoreConfig, StoreError};
 use std::cmp::Reverse;
@@ -57,7 +75,7 @@ pub struct ShardSetup {
     /// of blocks other shards own.
     pub peers: Arc<Vec<mpsc::UnboundedSender<ShardCmd>>>,
     /// Sequential streams over large objects, shared by all shards.
-    pub readahead: Arc<crate::readahead::ReadAhead>,
+    pub readahead: Arc<crate::shard::readahead::ReadAhead>,
     /// The direct-read table, if direct reads are on.
     pub direct: Option<Arc<crate::direct::DirectAreas>>,
 }
@@ -121,12 +139,12 @@ struct Shard {
     policies: Arc<Policies>,
     /// (expiry time, key hash) of blocks under a TTL, soonest first.
     expiry: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
-    quotas: Rc<crate::quota::Quotas>,
-    mem: crate::memtier::MemTier,
+    quotas: Rc<crate::policy::quota::Quotas>,
+    mem: crate::shard::memtier::MemTier,
     /// Cached blocks read from the segments ahead of sequential readers.
-    ahead: crate::memtier::MemTier,
+    ahead: crate::shard::memtier::MemTier,
     peers: Arc<Vec<mpsc::UnboundedSender<ShardCmd>>>,
-    readahead: Arc<crate::readahead::ReadAhead>,
+    readahead: Arc<crate::shard::readahead::ReadAhead>,
     readahead_inflight: Rc<Cell<usize>>,
     direct: Option<DirectPublisher>,
     /// Sessions with a stream attached to this shard now.
@@ -141,7 +159,7 @@ pub fn spawn(
     ready: std::sync::mpsc::Sender<Result<RecoveryStats, String>>,
     stop: oneshot::Receiver<()>,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
-    let name = crate::supervise::shard_thread_name(setup.id);
+    let name = crate::shard::supervise::shard_thread_name(setup.id);
     LocalExecutorBuilder::new(Placement::Unbound)
         .name(&name)
         // The memlock limit is small on many boxes; DMA buffers beyond this
@@ -197,9 +215,9 @@ async fn run(
         write_queue_bytes_max: setup.write_queue_bytes_max,
         policies: setup.policies,
         expiry: RefCell::default(),
-        quotas: Rc::new(crate::quota::Quotas::new(setup.quotas)),
-        mem: crate::memtier::MemTier::new(setup.memory_cache_bytes),
-        ahead: crate::memtier::MemTier::new(READAHEAD_BUFFER_BYTES),
+        quotas: Rc::new(crate::policy::quota::Quotas::new(setup.quotas)),
+        mem: crate::shard::memtier::MemTier::new(setup.memory_cache_bytes),
+        ahead: crate::shard::memtier::MemTier::new(READAHEAD_BUFFER_BYTES),
         peers: setup.peers,
         readahead: setup.readahead,
         readahead_inflight: Rc::default(),
@@ -690,7 +708,7 @@ impl Shard {
         let (store, counters, queued) = (self.store.clone(), self.counters.clone(), queued.clone());
         let unwritten = self.unwritten.clone();
         let quotas = self.quotas.clone();
-        let mount = crate::quota::mount_of(path).to_string();
+        let mount = crate::policy::quota::mount_of(path).to_string();
         let publisher = self.direct.clone().zip(publish).map(|(p, (epoch, attr))| (p, epoch, attr, path.to_string()));
         let policy = self.policies.effective(path);
         if policy.pinned {

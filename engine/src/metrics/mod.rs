@@ -1,3 +1,13 @@
+//! `metrics/` — counters and latencies, and their Prometheus text.
+//!
+//! Owns: the per-shard counters (`counters.rs`, atomics a shard writes and
+//! anyone reads), latency histograms (`latency.rs`), metric names (`names.rs`),
+//! the exposition format (`text.rs`) and the HTTP responder (`http.rs`).
+//! Must never: import the control plane, a shard or the store (they depend
+//! on this, not the reverse: the read path records into counters here, and
+//! `server/scrape.rs` renders the engine's endpoint), block a shard, or do
+//! I/O on the data path.
+//!
 //! Metrics: the Prometheus endpoint (`--metrics ADDR`, `GET /metrics`) and
 //! the latency histograms behind it.
 //!
@@ -11,14 +21,14 @@
 //! Counters and gauges are read from `stats::ShardCounters` (atomics the
 //! shards already keep) at scrape time. This module never blocks a shard
 //! and never does I/O on the data path.
-
+pub mod counters;
 pub mod http;
 pub mod latency;
 pub mod names;
 pub mod text;
 
-use crate::control::ControlCtx;
-use crate::stats::ShardCounters;
+use crate::server::control::ControlCtx;
+use crate::metrics::counters::ShardCounters;
 use latency::OpLatency;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -155,7 +165,7 @@ mod tests {
     /// docs/METRICS.md lists every name defined here, and nothing else.
     #[test]
     fn docs_list_every_metric() {
-        let doc = include_str!("../../docs/METRICS.md");
+        let doc = include_str!("../../../docs/METRICS.md");
         for d in names::ALL {
             let row = format!("| `{}` | {} |", d.name, d.kind.as_str());
             assert!(doc.contains(&row), "docs/METRICS.md lacks the row for {} (expected `{row}`)", d.name);

@@ -7,11 +7,11 @@
 //! client can make this server hold is bounded in `control_limits`, and who
 //! may connect is decided in `peer`.
 
-use crate::control_limits::{self as limits, ControlCounters, FrameError, Refuser, Slot};
+use crate::server::control_limits::{self as limits, ControlCounters, FrameError, Refuser, Slot};
 use crate::namespace::{normalise, Namespace, NsError};
-use crate::session::SessionArea;
+use crate::shard::session::SessionArea;
 use crate::shard::Registry;
-use crate::stats::ShardCounters;
+use crate::metrics::counters::ShardCounters;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ pub struct ControlCtx {
     /// The mounts as configured (secrets masked), for `stoker stat`.
     pub mounts: Vec<stoker_proto::control::MountInfo>,
     /// Who may connect.
-    pub peers: crate::peer::PeerPolicy,
+    pub peers: crate::server::peer::PeerPolicy,
     /// Open control connections at most (`--control-connections`).
     pub connections_max: usize,
     /// `--control-timeout`: the rest of a started frame, and an answer's write.
@@ -117,7 +117,7 @@ pub fn serve(listener: UnixListener, ctx: Arc<ControlCtx>) {
 
 /// Check the peer's credentials; the error is the line it is refused with.
 fn admit(conn: &UnixStream, ctx: &ControlCtx) -> Result<(), String> {
-    let creds = crate::peer::creds(conn).map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    let creds = crate::server::peer::creds(conn).map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
     if ctx.peers.admits(&creds) {
         Ok(())
     } else {
@@ -221,7 +221,7 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
             | Request::Free { .. }
             | Request::Ttl { .. }
             | Request::PathStat { .. }
-            | Request::UfsChecksum { .. }) => crate::admin::handle(&ctx, r),
+            | Request::UfsChecksum { .. }) => crate::server::admin::handle(&ctx, r),
         };
         if let Err(e) = write_frame(&mut conn, &resp) {
             if limits::is_timeout(&e) {
