@@ -180,8 +180,8 @@ impl EngineConfig {
             direct_entries: crate::direct::ENTRIES_DEFAULT,
             io_depth: 128,
             metrics: None,
-            control_connections_max: crate::server::control_limits::CONNECTIONS_MAX_DEFAULT,
-            control_timeout: crate::server::control_limits::IO_TIMEOUT_DEFAULT,
+            control_connections_max: CONTROL_CONNECTIONS_DEFAULT,
+            control_timeout: CONTROL_TIMEOUT_DEFAULT,
             socket_group: None,
         }
     }
@@ -272,6 +272,11 @@ impl EngineConfig {
     }
 }
 
+/// Default cap on open control connections (`--control-connections`).
+pub const CONTROL_CONNECTIONS_DEFAULT: usize = 256;
+/// Default `--control-timeout`: longest wait for the rest of a frame once
+/// its first byte came, and for a client to take an answer.
+pub const CONTROL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Most `--control-connections` (each is a thread while open).
 pub const CONTROL_CONNECTIONS_MAX: usize = 65536;
 /// Longest `--control-timeout`.

@@ -48,7 +48,7 @@ pub struct Engine {
     stops: Vec<oneshot::Sender<()>>,
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     control: Option<std::thread::JoinHandle<()>>,
-    ctx: Arc<control::ControlCtx>,
+    ctx: Arc<server::ctx::ControlCtx>,
     rt: Option<tokio::runtime::Runtime>,
     /// The Prometheus endpoint, when `EngineConfig::metrics` asks for one.
     metrics: Option<metrics::http::Endpoint>,
@@ -283,7 +283,7 @@ impl Engine {
                 failure.get_or_insert(format!("setting the mode and group of {path}: {e}"));
             }
         }
-        let ctx = Arc::new(control::ControlCtx {
+        let ctx = Arc::new(server::ctx::ControlCtx {
             ns,
             rt: rt.handle().clone(),
             registry,
@@ -333,8 +333,8 @@ impl Engine {
             return Err(EngineError::Store(m));
         }
         if let Some(addr) = cfg.metrics {
-            let sources = metrics::EngineSources { ctx: ctx.clone(), ufs: ufs_latency };
-            let endpoint = metrics::http::Endpoint::start(addr, Arc::new(move || metrics::render_engine(&sources)))
+            let sources = server::scrape::EngineSources { ctx: ctx.clone(), ufs: ufs_latency };
+            let endpoint = metrics::http::Endpoint::start(addr, Arc::new(move || server::scrape::render_engine(&sources)))
                 .map_err(io_ctx(format!("binding the metrics endpoint {addr}")))?;
             engine.metrics = Some(endpoint);
         }
@@ -360,7 +360,7 @@ impl Engine {
     }
 
     pub fn stats(&self) -> stoker_proto::control::EngineStats {
-        control::engine_stats(&self.ctx)
+        server::ctx::engine_stats(&self.ctx)
     }
 
     /// Block until SIGINT or SIGTERM.

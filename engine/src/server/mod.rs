@@ -2,6 +2,7 @@
 //!
 //! - `control.rs` — accept loop, handshake (a client's shared area arrives as
 //!   a memfd), stat, list, walk, engine statistics.
+//! - `ctx.rs` — what the control threads share, and the engine statistics.
 //! - `control_limits.rs` — bounds on what a client can make the server hold.
 //! - `peer.rs` — who may connect (socket mode and group, peer credentials).
 //! - `admin.rs` — pin, unpin, free, ttl, per-path stats: turns a path into
@@ -16,4 +17,6 @@
 pub mod admin;
 pub mod control;
 pub mod control_limits;
+pub mod ctx;
 pub mod peer;
+pub mod scrape;

@@ -191,14 +191,7 @@ async fn run(
             return;
         }
     };
-    let recovery = RecoveryStats {
-        sealed_segments: report.sealed_segments,
-        sealed_entries: report.sealed_entries,
-        open_segment_records: report.open_segment_records,
-        open_segment_bytes_scanned: report.open_segment_bytes_scanned,
-        torn_bytes_dropped: report.torn_bytes_dropped,
-        elapsed_us: report.elapsed_us,
-    };
+    let recovery = report;
     *setup.counters.recovery.lock() = recovery.clone();
     setup.counters.capacity_bytes.store(setup.store.capacity_bytes, Relaxed);
     let ns = setup.ns.clone();
@@ -235,7 +228,7 @@ async fn run(
     glommio::spawn_local(expire_forever(shard.clone())).detach();
     glommio::spawn_local(publish_cached(shard.clone())).detach();
     shard.publish();
-    glommio::spawn_local(crate::metrics::latency::publish_reads_forever(shard.counters.clone())).detach();
+    glommio::spawn_local(publish_latency_forever(shard.counters.clone())).detach();
     tracing::info!(shard = shard.id, ?recovery, "shard ready");
     let _ = ready.send(Ok(recovery));
 
@@ -263,6 +256,15 @@ async fn run(
         tracing::error!(shard = shard.id, error = %e, "flushing store at shutdown");
     }
     let _ = std::fs::remove_file(&setup.socket_path);
+}
+
+/// Merge this shard's read latencies into its counters every
+/// `latency::PUBLISH_INTERVAL`, for as long as the shard lives.
+async fn publish_latency_forever(counters: Arc<ShardCounters>) {
+    loop {
+        glommio::timer::sleep(crate::metrics::latency::PUBLISH_INTERVAL).await;
+        crate::metrics::latency::publish_reads(&counters.read_latency);
+    }
 }
 
 /// How long a new shard connection may take to send its session id.
