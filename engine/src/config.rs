@@ -204,13 +204,10 @@ impl EngineConfig {
                 self.capacity_bytes, self.shards, self.block_bytes, min_per_shard
             ));
         }
-        self.segment_bytes = self
-            .segment_bytes
-            .min(per_shard / 4)
-            .max(self.block_bytes + 8192)
-            .min(256 << 20)
-            .div_ceil(4096)
-            * 4096;
+        // The engine's bounds (four segments a shard, a block record a
+        // segment, at most the default), then the store's one rule.
+        let asked = self.segment_bytes.min(per_shard / 4).max(self.block_bytes + 8192).min(crate::store::DEFAULT_SEGMENT_BYTES);
+        self.segment_bytes = crate::store::clamp_segment_bytes(asked.div_ceil(4096) * 4096, per_shard);
         if self.mounts.is_empty() {
             return bad("no mounts: pass at least one --mount NAME=URI".into());
         }

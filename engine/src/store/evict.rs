@@ -34,15 +34,25 @@ pub(super) fn clamp_config(cfg: &StoreConfig) -> Result<(u64, u64)> {
             3 * MIN_SEGMENT_BYTES
         )));
     }
-    let asked = if cfg.segment_bytes == 0 { DEFAULT_SEGMENT_BYTES } else { cfg.segment_bytes };
-    let mut seg = (asked / ALIGN * ALIGN).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
-    if 3 * seg > capacity {
-        seg = (capacity / 3 / ALIGN * ALIGN).max(MIN_SEGMENT_BYTES);
-    }
+    let seg = clamp_segment_bytes(cfg.segment_bytes, capacity);
     if seg != cfg.segment_bytes {
         tracing::warn!(asked = cfg.segment_bytes, used = seg, capacity, "store: segment size clamped");
     }
     Ok((seg, capacity))
+}
+
+/// The one segment-size rule (the engine's config applies it too): `asked`
+/// bytes (0: the default) rounded down to a multiple of 4 KiB, within
+/// `MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES`, and small enough that `capacity`
+/// holds at least three segments.
+pub fn clamp_segment_bytes(asked: u64, capacity: u64) -> u64 {
+    let asked = if asked == 0 { DEFAULT_SEGMENT_BYTES } else { asked };
+    let seg = (asked / ALIGN * ALIGN).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
+    if 3 * seg > capacity {
+        (capacity / 3 / ALIGN * ALIGN).max(MIN_SEGMENT_BYTES)
+    } else {
+        seg
+    }
 }
 
 /// Reclaims oldest sealed segments until the capacity rule holds.

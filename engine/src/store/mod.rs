@@ -24,6 +24,7 @@ pub use stoker_proto::format;
 pub mod index;
 
 mod evict;
+pub use evict::clamp_segment_bytes;
 mod heads;
 mod pause;
 mod recover;
