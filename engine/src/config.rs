@@ -182,8 +182,8 @@ impl EngineConfig {
             direct_entries: crate::direct::ENTRIES_DEFAULT,
             io_depth: 128,
             metrics: None,
-            control_connections_max: crate::control_limits::CONNECTIONS_MAX_DEFAULT,
-            control_timeout: crate::control_limits::IO_TIMEOUT_DEFAULT,
+            control_connections_max: CONTROL_CONNECTIONS_DEFAULT,
+            control_timeout: CONTROL_TIMEOUT_DEFAULT,
             cluster: None,
             socket_group: None,
         }
@@ -207,13 +207,10 @@ impl EngineConfig {
                 self.capacity_bytes, self.shards, self.block_bytes, min_per_shard
             ));
         }
-        self.segment_bytes = self
-            .segment_bytes
-            .min(per_shard / 4)
-            .max(self.block_bytes + 8192)
-            .min(256 << 20)
-            .div_ceil(4096)
-            * 4096;
+        // The engine's bounds (four segments a shard, a block record a
+        // segment, at most the default), then the store's one rule.
+        let asked = self.segment_bytes.min(per_shard / 4).max(self.block_bytes + 8192).min(crate::store::DEFAULT_SEGMENT_BYTES);
+        self.segment_bytes = crate::store::clamp_segment_bytes(asked.div_ceil(4096) * 4096, per_shard);
         if self.mounts.is_empty() {
             return bad("no mounts: pass at least one --mount NAME=URI".into());
         }
@@ -275,6 +272,11 @@ impl EngineConfig {
     }
 }
 
+/// Default cap on open control connections (`--control-connections`).
+pub const CONTROL_CONNECTIONS_DEFAULT: usize = 256;
+/// Default `--control-timeout`: longest wait for the rest of a frame once
+/// its first byte came, and for a client to take an answer.
+pub const CONTROL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Most `--control-connections` (each is a thread while open).
 pub const CONTROL_CONNECTIONS_MAX: usize = 65536;
 /// Longest `--control-timeout`.

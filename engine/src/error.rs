@@ -19,3 +19,9 @@ pub(crate) fn io_ctx(context: impl Into<String>) -> impl FnOnce(std::io::Error) 
     let context = context.into();
     move |source| EngineError::Io { context, source }
 }
+
+/// Whether a failed accept is a shortage (descriptors, memory) that
+/// calls for a back-off rather than an immediate retry.
+pub fn is_shortage(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}

@@ -6,31 +6,26 @@
 //! `Engine::start` returns once every shard has recovered its store and all
 //! sockets listen, so "the socket answers" means "the cache is ready".
 
-pub mod admin;
-pub mod attrlog;
 pub mod cluster;
 pub mod config;
-pub mod control;
-pub mod control_limits;
 pub mod direct;
 pub mod durable;
 pub mod error;
-pub mod memtier;
 pub mod metrics;
 pub mod namespace;
-pub mod peer;
 pub mod policy;
-pub mod quota;
-pub mod readahead;
-pub mod session;
+pub mod server;
 pub mod shard;
-pub mod stats;
-pub mod supervise;
 pub mod store;
 pub mod ufs;
 
+// Paths other crates use, kept where they were before the folders.
+pub use server::peer;
+
 use crate::config::EngineConfig;
 use crate::error::{io_ctx, EngineError, Result};
+use crate::server::{admin, control};
+use crate::shard::{readahead, supervise};
 use futures::channel::oneshot;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -54,13 +49,13 @@ pub struct Engine {
     stops: Vec<oneshot::Sender<()>>,
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     control: Option<std::thread::JoinHandle<()>>,
-    ctx: Arc<control::ControlCtx>,
+    ctx: Arc<server::ctx::ControlCtx>,
     rt: Option<tokio::runtime::Runtime>,
     /// The Prometheus endpoint, when `EngineConfig::metrics` asks for one.
     metrics: Option<metrics::http::Endpoint>,
     /// SIGTERM and SIGINT, caught from before the engine answers (a signal
     /// sent as soon as it does must stop it cleanly, not kill it).
-    signals: parking_lot::Mutex<Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>>,
+    signals: parking_lot::Mutex<Option<Signals>>,
     _lock: File,
 }
 
@@ -142,57 +137,221 @@ fn keep_freed_buffers() {
     });
 }
 
+/// SIGTERM and SIGINT, caught on the I/O runtime.
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+/// The tokio runtime for under-storage I/O, and the signals the engine
+/// stops on (caught from before the engine answers).
+fn start_io_runtime(cfg: &EngineConfig) -> Result<(tokio::runtime::Runtime, Signals)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.ufs_threads)
+        .max_blocking_threads(64)
+        .thread_name("stoker-ufs")
+        .enable_all()
+        .build()
+        .map_err(io_ctx("starting the I/O runtime"))?;
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in_rt = rt.enter();
+        let term = signal(SignalKind::terminate()).map_err(io_ctx("installing the SIGTERM handler"))?;
+        let int = signal(SignalKind::interrupt()).map_err(io_ctx("installing the SIGINT handler"))?;
+        (term, int)
+    };
+    Ok((rt, signals))
+}
+
+/// Every mount's under storage, wrapped in throttling (if asked), timeouts,
+/// retries and its concurrency limit; and each mount's latency recorder.
+type Mounts = BTreeMap<String, Arc<ufs::Guarded>>;
+/// (mount name, its under-storage latencies), for the metrics endpoint.
+type UfsLatencies = Vec<(String, Arc<metrics::latency::OpLatency>)>;
+fn open_mounts(cfg: &EngineConfig) -> Result<(Mounts, UfsLatencies)> {
+    let mut mounts = BTreeMap::new();
+    let mut ufs_latency = Vec::new();
+    for m in &cfg.mounts {
+        let raw = ufs::open_with(&m.uri, &m.options).map_err(EngineError::InvalidArgument)?;
+        let raw: Arc<dyn ufs::Ufs> = if cfg.ufs_latency.is_zero() && cfg.ufs_bandwidth.is_none() {
+            raw
+        } else {
+            Arc::new(ufs::throttle::Throttled::new(raw, cfg.ufs_latency, cfg.ufs_bandwidth))
+        };
+        let latency = metrics::ufs_latency();
+        ufs_latency.push((m.name.clone(), latency.clone()));
+        // The mount's `concurrency` option (checked by the under storage) bounds it.
+        let limit = m.options.iter().find(|(k, _)| k.eq_ignore_ascii_case("concurrency")).and_then(|(_, v)| v.parse().ok());
+        let guarded = ufs::Guarded::new(raw, cfg.ufs_timeout, cfg.ufs_attempts)
+            .with_latency(latency)
+            .with_limit(limit.unwrap_or(ufs::LIMIT_DEFAULT));
+        mounts.insert(m.name.clone(), Arc::new(guarded));
+    }
+    Ok((mounts, ufs_latency))
+}
+
+/// Each mount's settings: its own where given, else the engine's.
+fn mount_settings(cfg: &EngineConfig) -> Vec<namespace::MountSettings> {
+    cfg.mounts
+        .iter()
+        .map(|m| namespace::MountSettings {
+            sync: m.sync_or(cfg.metadata_sync),
+            block_bytes: m.block_bytes.unwrap_or(cfg.block_bytes),
+            readahead: m.readahead.unwrap_or(cfg.readahead_blocks),
+        })
+        .collect()
+}
+
+/// The namespace over `mounts`, with its attribute log in `root`.
+fn open_namespace(
+    cfg: &EngineConfig,
+    root: &Path,
+    mounts: Mounts,
+    settings: &[namespace::MountSettings],
+    direct: Option<Arc<direct::DirectAreas>>,
+) -> Result<Arc<namespace::Namespace>> {
+    let fingerprint: Vec<String> = cfg.mounts.iter().map(|m| format!("{}={} {:?}", m.name, m.uri, m.options)).collect();
+    let mut ns = namespace::Namespace::new(mounts, cfg.metadata_sync).with_block_bytes(cfg.block_bytes).with_direct(direct);
+    for (m, s) in cfg.mounts.iter().zip(settings) {
+        tracing::info!(mount = %m.name, options = ?ufs::opendal_ufs::redacted(&m.options), settings = ?s, read_only = m.read_only, "mount");
+        ns = ns.with_mount_settings(&m.name, *s);
+    }
+    let ns = ns
+        // Only a hash of the mount list is kept on disk: URIs may carry secrets.
+        .with_attr_log(&root.join("attrs.log"), &format!("{:016x}", xxhash_rust::xxh3::xxh3_64(fingerprint.join(";").as_bytes())))
+        .map_err(io_ctx("opening the attribute log"))?;
+    Ok(Arc::new(ns))
+}
+
+/// Bytes each shard may hold: the asked capacity, unless the cache dir's
+/// filesystem holds less. With --capacity above it the disk fills before a
+/// segment does, nothing is ever evicted and caching stays paused on write
+/// errors (store/pause.rs).
+fn per_shard_capacity(cfg: &EngineConfig, root: &Path, shard_dirs: &[PathBuf]) -> u64 {
+    let mut per_shard = cfg.per_shard_capacity();
+    if let Some(room) = store::per_shard_room(root, shard_dirs) {
+        if room < per_shard {
+            // At least what a shard needs for a few blocks (as config checks).
+            let room = room.max(4 * (cfg.block_bytes + 8192));
+            tracing::warn!(
+                capacity = cfg.capacity_bytes,
+                using = room * cfg.shards as u64,
+                "--capacity is more than the cache dir's filesystem can hold; using what it can"
+            );
+            per_shard = room;
+        }
+    }
+    per_shard
+}
+
+/// What every shard shares, built once by `Engine::start`.
+struct ShardsShared {
+    ns: Arc<namespace::Namespace>,
+    rt: tokio::runtime::Handle,
+    registry: shard::Registry,
+    policies: Arc<policy::Policies>,
+    readahead: Arc<readahead::ReadAhead>,
+    direct: Option<Arc<direct::DirectAreas>>,
+    per_shard_capacity: u64,
+}
+
+/// The running shards: their stop senders, threads and command queues, and
+/// the first reason one of them could not start.
+struct Shards {
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    cmds: Vec<futures::channel::mpsc::UnboundedSender<shard::ShardCmd>>,
+    failure: Option<String>,
+}
+
+/// Start every shard and wait until each has recovered its store and
+/// listens (or failed to); then give their sockets the socket group.
+fn start_shards(
+    cfg: &EngineConfig,
+    shard_dirs: &[PathBuf],
+    counters: &[Arc<metrics::counters::ShardCounters>],
+    shared: &ShardsShared,
+) -> Result<Shards> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (cmds, mut cmd_rxs): (Vec<_>, Vec<_>) = (0..cfg.shards).map(|_| futures::channel::mpsc::unbounded()).unzip();
+    let peers = Arc::new(cmds.clone());
+    let mut stops = Vec::new();
+    let mut threads = Vec::new();
+    for (id, shard_counters) in counters.iter().enumerate() {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        stops.push(stop_tx);
+        let setup = shard::ShardSetup {
+            id,
+            store: store::StoreConfig {
+                dir: shard_dirs[id].clone(),
+                segment_bytes: cfg.segment_bytes,
+                capacity_bytes: shared.per_shard_capacity,
+            },
+            socket_path: stoker_proto::shard_socket_path(&cfg.socket, id),
+            write_queue_bytes_max: cfg.write_queue_bytes_max,
+            ns: shared.ns.clone(),
+            rt: shared.rt.clone(),
+            counters: shard_counters.clone(),
+            registry: shared.registry.clone(),
+            policies: shared.policies.clone(),
+            eviction: cfg.eviction,
+            memory_cache_bytes: cfg.memory_cache_bytes / cfg.shards as u64,
+            io_depth: cfg.io_depth,
+            quotas: cfg.quotas.iter().map(|(m, q)| (m.clone(), q / cfg.shards as u64)).collect(),
+            cmds: cmd_rxs.remove(0),
+            peers: peers.clone(),
+            readahead: shared.readahead.clone(),
+            direct: shared.direct.clone(),
+        };
+        threads.push(shard::spawn(setup, ready_tx.clone(), stop_rx).map_err(io_ctx("starting shard"))?);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..cfg.shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(m)) => failure = Some(m),
+            Err(_) => failure = Some("a shard exited during start-up".into()),
+        }
+    }
+    // The shards bound their sockets; clients learn them only in a
+    // handshake on the control socket, which is not accepting yet.
+    for id in 0..cfg.shards {
+        let path = stoker_proto::shard_socket_path(&cfg.socket, id);
+        if let Err(e) = peer::restrict_socket(Path::new(&path), cfg.socket_group) {
+            failure.get_or_insert(format!("setting the mode and group of {path}: {e}"));
+        }
+    }
+    Ok(Shards { stops, threads, cmds, failure })
+}
+
+/// The mounts as `stoker stat` shows them (secrets masked).
+fn mount_infos(cfg: &EngineConfig, settings: &[namespace::MountSettings]) -> Vec<stoker_proto::control::MountInfo> {
+    cfg.mounts
+        .iter()
+        .zip(settings)
+        .map(|(m, s)| stoker_proto::control::MountInfo {
+            name: m.name.clone(),
+            uri: m.uri.clone(),
+            options: ufs::opendal_ufs::redacted(&m.options),
+            sync: s.sync.map_or("never".into(), |d| format!("{d:?}")),
+            read_only: m.read_only,
+            block_bytes: s.block_bytes,
+            readahead_blocks: s.readahead,
+            inflight_limit: 0,
+        })
+        .collect()
+}
+
 impl Engine {
+    /// Start the engine: check the config, take the cache dir, open the
+    /// mounts and the namespace, claim the socket, start the shards (each
+    /// recovers its store), then serve metrics and the control socket.
     pub fn start(mut cfg: EngineConfig) -> Result<Engine> {
         cfg.validate()?;
         keep_freed_buffers();
         supervise::exit_on_shard_panic();
         let (root, lock) = prepare_cache_dir(&cfg)?;
-
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.ufs_threads)
-            .max_blocking_threads(64)
-            .thread_name("stoker-ufs")
-            .enable_all()
-            .build()
-            .map_err(io_ctx("starting the I/O runtime"))?;
-        let signals = {
-            use tokio::signal::unix::{signal, SignalKind};
-            let _in_rt = rt.enter();
-            let term = signal(SignalKind::terminate()).map_err(io_ctx("installing the SIGTERM handler"))?;
-            let int = signal(SignalKind::interrupt()).map_err(io_ctx("installing the SIGINT handler"))?;
-            (term, int)
-        };
-
-        let mut mounts = BTreeMap::new();
-        let mut ufs_latency = Vec::new();
-        for m in &cfg.mounts {
-            let raw = ufs::open_with(&m.uri, &m.options).map_err(EngineError::InvalidArgument)?;
-            let raw: Arc<dyn ufs::Ufs> = if cfg.ufs_latency.is_zero() && cfg.ufs_bandwidth.is_none() {
-                raw
-            } else {
-                Arc::new(ufs::throttle::Throttled::new(raw, cfg.ufs_latency, cfg.ufs_bandwidth))
-            };
-            let latency = metrics::ufs_latency();
-            ufs_latency.push((m.name.clone(), latency.clone()));
-            // The mount's `concurrency` option (checked by the under storage) bounds it.
-            let limit = m.options.iter().find(|(k, _)| k.eq_ignore_ascii_case("concurrency")).and_then(|(_, v)| v.parse().ok());
-            let guarded = ufs::Guarded::new(raw, cfg.ufs_timeout, cfg.ufs_attempts)
-                .with_latency(latency)
-                .with_limit(limit.unwrap_or(ufs::LIMIT_DEFAULT));
-            mounts.insert(m.name.clone(), Arc::new(guarded));
-        }
-        let fingerprint: Vec<String> =
-            cfg.mounts.iter().map(|m| format!("{}={} {:?}", m.name, m.uri, m.options)).collect();
-        let settings: Vec<namespace::MountSettings> = cfg
-            .mounts
-            .iter()
-            .map(|m| namespace::MountSettings {
-                sync: m.sync_or(cfg.metadata_sync),
-                block_bytes: m.block_bytes.unwrap_or(cfg.block_bytes),
-                readahead: m.readahead.unwrap_or(cfg.readahead_blocks),
-            })
-            .collect();
+        let (rt, signals) = start_io_runtime(&cfg)?;
+        let (mounts, ufs_latency) = open_mounts(&cfg)?;
+        let settings = mount_settings(&cfg);
         let shard_dirs: Vec<PathBuf> = (0..cfg.shards).map(|id| root.join(format!("shard-{id:03}"))).collect();
         let direct = if cfg.direct_entries > 0 && cfg.memory_cache_bytes == 0 {
             let d = direct::DirectAreas::new(shard_dirs.clone(), cfg.direct_entries)
@@ -201,95 +360,23 @@ impl Engine {
         } else {
             None
         };
-        let mut ns = namespace::Namespace::new(mounts, cfg.metadata_sync)
-            .with_block_bytes(cfg.block_bytes)
-            .with_direct(direct.clone());
-        for (m, s) in cfg.mounts.iter().zip(&settings) {
-            tracing::info!(mount = %m.name, options = ?ufs::opendal_ufs::redacted(&m.options), settings = ?s, read_only = m.read_only, "mount");
-            ns = ns.with_mount_settings(&m.name, *s);
-        }
-        let ns = ns
-            // Only a hash of the mount list is kept on disk: URIs may carry secrets.
-            .with_attr_log(&root.join("attrs.log"), &format!("{:016x}", xxhash_rust::xxh3::xxh3_64(fingerprint.join(";").as_bytes())))
-            .map_err(io_ctx("opening the attribute log"))?;
-        let ns = Arc::new(ns);
+        let ns = open_namespace(&cfg, &root, mounts, &settings, direct.clone())?;
         let listener = claim_socket(&cfg.socket, cfg.socket_group)?;
-
-        // Plan on no more than the filesystem can hold: with --capacity above
-        // it the disk fills before a segment does, nothing is ever evicted
-        // and caching stays paused on write errors (store/pause.rs). After
-        // the socket is claimed, so a start-up refused says only why.
-        let mut per_shard_capacity = cfg.per_shard_capacity();
-        if let Some(room) = store::per_shard_room(&root, &shard_dirs) {
-            if room < per_shard_capacity {
-                // At least what a shard needs for a few blocks (as config checks).
-                let room = room.max(4 * (cfg.block_bytes + 8192));
-                tracing::warn!(
-                    capacity = cfg.capacity_bytes,
-                    using = room * cfg.shards as u64,
-                    "--capacity is more than the cache dir's filesystem can hold; using what it can"
-                );
-                per_shard_capacity = room;
-            }
-        }
-        let registry: shard::Registry = Arc::default();
-        let counters: Vec<Arc<stats::ShardCounters>> = (0..cfg.shards).map(|_| Arc::default()).collect();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let policies = Arc::new(
-            policy::Policies::load(&root.join("policies.json")).map_err(io_ctx("loading policies"))?,
-        );
-        let (shard_cmds, mut cmd_rxs): (Vec<_>, Vec<_>) =
-            (0..cfg.shards).map(|_| futures::channel::mpsc::unbounded()).unzip();
-        let peers = Arc::new(shard_cmds.clone());
-        let readahead = Arc::new(readahead::ReadAhead::default());
-        let mut stops = Vec::new();
-        let mut shards = Vec::new();
-        for (id, shard_counters) in counters.iter().enumerate() {
-            let (stop_tx, stop_rx) = oneshot::channel();
-            stops.push(stop_tx);
-            let setup = shard::ShardSetup {
-                id,
-                store: store::StoreConfig {
-                    dir: shard_dirs[id].clone(),
-                    segment_bytes: cfg.segment_bytes,
-                    capacity_bytes: per_shard_capacity,
-                },
-                socket_path: stoker_proto::shard_socket_path(&cfg.socket, id),
-                write_queue_bytes_max: cfg.write_queue_bytes_max,
-                ns: ns.clone(),
-                rt: rt.handle().clone(),
-                counters: shard_counters.clone(),
-                registry: registry.clone(),
-                policies: policies.clone(),
-                eviction: cfg.eviction,
-                memory_cache_bytes: cfg.memory_cache_bytes / cfg.shards as u64,
-                io_depth: cfg.io_depth,
-                quotas: cfg.quotas.iter().map(|(m, q)| (m.clone(), q / cfg.shards as u64)).collect(),
-                cmds: cmd_rxs.remove(0),
-                peers: peers.clone(),
-                readahead: readahead.clone(),
-                direct: direct.clone(),
-            };
-            shards.push(shard::spawn(setup, ready_tx.clone(), stop_rx).map_err(io_ctx("starting shard"))?);
-        }
-        drop(ready_tx);
-        let mut failure = None;
-        for _ in 0..cfg.shards {
-            match ready_rx.recv() {
-                Ok(Ok(_)) => {}
-                Ok(Err(m)) => failure = Some(m),
-                Err(_) => failure = Some("a shard exited during start-up".into()),
-            }
-        }
-        // The shards bound their sockets; clients learn them only in a
-        // handshake on the control socket, which is not accepting yet.
-        for id in 0..cfg.shards {
-            let path = stoker_proto::shard_socket_path(&cfg.socket, id);
-            if let Err(e) = peer::restrict_socket(Path::new(&path), cfg.socket_group) {
-                failure.get_or_insert(format!("setting the mode and group of {path}: {e}"));
-            }
-        }
-        let ctx = Arc::new(control::ControlCtx {
+        // After the socket is claimed, so a start-up refused says only why.
+        let per_shard_capacity = per_shard_capacity(&cfg, &root, &shard_dirs);
+        let counters: Vec<Arc<metrics::counters::ShardCounters>> = (0..cfg.shards).map(|_| Arc::default()).collect();
+        let shared = ShardsShared {
+            ns,
+            rt: rt.handle().clone(),
+            registry: Arc::default(),
+            policies: Arc::new(policy::Policies::load(&root.join("policies.json")).map_err(io_ctx("loading policies"))?),
+            readahead: Arc::default(),
+            direct,
+            per_shard_capacity,
+        };
+        let shards = start_shards(&cfg, &shard_dirs, &counters, &shared)?;
+        let ShardsShared { ns, registry, policies, direct, .. } = shared;
+        let ctx = Arc::new(server::ctx::ControlCtx {
             ns,
             rt: rt.handle().clone(),
             registry,
@@ -299,25 +386,11 @@ impl Engine {
             stopping: AtomicBool::new(false),
             sessions_opened: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
-            shard_cmds,
+            shard_cmds: shards.cmds,
             policies,
             capacity_bytes: per_shard_capacity * cfg.shards as u64,
             direct,
-            mounts: cfg
-                .mounts
-                .iter()
-                .zip(&settings)
-                .map(|(m, s)| stoker_proto::control::MountInfo {
-                    name: m.name.clone(),
-                    uri: m.uri.clone(),
-                    options: ufs::opendal_ufs::redacted(&m.options),
-                    sync: s.sync.map_or("never".into(), |d| format!("{d:?}")),
-                    read_only: m.read_only,
-                    block_bytes: s.block_bytes,
-                    readahead_blocks: s.readahead,
-                    inflight_limit: 0,
-                })
-                .collect(),
+            mounts: mount_infos(&cfg, &settings),
             peers: peer::PeerPolicy::of_this_process(cfg.socket_group),
             connections_max: cfg.control_connections_max,
             io_timeout: cfg.control_timeout,
@@ -325,8 +398,8 @@ impl Engine {
         });
         let mut engine = Engine {
             socket: cfg.socket.clone(),
-            stops,
-            shards,
+            stops: shards.stops,
+            shards: shards.threads,
             control: None,
             ctx: ctx.clone(),
             rt: Some(rt),
@@ -334,26 +407,39 @@ impl Engine {
             signals: parking_lot::Mutex::new(Some(signals)),
             _lock: lock,
         };
-        if let Some(m) = failure {
+        if let Some(m) = shards.failure {
             engine.stop();
             return Err(EngineError::Store(m));
         }
+        engine.serve(&cfg, listener, ufs_latency)?;
+        tracing::info!(socket = %cfg.socket, shards = cfg.shards, capacity = cfg.capacity_bytes, "engine ready");
+        Ok(engine)
+    }
+
+    /// The last start-up step: the metrics endpoint (if asked), pins, TTLs
+    /// and quotas re-applied, then the control socket starts accepting.
+    fn serve(
+        &mut self,
+        cfg: &EngineConfig,
+        listener: std::os::unix::net::UnixListener,
+        ufs_latency: UfsLatencies,
+    ) -> Result<()> {
+        let ctx = self.ctx.clone();
         if let Some(addr) = cfg.metrics {
-            let sources = metrics::EngineSources { ctx: ctx.clone(), ufs: ufs_latency };
-            let endpoint = metrics::http::Endpoint::start(addr, Arc::new(move || metrics::render_engine(&sources)))
+            let sources = server::scrape::EngineSources { ctx: ctx.clone(), ufs: ufs_latency };
+            let endpoint = metrics::http::Endpoint::start(addr, Arc::new(move || server::scrape::render_engine(&sources)))
                 .map_err(io_ctx(format!("binding the metrics endpoint {addr}")))?;
-            engine.metrics = Some(endpoint);
+            self.metrics = Some(endpoint);
         }
-        admin::reapply(&engine.ctx);
-        admin::reapply_quotas(&engine.ctx, &cfg.quotas);
-        engine.control = Some(
+        admin::reapply(&ctx);
+        admin::reapply_quotas(&ctx, &cfg.quotas);
+        self.control = Some(
             std::thread::Builder::new()
                 .name("stoker-accept".into())
                 .spawn(move || control::serve(listener, ctx))
                 .map_err(io_ctx("starting control thread"))?,
         );
-        tracing::info!(socket = %cfg.socket, shards = cfg.shards, capacity = cfg.capacity_bytes, "engine ready");
-        Ok(engine)
+        Ok(())
     }
 
     pub fn socket(&self) -> &str {
@@ -366,7 +452,7 @@ impl Engine {
     }
 
     pub fn stats(&self) -> stoker_proto::control::EngineStats {
-        control::engine_stats(&self.ctx)
+        server::ctx::engine_stats(&self.ctx)
     }
 
     /// Block until SIGINT or SIGTERM.

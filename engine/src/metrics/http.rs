@@ -15,6 +15,8 @@ pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Longest a client may take to send its request or read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait after an accept failed for want of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Largest request head read; longer ones are answered 431.
 const REQUEST_BYTES_MAX: usize = 8 << 10;
 
@@ -45,8 +47,8 @@ impl Endpoint {
                     Err(e) => {
                         tracing::warn!(error = %e, "metrics accept failed");
                         // Out of descriptors, accept fails again at once: wait.
-                        if crate::control_limits::is_shortage(&e) {
-                            std::thread::sleep(crate::control_limits::ACCEPT_BACKOFF_MAX);
+                        if crate::error::is_shortage(&e) {
+                            std::thread::sleep(ACCEPT_BACKOFF);
                         }
                     }
                 }

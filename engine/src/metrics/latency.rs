@@ -92,7 +92,7 @@ impl Hist {
 }
 
 /// The shared read histograms of one shard, split by hit and miss. Lives in
-/// `stats::ShardCounters`; written only by the shard's publish task.
+/// `counters::ShardCounters`; written only by the shard's publish task.
 #[derive(Default)]
 pub struct ReadLatency {
     pub hit: Mutex<Hist>,
@@ -132,15 +132,6 @@ pub fn publish_reads(shared: &ReadLatency) {
             l.miss.clear();
         }
     });
-}
-
-/// Run on a shard's executor for as long as the shard lives: publish its
-/// read latencies every [`PUBLISH_INTERVAL`].
-pub async fn publish_reads_forever(counters: std::sync::Arc<crate::stats::ShardCounters>) {
-    loop {
-        glommio::timer::sleep(PUBLISH_INTERVAL).await;
-        publish_reads(&counters.read_latency);
-    }
 }
 
 /// One histogram per operation of a fixed set (`names::UFS_OPS`,

@@ -10,15 +10,16 @@
 //! the index; then its files are deleted. Physical bytes on disk never exceed
 //! `capacity_bytes`.
 //!
-//! This module never reads or writes the open segment except through
-//! `segment::append_raw`.
+//! This module decides what goes; it reads and writes segments only through
+//! `segment.rs` (`append_raw`, `sync_open`) and archives through `index.rs`,
+//! and nothing under it calls back here but the writer's roll (`writer.rs`).
 
 use std::rc::Rc;
 
 use super::format::{check_record, ALIGN, FLAG_TOMBSTONE};
-use super::index::{IdxEntry, Location, MAX_SEGMENT_BYTES};
+use super::index::{load_entries, IdxEntry, Location, MAX_SEGMENT_BYTES};
 use super::segment::{append_raw, sync_open};
-use super::{format, recover, Result, Shared, StoreConfig, StoreError, DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES};
+use super::{format, Result, Shared, StoreConfig, StoreError, DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES};
 
 /// Largest span read with one I/O while copying hot records.
 const COPY_READ_BYTES: u64 = 1 << 20;
@@ -33,15 +34,25 @@ pub(super) fn clamp_config(cfg: &StoreConfig) -> Result<(u64, u64)> {
             3 * MIN_SEGMENT_BYTES
         )));
     }
-    let asked = if cfg.segment_bytes == 0 { DEFAULT_SEGMENT_BYTES } else { cfg.segment_bytes };
-    let mut seg = (asked / ALIGN * ALIGN).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
-    if 3 * seg > capacity {
-        seg = (capacity / 3 / ALIGN * ALIGN).max(MIN_SEGMENT_BYTES);
-    }
+    let seg = clamp_segment_bytes(cfg.segment_bytes, capacity);
     if seg != cfg.segment_bytes {
         tracing::warn!(asked = cfg.segment_bytes, used = seg, capacity, "store: segment size clamped");
     }
     Ok((seg, capacity))
+}
+
+/// The one segment-size rule (the engine's config applies it too): `asked`
+/// bytes (0: the default) rounded down to a multiple of 4 KiB, within
+/// `MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES`, and small enough that `capacity`
+/// holds at least three segments.
+pub fn clamp_segment_bytes(asked: u64, capacity: u64) -> u64 {
+    let asked = if asked == 0 { DEFAULT_SEGMENT_BYTES } else { asked };
+    let seg = (asked / ALIGN * ALIGN).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
+    if 3 * seg > capacity {
+        (capacity / 3 / ALIGN * ALIGN).max(MIN_SEGMENT_BYTES)
+    } else {
+        seg
+    }
 }
 
 /// Reclaims oldest sealed segments until the capacity rule holds.
@@ -85,7 +96,7 @@ async fn reclaim(shared: &Rc<Shared>, seg_id: u32) -> Result<()> {
         let s = segs.sealed.get(&seg_id).ok_or_else(|| StoreError::Corruption(format!("no segment {seg_id}")))?;
         (s.file.clone(), s.bytes)
     };
-    let entries = recover::load_entries(&shared.dir, seg_id).unwrap_or_else(|| entries_from_index(shared, seg_id));
+    let entries = load_entries(&shared.dir, seg_id).unwrap_or_else(|| entries_from_index(shared, seg_id));
 
     // Split live records into pinned and hot (copy) and cold (drop). Pinned
     // blocks come out of the reserve first; second chances get the rest.

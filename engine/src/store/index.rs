@@ -210,6 +210,17 @@ pub fn entry_from_archived(a: &ArchivedIdxEntry) -> IdxEntry {
     }
 }
 
+/// Entries of a sealed segment's archive (used by reclaim), `None` if the
+/// archive is missing or damaged.
+pub(super) fn load_entries(dir: &Path, seg_id: u32) -> Option<Vec<IdxEntry>> {
+    let m = MappedIdx::open(&dir.join(super::format::idx_file_name(seg_id)))?;
+    let a = m.archive()?;
+    if a.seg_id.to_native() != seg_id {
+        return None;
+    }
+    Some(a.entries.iter().map(entry_from_archived).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,19 +7,29 @@
 //! `&self`. It must never serve bytes that failed a check: every read verifies
 //! magic, version, key and crc32c, and a failure becomes a miss.
 //!
-//! Files: `format.rs` (record layout), `index.rs` (RAM index and `.idx`
-//! archives), `segment.rs` (segment files and the writer), `recover.rs`
-//! (start-up), `evict.rs` (capacity and reclaim). The format and the policy are
+//! Files: `format` (record layout, from stoker-proto), `index.rs` (RAM index
+//! and `.idx` archives), `segment.rs` (segment files: I/O only), `writer.rs`
+//! (the append task and segment rolls), `recover.rs` (start-up), `evict.rs`
+//! (capacity and reclaim: decides, and does its I/O through `segment.rs`),
+//! `heads.rs` (verified record heads), `pause.rs` (caching paused after a
+//! write error). Dependencies point one way: writer → evict → segment →
+//! index → format; recover → segment. The format and the policy are
 //! documented in docs/FORMAT.md.
+//!
+//! Owns: segment files, the index, capacity eviction. Must never: know about
+//! paths, mounts, sessions or the control plane (it stores opaque keys), or
+//! serve a byte that failed its checks.
 
 pub use stoker_proto::format;
 pub mod index;
 
 mod evict;
+pub use evict::clamp_segment_bytes;
 mod heads;
 mod pause;
 mod recover;
 mod segment;
+mod writer;
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
@@ -31,7 +41,8 @@ use glommio::sync::Semaphore;
 
 use format::{align_down, align_up, check_head, check_record, check_sub_blocks, RecordHeader, MAX_DATA_LEN, MAX_KEY_LEN, SUB_BLOCK};
 use index::{IndexMap, Location};
-use segment::{Pending, Segments, WriterMsg};
+use segment::Segments;
+use writer::{Pending, WriterMsg};
 
 /// Errors of the block store.
 #[derive(Debug, thiserror::Error)]
@@ -107,16 +118,9 @@ impl StoreConfig {
     }
 }
 
-/// What `open` found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    pub sealed_segments: u64,
-    pub sealed_entries: u64,
-    pub open_segment_records: u64,
-    pub open_segment_bytes_scanned: u64,
-    pub torn_bytes_dropped: u64,
-    pub elapsed_us: u64,
-}
+/// What `open` found and did: the same record `stoker stat` shows (one
+/// definition, in stoker-proto).
+pub use stoker_proto::control::RecoveryStats as RecoveryReport;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -349,7 +353,7 @@ impl Store {
         evict::enforce_capacity(&shared).await?;
         report.elapsed_us = started.elapsed().as_micros() as u64;
         let (tx, rx) = mpsc::unbounded();
-        let writer = glommio::spawn_local(segment::run_writer(shared.clone(), rx));
+        let writer = glommio::spawn_local(writer::run_writer(shared.clone(), rx));
         let queue_bytes = Rc::new(Semaphore::new(QUEUE_BYTES_MAX));
         let store = Store { shared, tx, queue_bytes, _lock: lock, _writer: writer };
         Ok((store, report))

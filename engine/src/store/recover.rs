@@ -198,14 +198,3 @@ impl ChunkReader<'_> {
         Ok(Some(&self.buf[from..from + len as usize]))
     }
 }
-
-/// Entries of a sealed segment's archive (used by reclaim), `None` if the
-/// archive is missing or damaged.
-pub(super) fn load_entries(dir: &Path, seg_id: u32) -> Option<Vec<IdxEntry>> {
-    let m = MappedIdx::open(&dir.join(format::idx_file_name(seg_id)))?;
-    let a = m.archive()?;
-    if a.seg_id.to_native() != seg_id {
-        return None;
-    }
-    Some(a.entries.iter().map(entry_from_archived).collect())
-}

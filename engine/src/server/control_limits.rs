@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use stoker_proto::control::{write_frame, Request, Response};
 
+pub use crate::error::is_shortage;
+
 /// Largest request frame the engine reads. Requests are a path and a few
 /// numbers; answers (listings) may be far larger, up to
 /// `stoker_proto::control::FRAME_BYTES_MAX`.
@@ -21,11 +23,6 @@ pub const REQUEST_BYTES_MAX: usize = 64 << 10;
 /// Descriptors read with one frame at most; more are closed by the kernel.
 /// Only a `Hello` takes one (its shared area).
 const FDS_PER_FRAME_MAX: usize = 4;
-/// Default cap on open control connections (`--control-connections`).
-pub const CONNECTIONS_MAX_DEFAULT: usize = 256;
-/// Default `--control-timeout`: longest wait for the rest of a frame once
-/// its first byte came, and for a client to take an answer.
-pub const IO_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Refused connections waiting for their one-line answer; more are closed
 /// unanswered.
 const REFUSALS_QUEUED_MAX: usize = 64;
@@ -195,12 +192,6 @@ impl Refuser {
 /// without flooding the log (the metric has the exact count).
 pub fn worth_logging(count: u64) -> bool {
     count.is_power_of_two()
-}
-
-/// Whether a failed accept is a shortage (descriptors, memory) that
-/// calls for a back-off rather than an immediate retry.
-pub fn is_shortage(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 #[cfg(test)]

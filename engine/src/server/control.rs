@@ -7,48 +7,18 @@
 //! client can make this server hold is bounded in `control_limits`, and who
 //! may connect is decided in `peer`.
 
-use crate::control_limits::{self as limits, ControlCounters, FrameError, Refuser, Slot};
-use crate::namespace::{normalise, Namespace, NsError};
-use crate::session::SessionArea;
+use crate::server::control_limits::{self as limits, FrameError, Refuser, Slot};
+use crate::server::ctx::{engine_stats, ControlCtx};
+use crate::namespace::{normalise, NsError};
+use crate::shard::session::SessionArea;
 use crate::shard::Registry;
-use crate::stats::ShardCounters;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-use stoker_proto::control::{write_frame, DirEntry, EngineStats, Request, Response, Welcome};
+use stoker_proto::control::{write_frame, DirEntry, Request, Response, Welcome};
 
 /// Files one `Walk` answers with at most (the answer must fit one frame).
 const WALK_FILES_MAX: usize = 1_000_000;
-
-pub struct ControlCtx {
-    pub ns: Arc<Namespace>,
-    pub rt: tokio::runtime::Handle,
-    pub registry: Registry,
-    pub counters: Vec<Arc<ShardCounters>>,
-    pub block_bytes: u64,
-    pub socket: String,
-    pub stopping: AtomicBool,
-    /// Sessions opened since start (a count; ids are random, see `session_token`).
-    pub sessions_opened: AtomicU64,
-    pub sessions: AtomicU64,
-    /// One command queue per shard (policies, free, per-path stats).
-    pub shard_cmds: Vec<futures::channel::mpsc::UnboundedSender<crate::shard::ShardCmd>>,
-    pub policies: Arc<crate::policy::Policies>,
-    pub capacity_bytes: u64,
-    /// The direct-read table, if direct reads are on.
-    pub direct: Option<Arc<crate::direct::DirectAreas>>,
-    /// The mounts as configured (secrets masked), for `stoker stat`.
-    pub mounts: Vec<stoker_proto::control::MountInfo>,
-    /// Who may connect.
-    pub peers: crate::peer::PeerPolicy,
-    /// Open control connections at most (`--control-connections`).
-    pub connections_max: usize,
-    /// `--control-timeout`: the rest of a started frame, and an answer's write.
-    pub io_timeout: Duration,
-    /// Limits hit (metrics).
-    pub limits: Arc<ControlCounters>,
-}
 
 /// Accept control connections until `ctx.stopping` is set (the engine then
 /// connects once to wake the accept call).
@@ -117,7 +87,7 @@ pub fn serve(listener: UnixListener, ctx: Arc<ControlCtx>) {
 
 /// Check the peer's credentials; the error is the line it is refused with.
 fn admit(conn: &UnixStream, ctx: &ControlCtx) -> Result<(), String> {
-    let creds = crate::peer::creds(conn).map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    let creds = crate::server::peer::creds(conn).map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
     if ctx.peers.admits(&creds) {
         Ok(())
     } else {
@@ -221,7 +191,7 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
             | Request::Free { .. }
             | Request::Ttl { .. }
             | Request::PathStat { .. }
-            | Request::UfsChecksum { .. }) => crate::admin::handle(&ctx, r),
+            | Request::UfsChecksum { .. }) => crate::server::admin::handle(&ctx, r),
         };
         if let Err(e) = write_frame(&mut conn, &resp) {
             if limits::is_timeout(&e) {
@@ -262,41 +232,4 @@ pub fn session_token(registry: &Registry) -> u64 {
             return id;
         }
     }
-}
-
-pub fn engine_stats(ctx: &ControlCtx) -> EngineStats {
-    let mut s = EngineStats { sessions: ctx.sessions.load(Ordering::Relaxed), ..Default::default() };
-    for (i, c) in ctx.counters.iter().enumerate() {
-        let mut sh = c.snapshot(i as u32);
-        // Hits clients served themselves count as hits of their shard.
-        if let Some(d) = &ctx.direct {
-            let dc = d.feedback.counts(i as u32);
-            sh.direct_hits = dc.hits;
-            sh.hits += dc.hits;
-            sh.bytes_served += dc.bytes_served;
-            sh.device_bytes_read += dc.device_bytes_read;
-        }
-        s.capacity_bytes += sh.capacity_bytes;
-        s.used_bytes += sh.used_bytes;
-        s.blocks += sh.blocks;
-        s.hits += sh.hits;
-        s.misses += sh.misses;
-        s.ufs_bytes_read += sh.ufs_bytes_read;
-        s.bytes_served += sh.bytes_served;
-        s.device_bytes_read += sh.device_bytes_read;
-        let r = c.recovery.lock();
-        s.recovery.sealed_segments += r.sealed_segments;
-        s.recovery.sealed_entries += r.sealed_entries;
-        s.recovery.open_segment_records += r.open_segment_records;
-        s.recovery.open_segment_bytes_scanned += r.open_segment_bytes_scanned;
-        s.recovery.torn_bytes_dropped += r.torn_bytes_dropped;
-        s.recovery.elapsed_us = s.recovery.elapsed_us.max(r.elapsed_us);
-        s.shards.push(sh);
-    }
-    let limits: std::collections::HashMap<String, usize> = ctx.ns.mount_limits().into_iter().collect();
-    s.mounts = ctx.mounts.clone();
-    for m in &mut s.mounts {
-        m.inflight_limit = limits.get(&m.name).copied().unwrap_or(0) as u64;
-    }
-    s
 }

@@ -1,3 +1,12 @@
+//! `policy/` — what the operator asked for per path: pins and TTLs
+//! (`mod.rs`, persisted in `policies.json`) and per-mount quotas
+//! (`quota.rs`, each shard's share).
+//!
+//! Owns: the rules and the answer to "what applies to this path", and a
+//! shard's per-mount accounting. Must never: walk the namespace, talk to
+//! clients, or decide eviction beyond a quota (the store's own capacity
+//! eviction stays in `store/`).
+//!
 //! Data policies per path prefix: pinned (never evicted) and TTL (cached
 //! blocks expire a while after they were cached). Rules persist in
 //! `cache-dir/stoker-v1/policies.json` (written to a temp file, fsynced,
@@ -5,6 +14,8 @@
 //!
 //! A rule applies to its path and everything under it. The policy table
 //! only answers "what applies to this path"; shards enforce it.
+
+pub mod quota;
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};

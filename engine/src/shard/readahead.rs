@@ -10,9 +10,15 @@
 //! Only reads of multi-block objects come here; the small-file path never
 //! touches the lock.
 
+use super::fetch::flight_key;
+use super::{ShardCmd, READAHEAD_INFLIGHT_MAX};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Range;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use stoker_proto::control::Attr;
+use stoker_proto::key::BlockKey;
 
 /// Streams tracked at most; past this the table starts afresh (a stream
 /// then just begins again with a window of one).
@@ -83,6 +89,61 @@ impl ReadAhead {
             streams.remove(path); // read to the end
         }
         (from..target + 1, window)
+    }
+}
+
+impl super::Shard {
+    /// Note a read of `block` of a large object and hand the blocks the
+    /// stream should fetch ahead to the shards that own them.
+    pub(super) fn read_ahead(&self, path: &str, block: u64, attr: &Attr, bs: u64) {
+        let max = self.ns.readahead_blocks(path);
+        let (blocks, window) = self.readahead.on_read_window(path, block, attr.size.div_ceil(bs), max);
+        // Cached blocks are read ahead only once the stream has gone on for
+        // a few blocks: one step across a block boundary (a random reader,
+        // or the kernel's own read-ahead) must not read 4 MiB for nothing.
+        let from_cache = window >= 2;
+        for b in blocks {
+            let owner = stoker_proto::key::shard_for(path, b, self.peers.len());
+            let cmd = ShardCmd::Prefetch { path: path.to_string(), block: b, attr: attr.clone(), from_cache };
+            let _ = self.peers[owner].unbounded_send(cmd);
+        }
+    }
+    /// Whether block `block` of `path` at `attr` is cached, waiting to be
+    /// written, or being fetched.
+    pub(super) fn has_or_fetching(&self, path: &str, block: u64, attr: &Attr) -> bool {
+        let key = self.ns.block_key(path, &attr.version, block);
+        self.mem.get(key.hash, &key.bytes).is_some()
+            || self.store.contains(key.hash)
+            || self.unwritten.borrow().contains_key(&key.bytes)
+            || self.inflight.borrow().contains_key(&flight_key(path, block))
+    }
+    /// Read cached block `block` of `path` whole from its segment into the
+    /// read-ahead buffer, unless it is in memory already or too many
+    /// read-aheads are in flight.
+    pub(super) fn stage(self: &Rc<Self>, key: BlockKey, path: &str, block: u64, attr: &Attr) {
+        if self.ahead.get(key.hash, &key.bytes).is_some() || self.mem.get(key.hash, &key.bytes).is_some() {
+            return;
+        }
+        if self.readahead_inflight.get() >= READAHEAD_INFLIGHT_MAX {
+            self.counters.readahead_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        let bs = self.ns.block_bytes(path);
+        let block_len = attr.size.saturating_sub(block.saturating_mul(bs)).min(bs);
+        self.readahead_inflight.set(self.readahead_inflight.get() + 1);
+        self.counters.readahead_blocks.fetch_add(1, Relaxed);
+        let s = self.clone();
+        glommio::spawn_local(async move {
+            let got = s.store.get_range(key.hash, &key.bytes, block_len, 0, block_len).await;
+            s.counters.device_bytes_read.store(s.store.device_bytes_read(), Relaxed);
+            if let Ok(Some(b)) = got {
+                if b.block_len() == block_len {
+                    s.ahead.insert(key.hash, &key.bytes, Rc::new(b.data().to_vec()));
+                }
+            }
+            s.readahead_inflight.set(s.readahead_inflight.get() - 1);
+        })
+        .detach();
     }
 }
 

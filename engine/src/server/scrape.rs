@@ -1,35 +1,16 @@
-//! Metrics: the Prometheus endpoint (`--metrics ADDR`, `GET /metrics`) and
-//! the latency histograms behind it.
-//!
-//! - `names` — every metric name, type, label set and help text (the one
-//!   place they are spelled; docs/METRICS.md mirrors it).
-//! - `latency` — hdrhistogram recorders: lock-free thread-local ones for the
-//!   shard hot path, mutexed ones for under-storage calls and FUSE ops.
-//! - `text` — the exposition format.
-//! - `http` — the tiny HTTP responder on its own thread.
-//!
-//! Counters and gauges are read from `stats::ShardCounters` (atomics the
-//! shards already keep) at scrape time. This module never blocks a shard
-//! and never does I/O on the data path.
+//! The engine's `GET /metrics`: every shard's counters, the control
+//! plane's limits, under-storage and read latencies, and this process's FUSE
+//! ops, rendered at scrape time. Reads atomics and copies histograms; never
+//! waits on a shard.
 
-pub mod http;
-pub mod latency;
-pub mod names;
-pub mod text;
-
-use crate::control::ControlCtx;
-use crate::stats::ShardCounters;
-use latency::OpLatency;
+use crate::metrics::counters::ShardCounters;
+use crate::metrics::latency::OpLatency;
+use crate::metrics::names;
+use crate::metrics::render_process;
+use crate::metrics::text::Text;
+use crate::server::ctx::ControlCtx;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use text::Text;
-
-pub use latency::{fuse_ops, record_fuse_op, record_read};
-
-/// Under-storage latencies of one mount, shared by its `ufs::Guarded`.
-pub fn ufs_latency() -> Arc<OpLatency> {
-    Arc::new(OpLatency::new(&names::UFS_OPS))
-}
 
 /// What the engine's endpoint exports.
 pub struct EngineSources {
@@ -120,47 +101,4 @@ pub fn render_engine(s: &EngineSources) -> String {
     }
     render_process(&mut t);
     t.finish()
-}
-
-/// Metrics of this process that do not belong to an engine: FUSE ops of a
-/// mount. Exported only once a mount has served a request.
-pub fn render_process(t: &mut Text) {
-    let ops = fuse_ops().snapshot();
-    if ops.is_empty() {
-        return;
-    }
-    t.family(&names::FUSE_OP_DURATION);
-    for (op, h, _) in &ops {
-        t.histogram(&names::FUSE_OP_DURATION, &[op], h);
-    }
-}
-
-/// An endpoint for a process without an engine (`stoker mount --socket`):
-/// FUSE op latencies only.
-pub fn start_process_endpoint(addr: std::net::SocketAddr) -> std::io::Result<http::Endpoint> {
-    http::Endpoint::start(
-        addr,
-        Arc::new(|| {
-            let mut t = Text::default();
-            render_process(&mut t);
-            t.finish()
-        }),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::names;
-
-    /// docs/METRICS.md lists every name defined here, and nothing else.
-    #[test]
-    fn docs_list_every_metric() {
-        let doc = include_str!("../../docs/METRICS.md");
-        for d in names::ALL {
-            let row = format!("| `{}` | {} |", d.name, d.kind.as_str());
-            assert!(doc.contains(&row), "docs/METRICS.md lacks the row for {} (expected `{row}`)", d.name);
-        }
-        let documented = doc.lines().filter(|l| l.starts_with("| `stoker_")).count();
-        assert_eq!(documented, names::ALL.len(), "docs/METRICS.md lists metrics that names.rs does not define");
-    }
 }

@@ -1,3 +1,12 @@
+//! `namespace/` — what the paths under `/NAME/...` are: mounts, the
+//! attribute and listing cache in front of their under storage, and its
+//! persisted half (`attrlog.rs`, the attribute log `attrs.log`).
+//!
+//! Owns: path normalisation, attributes with their version tokens (which name
+//! the blocks cached under them), listings, the metadata sync interval.
+//! Must never: hold block data, touch a shard's store or executor, or block
+//! a shard (under-storage calls run on the tokio runtime).
+//!
 //! The namespace: mounts under `/NAME/...` and a cache of attributes and
 //! listings in front of their under storage.
 //!
@@ -9,7 +18,9 @@
 //! Callable from any thread; under-storage calls must be awaited on the
 //! engine's tokio runtime.
 
-use crate::attrlog::{AttrLog, PathMap};
+pub mod attrlog;
+
+use crate::namespace::attrlog::{AttrLog, PathMap};
 use crate::ufs::{Guarded, UfsError, UfsResult};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! stats), run on a control thread: walk the namespace under a path, name
 //! every block of every file, and hand each shard the keys it owns.
 
-use crate::control::ControlCtx;
+use crate::server::ctx::ControlCtx;
 use crate::namespace::{normalise, Namespace, NsError};
 use crate::policy::covers;
 use crate::shard::ShardCmd;

@@ -75,7 +75,7 @@ mod tests {
             std::process::exit(0);
         }
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "supervise::tests::a_panicking_shard_exits_the_process_naming_the_cause", "--nocapture"])
+            .args(["--exact", "shard::supervise::tests::a_panicking_shard_exits_the_process_naming_the_cause", "--nocapture"])
             .env(CHILD, "1")
             .output()
             .unwrap();
