@@ -250,6 +250,7 @@ struct ShardsShared {
     readahead: Arc<readahead::ReadAhead>,
     direct: Option<Arc<direct::DirectAreas>>,
     per_shard_capacity: u64,
+    cluster: Option<Arc<cluster::ClusterNode>>,
 }
 
 /// The running shards: their stop senders, threads and command queues, and
@@ -299,6 +300,7 @@ fn start_shards(
             peers: peers.clone(),
             readahead: shared.readahead.clone(),
             direct: shared.direct.clone(),
+            cluster: shared.cluster.clone(),
         };
         threads.push(shard::spawn(setup, ready_tx.clone(), stop_rx).map_err(io_ctx("starting shard"))?);
     }
@@ -320,6 +322,33 @@ fn start_shards(
         }
     }
     Ok(Shards { stops, threads, cmds, failure })
+}
+
+/// Join the cluster when `--cluster` asks: serve peers (their requests go to
+/// the owning shard once the shards are up, through `shard_cmds`) and
+/// register in etcd.
+fn join_cluster(
+    cfg: &EngineConfig,
+    capacity_bytes: u64,
+    rt: &tokio::runtime::Handle,
+    shard_cmds: Arc<std::sync::OnceLock<Vec<futures::channel::mpsc::UnboundedSender<shard::ShardCmd>>>>,
+) -> Result<Option<Arc<cluster::ClusterNode>>> {
+    let Some(c) = &cfg.cluster else { return Ok(None) };
+    let handler: stoker_cluster::peer::Handler = Arc::new(move |req: stoker_cluster::peer::BlockRequest| {
+        let cmds = shard_cmds.clone();
+        Box::pin(async move {
+            let Some(cmds) = cmds.get() else { return Err((libc::EAGAIN, "the engine is starting".to_string())) };
+            let owner = stoker_proto::key::shard_for(&req.path, req.block, cmds.len());
+            let (reply, answer) = oneshot::channel();
+            if cmds[owner].unbounded_send(shard::ShardCmd::PeerRead { req, reply }).is_err() {
+                return Err((libc::ESHUTDOWN, "the engine is stopping".to_string()));
+            }
+            answer.await.unwrap_or_else(|_| Err((libc::ESHUTDOWN, "the engine is stopping".to_string())))
+        })
+    });
+    let node = cluster::ClusterNode::start(c, capacity_bytes, rt, handler).map_err(io_ctx("joining the cluster"))?;
+    tracing::info!(node = %c.node_id, peer_listen = %c.peer_listen, endpoints = ?c.endpoints, "cluster: serving peers and joining");
+    Ok(Some(node))
 }
 
 /// The mounts as `stoker stat` shows them (secrets masked).
@@ -365,6 +394,8 @@ impl Engine {
         // After the socket is claimed, so a start-up refused says only why.
         let per_shard_capacity = per_shard_capacity(&cfg, &root, &shard_dirs);
         let counters: Vec<Arc<metrics::counters::ShardCounters>> = (0..cfg.shards).map(|_| Arc::default()).collect();
+        let shard_cmds = Arc::new(std::sync::OnceLock::new());
+        let cluster = join_cluster(&cfg, per_shard_capacity * cfg.shards as u64, rt.handle(), shard_cmds.clone())?;
         let shared = ShardsShared {
             ns,
             rt: rt.handle().clone(),
@@ -373,9 +404,11 @@ impl Engine {
             readahead: Arc::default(),
             direct,
             per_shard_capacity,
+            cluster,
         };
         let shards = start_shards(&cfg, &shard_dirs, &counters, &shared)?;
-        let ShardsShared { ns, registry, policies, direct, .. } = shared;
+        let _ = shard_cmds.set(shards.cmds.clone());
+        let ShardsShared { ns, registry, policies, direct, cluster, .. } = shared;
         let ctx = Arc::new(server::ctx::ControlCtx {
             ns,
             rt: rt.handle().clone(),
@@ -395,6 +428,7 @@ impl Engine {
             connections_max: cfg.control_connections_max,
             io_timeout: cfg.control_timeout,
             limits: Arc::default(),
+            cluster,
         });
         let mut engine = Engine {
             socket: cfg.socket.clone(),
@@ -469,6 +503,10 @@ impl Engine {
     /// Stop accepting, flush every shard's store and join all threads.
     pub fn stop(&mut self) {
         self.ctx.stopping.store(true, Ordering::Release);
+        // Leave the cluster first: the others stop asking this node at once.
+        if let (Some(node), Some(rt)) = (&self.ctx.cluster, &self.rt) {
+            let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(3), node.leave()).await });
+        }
         if let Some(mut m) = self.metrics.take() {
             m.stop();
         }

@@ -39,6 +39,8 @@ pub struct ControlCtx {
     pub io_timeout: Duration,
     /// Limits hit (metrics).
     pub limits: Arc<ControlCounters>,
+    /// This node's cluster, if it is in one.
+    pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
 }
 
 pub fn engine_stats(ctx: &ControlCtx) -> EngineStats {
@@ -71,6 +73,7 @@ pub fn engine_stats(ctx: &ControlCtx) -> EngineStats {
         s.shards.push(sh);
     }
     let limits: std::collections::HashMap<String, usize> = ctx.ns.mount_limits().into_iter().collect();
+    s.cluster = ctx.cluster.as_ref().map(|c| c.stats());
     s.mounts = ctx.mounts.clone();
     for m in &mut s.mounts {
         m.inflight_limit = limits.get(&m.name).copied().unwrap_or(0) as u64;

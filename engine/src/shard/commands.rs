@@ -29,6 +29,8 @@ pub enum ShardCmd {
     /// With `from_cache`, a cached block is read from its segment into the
     /// shard's read-ahead buffer; without, only a block not cached is fetched.
     Prefetch { path: String, block: u64, attr: Attr, from_cache: bool },
+    /// A block another cluster member asked this node for (it owns it).
+    PeerRead { req: stoker_cluster::peer::BlockRequest, reply: oneshot::Sender<stoker_cluster::peer::Served> },
 }
 
 /// Apply control-plane commands in arrival order.
@@ -64,6 +66,13 @@ pub(super) async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver
                     shard.counters.quota_evicted_blocks.fetch_add(dropped, Relaxed);
                 }
                 shard.publish();
+            }
+            ShardCmd::PeerRead { req, reply } => {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.serve_peer(req).await);
+                })
+                .detach();
             }
             ShardCmd::Prefetch { path, block, attr, from_cache } => {
                 let key = shard.ns.block_key(&path, &attr.version, block);

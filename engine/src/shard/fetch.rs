@@ -24,6 +24,15 @@ impl Shard {
     /// ask for it at the same time. With `attr` unknown, the attributes come
     /// back with the data. The block is then cached in the background.
     pub(super) async fn fetch(&self, path: &str, block: u64, attr: Option<&Attr>) -> Fetched {
+        self.fetch_via(path, block, attr, true).await
+    }
+
+    /// `fetch`; with `ask_owner`, a block another cluster member owns is
+    /// asked of it first (not cached here: it is the owner's to keep), and
+    /// read from under storage only if the owner cannot give it. A fetch
+    /// for a peer never asks on, so two nodes with different member lists
+    /// cannot send a block back and forth.
+    pub(super) async fn fetch_via(&self, path: &str, block: u64, attr: Option<&Attr>, ask_owner: bool) -> Fetched {
         let epoch = self.direct_epoch();
         let flight_key = flight_key(path, block);
         let waiter = {
@@ -47,12 +56,20 @@ impl Shard {
             return rx.await.unwrap_or_else(|_| Err(NsError::new(libc::EIO, format!("{path}: fetch abandoned"))));
         }
         self.counters.misses.fetch_add(1, Relaxed);
-        let res = self.fetch_from_ufs(path, block, attr.cloned()).await;
+        let from_owner = match ask_owner {
+            true => self.fetch_from_owner(path, block, attr).await,
+            false => None,
+        };
+        let from_peer = from_owner.is_some();
+        let res = match from_owner {
+            Some(f) => Ok(f),
+            None => self.fetch_from_ufs(path, block, attr.cloned()).await,
+        };
         let waiters = self.inflight.borrow_mut().remove(&flight_key).unwrap_or_default();
         for w in waiters {
             let _ = w.send(res.clone());
         }
-        if let Ok(f) = &res {
+        if let (Ok(f), false) = (&res, from_peer) {
             self.counters.ufs_bytes_read.fetch_add(f.data.len() as u64, Relaxed);
             let key = self.ns.block_key(path, &f.attr.version, block);
             let known = self.store.contains(key.hash) || self.unwritten.borrow().contains_key(&key.bytes);
@@ -64,6 +81,26 @@ impl Shard {
         }
         res
     }
+    /// Block `block` of `path` from the cluster member that owns it; None
+    /// when there is no cluster, this node owns it, its attributes are not
+    /// known yet, or the owner could not give it (counted as a fallback).
+    async fn fetch_from_owner(&self, path: &str, block: u64, attr: Option<&Attr>) -> Option<Rc<Fetch>> {
+        let node = self.cluster.as_ref()?;
+        let attr = attr.filter(|a| a.kind == Kind::File)?;
+        let key = self.ns.block_key(path, &attr.version, block);
+        let owner = node.owner_elsewhere(key.hash)?;
+        let req = stoker_cluster::peer::BlockRequest { path: path.to_string(), version: attr.version.clone(), block };
+        let n = node.clone();
+        let data = self.on_tokio(async move { Ok(n.ask(&owner, req).await) }).await.ok().flatten()?;
+        let bs = self.ns.block_bytes(path);
+        let expected = attr.size.saturating_sub(block.saturating_mul(bs)).min(bs);
+        if data.len() as u64 != expected {
+            node.fell_back();
+            return None;
+        }
+        Some(Rc::new(Fetch { attr: attr.clone(), data: Rc::new(data) }))
+    }
+
     async fn fetch_from_ufs(&self, path: &str, block: u64, attr: Option<Attr>) -> Fetched {
         let bs = self.ns.block_bytes(path);
         let off = block.saturating_mul(bs);
@@ -98,7 +135,7 @@ impl Shard {
         Ok(Rc::new(Fetch { attr, data: Rc::new(data) }))
     }
     /// Run a future on the tokio runtime and await its result here.
-    async fn on_tokio<T: Send + 'static>(&self, f: impl Future<Output = Result<T, NsError>> + Send + 'static) -> Result<T, NsError> {
+    pub(super) async fn on_tokio<T: Send + 'static>(&self, f: impl Future<Output = Result<T, NsError>> + Send + 'static) -> Result<T, NsError> {
         let (tx, rx) = oneshot::channel();
         self.rt.spawn(async move {
             let _ = tx.send(f.await);

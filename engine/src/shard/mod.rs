@@ -31,6 +31,7 @@ mod read;
 pub mod readahead;
 pub mod session;
 pub mod supervise;
+mod serve_peer;
 mod writeback;
 
 pub use commands::ShardCmd;
@@ -85,6 +86,9 @@ pub struct ShardSetup {
     pub readahead: Arc<crate::shard::readahead::ReadAhead>,
     /// The direct-read table, if direct reads are on.
     pub direct: Option<Arc<crate::direct::DirectAreas>>,
+    /// This node's cluster, if it is in one: misses of blocks another
+    /// member owns are asked of that member first.
+    pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
 }
 
 /// Read-ahead fetches in flight per shard at most; more are dropped (the
@@ -135,6 +139,7 @@ struct Shard {
     direct: Option<DirectPublisher>,
     /// Sessions with a stream attached to this shard now.
     attached: RefCell<std::collections::HashSet<u64>>,
+    cluster: Option<Arc<crate::cluster::ClusterNode>>,
 }
 
 /// Start a shard thread. `ready` gets the recovery report once the store is
@@ -206,6 +211,7 @@ async fn run(
             .filter(|_| setup.memory_cache_bytes == 0)
             .map(|areas| DirectPublisher { areas, shard: setup.id as u32, ns: ns.clone() }),
         attached: RefCell::default(),
+        cluster: setup.cluster.clone(),
     });
     if let Some(p) = shard.direct.clone() {
         shard.store.set_on_segment_drop(Box::new(move || p.areas.table.bump_dropped(p.shard)));

@@ -103,6 +103,13 @@ impl Shard {
     async fn resolve(&self, path: &str, block: u64) -> Result<(Attr, Option<Rc<Fetch>>), NsError> {
         match self.ns.cached_attr(path) {
             Some(a) => Ok((a, None)),
+            // In a cluster the block may be another member's: its key needs
+            // the version, so the attributes come first (one stat), and the
+            // block from its owner.
+            None if self.cluster.is_some() => {
+                let (ns, p) = (self.ns.clone(), path.to_string());
+                Ok((self.on_tokio(async move { ns.stat(&p).await }).await?, None))
+            }
             None => {
                 let f = self.fetch(path, block, None).await?;
                 Ok((f.attr.clone(), Some(f)))
@@ -123,7 +130,7 @@ impl Shard {
 
     /// The block from memory: the DRAM tier, the read-ahead buffer, or a
     /// fetched block still waiting to be written. Counted as a hit.
-    fn in_memory(&self, key: &BlockKey) -> Option<Rc<Vec<u8>>> {
+    pub(super) fn in_memory(&self, key: &BlockKey) -> Option<Rc<Vec<u8>>> {
         if let Some(data) = self.mem.get(key.hash, &key.bytes) {
             self.counters.hits.fetch_add(1, Relaxed);
             self.counters.mem_hits.fetch_add(1, Relaxed);

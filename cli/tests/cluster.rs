@@ -1,0 +1,140 @@
+//! Several `stoker serve` processes on 127.0.0.1 as one cache, their
+//! membership in a real etcd (docs/CLUSTER.md): each block is fetched from
+//! under storage once for the cluster, a node killed mid-epoch fails no
+//! read, a restarted node rejoins, and a peer without the token gets
+//! nothing. Skipped with a printed reason without etcd unless
+//! STOKER_REQUIRE_ETCD=1 (scripts/test.sh installs etcd and sets it).
+
+mod common;
+
+use common::{make_tree, run, wait_for, Server};
+use std::path::Path;
+use std::time::Duration;
+use stoker_cluster::testing::{free_port, Etcd};
+
+struct Node {
+    srv: Option<Server>,
+    cache: std::path::PathBuf,
+    sock: String,
+    args: Vec<String>,
+}
+
+impl Node {
+    fn new(base: &Path, etcd: &Etcd, id: &str, src: &Path, token: &Path) -> Node {
+        let port = free_port();
+        let args = vec![
+            "--shards".to_string(),
+            "2".into(),
+            "--capacity".into(),
+            "256M".into(),
+            "--block-size".into(),
+            "64K".into(),
+            "--mount".into(),
+            format!("m=file://{}", src.display()),
+            "--cluster".into(),
+            format!("etcd://127.0.0.1:{}", etcd.client_port),
+            "--node-id".into(),
+            id.into(),
+            "--peer-listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--cluster-token-file".into(),
+            token.display().to_string(),
+        ];
+        let mut n = Node { srv: None, cache: base.join(format!("cache-{id}")), sock: base.join(format!("{id}.sock")).display().to_string(), args };
+        n.start();
+        n
+    }
+
+    fn start(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.srv = Some(Server::start(&self.cache, &self.sock, &args));
+    }
+
+    fn client(&self) -> stoker_client::Client {
+        self.srv.as_ref().expect("running").client()
+    }
+
+    fn stats(&self) -> stoker_proto::control::EngineStats {
+        self.client().engine_stats().unwrap()
+    }
+
+    fn members(&self) -> usize {
+        self.stats().cluster.map_or(0, |c| c.members.len())
+    }
+}
+
+#[test]
+fn three_nodes_fetch_each_block_once_and_survive_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(etcd) = Etcd::start(dir.path()) else { return };
+    let src = dir.path().join("src");
+    // 60 files of 100-300 KiB: 2 to 5 blocks each.
+    let sizes: Vec<usize> = (0..60).map(|i| 100_000 + (i * 3_433) % 200_000).collect();
+    let tree = make_tree(&src, &sizes, 14);
+    let total: u64 = tree.iter().map(|(_, d)| d.len() as u64).sum();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-cluster-token\n").unwrap();
+    let mut nodes: Vec<Node> = ["n1", "n2", "n3"].iter().map(|id| Node::new(dir.path(), &etcd, id, &src, &token)).collect();
+    for n in &nodes {
+        wait_for("three members", Duration::from_secs(30), || n.members() == 3);
+    }
+
+    // Through node 1, then node 2: every byte exact.
+    for n in &nodes[..2] {
+        let c = n.client();
+        for (p, data) in &tree {
+            assert!(c.read_file(&format!("/m/{p}")).unwrap() == *data, "wrong bytes for {p}");
+        }
+    }
+    // Each block came from under storage once for the cluster.
+    let ufs: u64 = nodes.iter().map(|n| n.stats().ufs_bytes_read).sum();
+    assert_eq!(ufs, total, "under storage read {ufs} bytes for a {total}-byte tree over three nodes");
+    let asked: u64 = nodes.iter().map(|n| n.stats().cluster.unwrap().asked.hits).sum();
+    let served: u64 = nodes.iter().map(|n| n.stats().cluster.unwrap().served.requests).sum();
+    assert!(asked > 0 && asked == served, "peer reads asked {asked}, served {served}");
+    let s = nodes[0].stats().cluster.unwrap();
+    assert_eq!(s.node_id, "n1");
+    assert!(s.etcd_ok);
+    assert_eq!(s.members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["n1", "n2", "n3"]);
+    let out = run(&["stat", "--json", "--socket", &nodes[0].sock]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cluster"]["members"][2]["state"], "up");
+
+    // Node 3 killed: reads through node 1 still all succeed, exact.
+    nodes[2].srv.take().unwrap().kill9();
+    let c = nodes[0].client();
+    for (p, data) in &tree {
+        assert!(c.read_file(&format!("/m/{p}")).unwrap() == *data, "wrong bytes for {p} with n3 dead");
+    }
+    // Its lease expires and its keys move to the others.
+    wait_for("n3 to leave the member list", Duration::from_secs(30), || nodes[0].members() == 2);
+    // Restarted, it rejoins and serves what it had cached.
+    let before = nodes[2].cache.clone();
+    assert!(before.exists());
+    nodes[2].start();
+    for n in &nodes {
+        wait_for("n3 to rejoin", Duration::from_secs(30), || n.members() == 3);
+    }
+    let ufs_before: u64 = nodes.iter().map(|n| n.stats().ufs_bytes_read).sum();
+    let c = nodes[1].client();
+    for (p, data) in &tree {
+        assert!(c.read_file(&format!("/m/{p}")).unwrap() == *data, "wrong bytes for {p} after n3 rejoined");
+    }
+    let ufs_after: u64 = nodes.iter().map(|n| n.stats().ufs_bytes_read).sum();
+    assert_eq!(ufs_after, ufs_before, "blocks cached before were fetched from under storage again");
+
+    // Bad cluster flags: one line each, no start.
+    for bad in [
+        &["--cluster", "http://x:1"][..],
+        &["--cluster", "etcd://127.0.0.1:1"][..],
+        &["--node-id", "x"][..],
+    ] {
+        let mut args = vec!["serve", "--cache-dir", "/nonexistent/c", "--mount", "m=file:///tmp"];
+        args.extend_from_slice(bad);
+        let out = run(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    drop(nodes);
+}
