@@ -392,6 +392,16 @@ pub fn stat(socket: &str, json: bool) -> Result<()> {
             if opts.is_empty() { String::new() } else { format!("  [{}]", opts.join(", ")) }
         );
     }
+    if let Some(c) = &s.cluster {
+        let etcd = if c.etcd_ok { "etcd ok" } else { "etcd UNREACHABLE: serving with the last member list" };
+        println!("cluster    node {}, {} members, {etcd}", c.node_id, c.members.len());
+        for m in &c.members {
+            println!("  member {:<16} {:<22} {:<10} {}", m.id, m.addr, human(m.capacity_bytes), m.state);
+        }
+        let (a, v) = (&c.asked, &c.served);
+        println!("  asked    {} blocks ({}) from owners, {} errors, {} read under storage instead", a.hits, human(a.bytes), a.errors, a.fallbacks);
+        println!("  served   {} blocks ({}) to peers, {} errors, {} refused", v.requests, human(v.bytes), v.errors, v.refused);
+    }
     Ok(())
 }
 

@@ -99,6 +99,9 @@ fn three_nodes_fetch_each_block_once_and_survive_a_kill() {
     let out = run(&["stat", "--json", "--socket", &nodes[0].sock]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["cluster"]["members"][2]["state"], "up");
+    let out = run(&["stat", "--socket", &nodes[0].sock]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cluster    node n1, 3 members, etcd ok"), "{text}");
 
     // Node 3 killed: reads through node 1 still all succeed, exact.
     nodes[2].srv.take().unwrap().kill9();
