@@ -126,6 +126,52 @@ fn three_nodes_fetch_each_block_once_and_survive_a_kill() {
     let ufs_after: u64 = nodes.iter().map(|n| n.stats().ufs_bytes_read).sum();
     assert_eq!(ufs_after, ufs_before, "blocks cached before were fetched from under storage again");
 
+    // etcd stopped: the nodes say so, keep their members and serve on.
+    let mut etcd = etcd;
+    etcd.stop();
+    for n in &nodes {
+        wait_for("a node to notice etcd is gone", Duration::from_secs(30), || !n.stats().cluster.unwrap().etcd_ok);
+        assert_eq!(n.members(), 3, "the member list changed while etcd was away");
+    }
+    let c = nodes[2].client();
+    for (p, data) in tree.iter().take(20) {
+        assert!(c.read_file(&format!("/m/{p}")).unwrap() == *data, "wrong bytes for {p} with etcd down");
+    }
+    etcd.spawn();
+    for n in &nodes {
+        wait_for("etcd to be back", Duration::from_secs(30), || n.stats().cluster.unwrap().etcd_ok);
+    }
+
+    // A fourth node joins: measured over the tree's blocks, about a quarter
+    // of them change owner, all to the newcomer.
+    let n4 = Node::new(dir.path(), &etcd, "n4", &src, &token);
+    wait_for("four members", Duration::from_secs(30), || nodes[0].members() == 4);
+    let members = |n: &Node| -> Vec<stoker_cluster::Member> {
+        let c = n.stats().cluster.unwrap();
+        c.members.iter().map(|m| stoker_cluster::Member { id: m.id.clone(), addr: m.addr.clone(), capacity_bytes: m.capacity_bytes }).collect()
+    };
+    let four = members(&nodes[0]);
+    let three: Vec<_> = four.iter().filter(|m| m.id != "n4").cloned().collect();
+    let c = nodes[0].client();
+    let (mut blocks, mut moved) = (0, 0);
+    for (p, _) in &tree {
+        let path = format!("/m/{p}");
+        let attr = c.stat(&path).unwrap();
+        for b in 0..attr.size.div_ceil(64 << 10) {
+            let key = stoker_proto::key::BlockKey::new(&path, &attr.version, b).hash;
+            let (before, after) = (stoker_cluster::owner(key, &three).unwrap(), stoker_cluster::owner(key, &four).unwrap());
+            blocks += 1;
+            if before.id != after.id {
+                assert_eq!(after.id, "n4", "a block moved between old members");
+                moved += 1;
+            }
+        }
+    }
+    let frac = moved as f64 / blocks as f64;
+    println!("a 4th node took {moved} of {blocks} blocks ({:.1}%)", frac * 100.0);
+    assert!((0.12..0.40).contains(&frac), "a 4th node took {moved} of {blocks} blocks");
+    drop(n4);
+
     // Bad cluster flags: one line each, no start.
     for bad in [
         &["--cluster", "http://x:1"][..],
