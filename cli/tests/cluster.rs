@@ -187,3 +187,40 @@ fn three_nodes_fetch_each_block_once_and_survive_a_kill() {
     }
     drop(nodes);
 }
+
+/// `stoker load` on one node fills the whole cluster: each owner fetches
+/// its share from under storage (once for the cluster) and keeps it, so
+/// a read through any node afterwards reads nothing from under storage.
+#[test]
+fn a_load_on_one_node_fills_every_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(etcd) = Etcd::start(dir.path()) else { return };
+    let src = dir.path().join("src");
+    let sizes: Vec<usize> = (0..40).map(|i| 70_000 + (i * 7_919) % 150_000).collect();
+    let tree = make_tree(&src, &sizes, 15);
+    let total: u64 = tree.iter().map(|(_, d)| d.len() as u64).sum();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "another-token").unwrap();
+    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|id| Node::new(dir.path(), &etcd, id, &src, &token)).collect();
+    for n in &nodes {
+        wait_for("three members", Duration::from_secs(30), || n.members() == 3);
+    }
+    let out = run(&["load", "/m", "--socket", &nodes[0].sock]);
+    assert!(out.status.success(), "stoker load: {}", String::from_utf8_lossy(&out.stderr));
+    let ufs: u64 = nodes.iter().map(|n| n.stats().ufs_bytes_read).sum();
+    assert_eq!(ufs, total, "the load read {ufs} bytes under storage for a {total}-byte tree");
+    // Every owner holds a share: no node was left out, none holds it all.
+    let blocks: Vec<u64> = nodes.iter().map(|n| n.stats().blocks).collect();
+    assert!(blocks.iter().all(|&b| b > 0), "a node cached nothing: {blocks:?}");
+    // Each kept about its third, the loading node no more than the others.
+    let sum: u64 = blocks.iter().sum();
+    assert!(blocks.iter().all(|&b| b * 3 < sum * 2), "one node holds most blocks: {blocks:?}");
+    for n in &nodes[1..] {
+        let c = n.client();
+        for (p, data) in &tree {
+            assert!(c.read_file(&format!("/m/{p}")).unwrap() == *data, "wrong bytes for {p}");
+        }
+    }
+    let after: u64 = nodes.iter().map(|n| n.stats().ufs_bytes_read).sum();
+    assert_eq!(after, total, "reads after the load went to under storage");
+}
