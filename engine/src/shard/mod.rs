@@ -2,19 +2,24 @@
 //! store, the fetches in flight and the rings of every client attached to it.
 //!
 //! Owns: attaching clients' streams and serving their ring entries, reads
-//! (DRAM tier `memtier.rs`, read-ahead buffer, store), fetching misses from
-//! under storage once per block, writing fetched blocks back to the store,
-//! sequential read-ahead (`readahead.rs`), commands from the control plane
-//! and TTL expiry, publishing to direct readers, the view of a client's
-//! shared area (`session.rs`) and taking the engine down on a shard panic
-//! (`supervise.rs`). Must never: import the control plane (`server/`), block
-//! its executor (under-storage calls go to tokio), or serve bytes the store
-//! did not verify.
+//! (DRAM tier, read-ahead buffer, store), fetching misses from under storage
+//! once per block, writing fetched blocks back to the store, sequential
+//! read-ahead, commands from the control plane and TTL expiry, publishing to
+//! direct readers, the view of a client's shared area and taking the engine
+//! down on a shard panic. Must never: import the control plane (`server/`),
+//! block its executor (under-storage calls go to tokio), or serve bytes the
+//! store did not verify.
 //!
-//! One shard: a glommio executor on its own thread that owns a block store,
-//! the in-flight fetch table and the rings of every attached client for this
-//! shard. Nothing in here is shared with other threads except the counters,
-//! the namespace (read-mostly) and the session registry (touched on attach).
+//! Files: `mod.rs` (the shard's state and start-up), `attach.rs` (a client's
+//! stream and ring), `read.rs` (one ring entry, step by step), `fetch.rs`
+//! (one under-storage fetch per block in flight), `writeback.rs` (fetched
+//! blocks into the store), `readahead.rs` (sequential streams), `memtier.rs`
+//! (the DRAM tier), `publish.rs` (direct-read entries), `commands.rs`
+//! (`ShardCmd`, TTL expiry), `session.rs` (a client's shared area),
+//! `supervise.rs` (a panicking shard stops the engine).
+//!
+//! Nothing in here is shared with other threads except the counters, the
+//! namespace (read-mostly) and the session registry (touched on attach).
 //!
 //! Read path for one SQ entry: check the request against the client's area,
 //! resolve the path's attribute (cached, or from under storage on tokio),
