@@ -28,20 +28,52 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stoker_proto::control::{Attr, DirEntry, Kind};
 
-/// A failure as a client sees it: an errno and one line for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NsError {
-    pub errno: i32,
-    pub message: String,
+/// A failure as a client sees it: its kind, and one line for people.
+/// `errno()` is the one place the errno a client receives is chosen
+/// (`Response::Error` and the completion ring carry it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NsError {
+    /// A request that cannot be right: a bad path, range or value (EINVAL).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such mount or file (ENOENT).
+    #[error("{0}")]
+    NotFound(String),
+    /// A file operation on a directory (EISDIR).
+    #[error("{0}")]
+    IsDir(String),
+    /// A listing or tree larger than the engine holds (E2BIG).
+    #[error("{0}")]
+    TooBig(String),
+    /// The cache has no room for what was asked (ENOSPC).
+    #[error("{0}")]
+    NoSpace(String),
+    /// The engine could not do it: a shard not answering, a fetch
+    /// abandoned, shutting down, an object that changed mid-read (EIO).
+    #[error("{0}")]
+    Engine(String),
+    /// Under storage failed; `errno` is the one `UfsError::errno` chose.
+    #[error("{message}")]
+    Ufs { errno: i32, message: String },
 }
 
 impl NsError {
-    pub fn new(errno: i32, message: impl Into<String>) -> NsError {
-        NsError { errno, message: message.into() }
+    /// The errno a client receives.
+    pub fn errno(&self) -> i32 {
+        match self {
+            NsError::Invalid(_) => libc::EINVAL,
+            NsError::NotFound(_) => libc::ENOENT,
+            NsError::IsDir(_) => libc::EISDIR,
+            NsError::TooBig(_) => libc::E2BIG,
+            NsError::NoSpace(_) => libc::ENOSPC,
+            NsError::Engine(_) => libc::EIO,
+            NsError::Ufs { errno, .. } => *errno,
+        }
     }
 
-    fn ufs(path: &str, e: UfsError) -> NsError {
-        NsError { errno: e.errno(), message: format!("{path}: {e}") }
+    /// An under-storage failure at `path`.
+    pub fn ufs(path: &str, e: UfsError) -> NsError {
+        NsError::Ufs { errno: e.errno(), message: format!("{path}: {e}") }
     }
 }
 
@@ -318,7 +350,7 @@ impl Namespace {
             Resolved::Root => Ok(None),
             Resolved::Mount { mount, rel } => match self.mounts.get(mount) {
                 Some(m) => Ok(Some((m, rel))),
-                None => Err(NsError::new(libc::ENOENT, format!("{norm}: no such mount {mount:?}"))),
+                None => Err(NsError::NotFound(format!("{norm}: no such mount {mount:?}"))),
             },
         }
     }
@@ -379,7 +411,7 @@ impl Namespace {
             let page = ufs.list(rel, token, LIST_PAGE).await.map_err(|e| NsError::ufs(norm, e))?;
             entries.extend(page.entries.into_iter().map(|(name, attr)| DirEntry { name, attr }));
             if entries.len() > LIST_ENTRIES_MAX {
-                return Err(NsError::new(libc::E2BIG, format!("{norm}: more than {LIST_ENTRIES_MAX} entries")));
+                return Err(NsError::TooBig(format!("{norm}: more than {LIST_ENTRIES_MAX} entries")));
             }
             match page.next {
                 Some(t) => token = Some(t),
@@ -452,7 +484,7 @@ impl Namespace {
                 }
             }
             if out.len() > max_files {
-                return Err(NsError::new(libc::E2BIG, format!("{norm}: more than {max_files} files")));
+                return Err(NsError::TooBig(format!("{norm}: more than {max_files} files")));
             }
         }
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -529,7 +561,7 @@ mod tests {
         assert_eq!(files[0].0, "/m/d00/a");
         assert_eq!(files.last().unwrap().0, "/m/top");
         let e = ns.walk("/m", 10).await.unwrap_err();
-        assert_eq!(e.errno, libc::E2BIG);
+        assert_eq!(e.errno(), libc::E2BIG);
     }
 
     #[test]

@@ -17,17 +17,17 @@ const FILES_MAX: usize = 10_000_000;
 const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn err(e: NsError) -> Response {
-    Response::Error { errno: e.errno, message: e.message }
+    Response::Error { errno: e.errno(), message: e.to_string() }
 }
 
 pub fn handle(ctx: &ControlCtx, req: Request) -> Response {
     let path = match &req {
         Request::Pin { path } | Request::Unpin { path } | Request::Free { path } => path,
         Request::Ttl { path, .. } | Request::PathStat { path } | Request::UfsChecksum { path, .. } => path,
-        _ => return err(NsError::new(libc::EINVAL, "not a policy command")),
+        _ => return err(NsError::Invalid("not a policy command".into())),
     };
     let Some(norm) = normalise(path) else {
-        return err(NsError::new(libc::EINVAL, format!("bad path {path:?}: must start with /")));
+        return err(NsError::Invalid(format!("bad path {path:?}: must start with /")));
     };
     let res = match req {
         Request::Pin { .. } => pin(ctx, &norm, true),
@@ -67,14 +67,14 @@ fn ask(ctx: &ControlCtx, keys: Vec<Vec<u64>>, make: impl Fn(Vec<u64>, oneshot::S
         let (tx, rx) = oneshot::channel();
         ctx.shard_cmds[shard]
             .unbounded_send(make(k, tx))
-            .map_err(|_| NsError::new(libc::EIO, format!("shard {shard} is not running")))?;
+            .map_err(|_| NsError::Engine(format!("shard {shard} is not running")))?;
         replies.push((shard, rx));
     }
     let mut total = 0;
     for (shard, rx) in replies {
         match ctx.rt.block_on(async { tokio::time::timeout(SHARD_REPLY_TIMEOUT, rx).await }) {
             Ok(Ok(n)) => total += n,
-            _ => return Err(NsError::new(libc::EIO, format!("shard {shard} did not answer"))),
+            _ => return Err(NsError::Engine(format!("shard {shard} did not answer"))),
         }
     }
     Ok(total)
@@ -83,7 +83,7 @@ fn ask(ctx: &ControlCtx, keys: Vec<Vec<u64>>, make: impl Fn(Vec<u64>, oneshot::S
 fn persist(ctx: &ControlCtx, norm: &str, f: impl FnOnce(&mut crate::policy::Rule)) -> Result<(), NsError> {
     ctx.policies
         .update(norm, f)
-        .map_err(|e| NsError::new(libc::EIO, format!("saving policies: {e}")))
+        .map_err(|e| NsError::Engine(format!("saving policies: {e}")))
 }
 
 fn pin(ctx: &ControlCtx, norm: &str, pinned: bool) -> Result<Response, NsError> {
@@ -97,9 +97,7 @@ fn pin(ctx: &ControlCtx, norm: &str, pinned: bool) -> Result<Response, NsError> 
         }
         let limit = ctx.capacity_bytes / 2;
         if bytes > limit {
-            return Err(NsError::new(
-                libc::ENOSPC,
-                format!("pinning {norm} would pin {bytes} bytes, more than half the cache capacity ({limit} bytes)"),
+            return Err(NsError::NoSpace(format!("pinning {norm} would pin {bytes} bytes, more than half the cache capacity ({limit} bytes)"),
             ));
         }
     }
@@ -120,7 +118,7 @@ fn free(ctx: &ControlCtx, norm: &str) -> Result<Response, NsError> {
 
 fn ttl(ctx: &ControlCtx, norm: &str, secs: Option<u64>) -> Result<Response, NsError> {
     if secs.is_some_and(|s| s as f64 > crate::config::DURATION_SECS_MAX) {
-        return Err(NsError::new(libc::EINVAL, format!("ttl of {} s is longer than 100 years (use `never`)", secs.unwrap_or(0))));
+        return Err(NsError::Invalid(format!("ttl of {} s is longer than 100 years (use `never`)", secs.unwrap_or(0))));
     }
     let files = files_under(ctx, norm)?;
     persist(ctx, norm, |r| r.ttl_secs = secs)?;
@@ -161,12 +159,12 @@ const CHECKSUM_BYTES_MAX: u64 = 64 << 20;
 /// same range read through the cache.
 fn ufs_checksum(ctx: &ControlCtx, norm: &str, off: u64, len: u64) -> Result<Response, NsError> {
     if len > CHECKSUM_BYTES_MAX {
-        return Err(NsError::new(libc::EINVAL, format!("checksum range of {len} bytes is over {CHECKSUM_BYTES_MAX}")));
+        return Err(NsError::Invalid(format!("checksum range of {len} bytes is over {CHECKSUM_BYTES_MAX}")));
     }
     let data = ctx
         .rt
         .block_on(ctx.ns.read(norm, off, len))
-        .map_err(|e| NsError::new(e.errno(), format!("{norm}: {e}")))?;
+        .map_err(|e| NsError::Ufs { errno: e.errno(), message: format!("{norm}: {e}") })?;
     Ok(Response::Checksum { len: data.len() as u64, checksum: stoker_proto::control::checksum(&data) })
 }
 

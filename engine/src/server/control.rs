@@ -96,7 +96,7 @@ fn admit(conn: &UnixStream, ctx: &ControlCtx) -> Result<(), String> {
 }
 
 fn error(e: NsError) -> Response {
-    Response::Error { errno: e.errno, message: e.message }
+    Response::Error { errno: e.errno(), message: e.to_string() }
 }
 
 fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
@@ -152,11 +152,11 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
                 }
             },
             Request::Stat { path } => match normalise(&path) {
-                None => error(NsError::new(libc::EINVAL, format!("bad path {path:?}: must start with /"))),
+                None => error(NsError::Invalid(format!("bad path {path:?}: must start with /"))),
                 Some(p) => ctx.rt.block_on(ctx.ns.stat(&p)).map(Response::Attr).unwrap_or_else(error),
             },
             Request::List { path } => match normalise(&path) {
-                None => error(NsError::new(libc::EINVAL, format!("bad path {path:?}: must start with /"))),
+                None => error(NsError::Invalid(format!("bad path {path:?}: must start with /"))),
                 Some(p) => ctx
                     .rt
                     .block_on(ctx.ns.list(&p))
@@ -164,7 +164,7 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
                     .unwrap_or_else(error),
             },
             Request::Walk { path } => match normalise(&path) {
-                None => error(NsError::new(libc::EINVAL, format!("bad path {path:?}: must start with /"))),
+                None => error(NsError::Invalid(format!("bad path {path:?}: must start with /"))),
                 Some(p) => ctx
                     .rt
                     .block_on(ctx.ns.walk(&p, WALK_FILES_MAX))

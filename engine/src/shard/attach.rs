@@ -137,10 +137,10 @@ async fn serve(
             CqEntry { req_id: req.req_id, result: len as i64, data_off: req.buf_off, object_size }
         }
         Err(e) => {
-            if e.errno != libc::ENOENT && e.errno != libc::EISDIR && e.errno != libc::EINVAL {
-                tracing::warn!(shard = shard.id, error = %e.message, "read failed");
+            if !matches!(e, crate::namespace::NsError::NotFound(_) | crate::namespace::NsError::IsDir(_) | crate::namespace::NsError::Invalid(_)) {
+                tracing::warn!(shard = shard.id, error = %e, "read failed");
             }
-            CqEntry { req_id: req.req_id, result: -(e.errno as i64), data_off: 0, object_size: 0 }
+            CqEntry { req_id: req.req_id, result: -(e.errno() as i64), data_off: 0, object_size: 0 }
         }
     };
     shard.counters.inflight_requests.fetch_sub(1, Relaxed);

@@ -98,7 +98,7 @@ pub(super) async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver
                 let s = shard.clone();
                 glommio::spawn_local(async move {
                     if let Err(e) = s.fetch(&path, block, Some(&attr)).await {
-                        tracing::debug!(shard = s.id, path, block, error = %e.message, "read-ahead failed");
+                        tracing::debug!(shard = s.id, path, block, error = %e, "read-ahead failed");
                     }
                     s.readahead_inflight.set(s.readahead_inflight.get() - 1);
                 })

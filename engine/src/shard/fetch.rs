@@ -53,7 +53,7 @@ impl Shard {
             // Joining a fetch already under way (another reader's, or a
             // prefetch) costs no under-storage call: it counts as a hit.
             self.counters.hits.fetch_add(1, Relaxed);
-            return rx.await.unwrap_or_else(|_| Err(NsError::new(libc::EIO, format!("{path}: fetch abandoned"))));
+            return rx.await.unwrap_or_else(|_| Err(NsError::Engine(format!("{path}: fetch abandoned"))));
         }
         self.counters.misses.fetch_add(1, Relaxed);
         let from_owner = match ask_owner {
@@ -115,7 +115,7 @@ impl Shard {
                     }
                     None => ns.read_versioned(&p, off, bs).await,
                 };
-                res.map_err(|e| NsError::new(e.errno(), format!("{p}: under storage: {e}")))
+                res.map_err(|e| NsError::Ufs { errno: e.errno(), message: format!("{p}: under storage: {e}") })
             })
             .await?;
         let expected = attr.size.saturating_sub(off).min(bs);
@@ -123,9 +123,7 @@ impl Shard {
             // The object changed under us: forget its attribute so the next
             // read sees the new version, and fail this one cleanly.
             self.ns.invalidate(path);
-            return Err(NsError::new(
-                libc::EIO,
-                format!(
+            return Err(NsError::Engine(format!(
                     "{path}: object changed while reading (got {} of {expected} bytes{})",
                     data.len(),
                     if known { "" } else { " with its attributes" }
@@ -140,6 +138,6 @@ impl Shard {
         self.rt.spawn(async move {
             let _ = tx.send(f.await);
         });
-        rx.await.unwrap_or_else(|_| Err(NsError::new(libc::EIO, "engine is shutting down")))
+        rx.await.unwrap_or_else(|_| Err(NsError::Engine("engine is shutting down".into())))
     }
 }

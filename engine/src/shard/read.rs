@@ -14,7 +14,7 @@ use stoker_proto::key::BlockKey;
 use stoker_proto::ring::{SqEntry, FLAG_NO_DATA};
 
 fn invalid(m: &str) -> NsError {
-    NsError::new(libc::EINVAL, m)
+    NsError::Invalid(m.to_string())
 }
 
 /// The part of block `req.block` a request wants, for an object of `size`
@@ -28,7 +28,7 @@ fn wanted(req: &SqEntry, bs: u64, size: u64) -> (u64, usize, usize) {
 }
 
 fn is_dir(path: &str) -> NsError {
-    NsError::new(libc::EISDIR, format!("{path}: is a directory"))
+    NsError::IsDir(format!("{path}: is a directory"))
 }
 
 impl Shard {
@@ -89,7 +89,7 @@ impl Shard {
         }
         let raw = area.read_data(req.buf_off, req.path_len as u64).ok_or_else(|| invalid("bad slot"))?;
         let path = String::from_utf8(raw).map_err(|_| invalid("path is not UTF-8"))?;
-        let path = normalise(&path).ok_or_else(|| NsError::new(libc::EINVAL, format!("bad path {path:?}")))?;
+        let path = normalise(&path).ok_or_else(|| NsError::Invalid(format!("bad path {path:?}")))?;
         let bs = self.ns.block_bytes(&path);
         if req.off_in_block.saturating_add(req.len) > bs {
             return Err(invalid("range outside the block"));
