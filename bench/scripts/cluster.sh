@@ -46,7 +46,8 @@ for mode in 0 1; do
     until [ "$(field n1 "['cluster']['members'].__len__()")" = 3 ]; do sleep 0.2; done
   fi
   sync; echo 3 >/proc/sys/vm/drop_caches
-  epoch n1 "cold-$mode-n1" & epoch n2 "cold-$mode-n2" & epoch n3 "cold-$mode-n3" & wait
+  epoch n1 "cold-$mode-n1" & e1=$!; epoch n2 "cold-$mode-n2" & e2=$!; epoch n3 "cold-$mode-n3" & e3=$!
+  wait $e1 $e2 $e3  # not a bare wait: the nodes and etcd are children too
   ufs=0; for id in n1 n2 n3; do ufs=$((ufs + $(field $id "['ufs_bytes_read']"))); done
   echo "mode $mode (0 lone, 1 cluster): under storage read $ufs bytes = $(python3 -c "print(round($ufs/$total, 2))")x the dataset"
   for id in n1 n2 n3; do summary "$W/cold-$mode-$id.json"; done
