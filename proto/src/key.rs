@@ -41,6 +41,11 @@ impl BlockKey {
         rest.len() > b.len() && rest.ends_with(b.as_bytes()) && rest[rest.len() - b.len() - 1] == 0 && !rest[..rest.len() - b.len() - 1].contains(&0)
     }
 
+    /// The hash of full key bytes (what `new` puts in `hash`).
+    pub fn hash_of(bytes: &[u8]) -> u64 {
+        xxh3_64_with_seed(bytes, KEY_SEED)
+    }
+
     pub fn new(path: &str, version: &str, block: u64) -> BlockKey {
         let mut bytes = Vec::with_capacity(path.len() + version.len() + 24);
         bytes.extend_from_slice(path.as_bytes());

@@ -48,6 +48,10 @@ pub(super) async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver
                     shard.mem.remove(*k);
                     shard.ahead.remove(*k);
                 }
+                // Blocks still on their way to the store: not served from
+                // memory any more, and dropped again once written (writeback.rs).
+                let set: std::collections::HashSet<u64> = keys.iter().copied().collect();
+                shard.unwritten.borrow_mut().retain(|bytes, _| !set.contains(&stoker_proto::key::BlockKey::hash_of(bytes)));
                 let n = keys.iter().filter(|k| shard.store.remove(**k)).count() as u64;
                 for k in &keys {
                     shard.store.set_pinned(*k, false);

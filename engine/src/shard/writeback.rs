@@ -58,10 +58,13 @@ impl Shard {
                 }
                 Err(e) => tracing::warn!(error = %e, "caching a block failed"),
             }
-            if let Some((p, epoch, attr, path)) = publisher {
+            // Freed (`stoker free`) while it was being written: drop it now,
+            // with a tombstone, instead of keeping what was asked to go.
+            if unwritten.borrow_mut().remove(&key.bytes).is_none() {
+                store.remove(key.hash);
+            } else if let Some((p, epoch, attr, path)) = publisher {
                 p.publish(&store, epoch, &path, block, &key, &attr);
             }
-            unwritten.borrow_mut().remove(&key.bytes);
             queued.set(queued.get() - len);
             counters.pending_write_bytes.store(queued.get(), Relaxed);
             publish_store(&store, &counters);
