@@ -111,7 +111,7 @@ pub fn serve(listener: TcpListener, token: Arc<Vec<u8>>, limits: Limits, counter
                 counters.refused.fetch_add(1, Ordering::Relaxed);
                 let mut s = stream;
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), refuse(&mut s, "too many peer connections")).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), s.write_all(&refusal("too many peer connections"))).await;
                 });
                 continue;
             };
@@ -127,11 +127,12 @@ pub fn serve(listener: TcpListener, token: Arc<Vec<u8>>, limits: Limits, counter
     })
 }
 
-async fn refuse(s: &mut TcpStream, why: &str) -> std::io::Result<()> {
+/// A refusal as sent: a non-zero byte, then the reason.
+fn refusal(why: &str) -> Vec<u8> {
     let mut out = vec![1u8];
     out.extend_from_slice(&(why.len() as u16).to_le_bytes());
     out.extend_from_slice(why.as_bytes());
-    s.write_all(&out).await
+    out
 }
 
 async fn connection(stream: TcpStream, token: &[u8], limits: Limits, counters: Arc<ServerCounters>, handler: Handler) -> std::io::Result<()> {
@@ -154,12 +155,8 @@ async fn connection(stream: TcpStream, token: &[u8], limits: Limits, counters: A
     let ok = matches!(&hello, Ok(Ok((head, t))) if !t.is_empty() && &head[..4] == MAGIC && u16::from_le_bytes([head[4], head[5]]) == VERSION && same(t, token));
     if !ok {
         counters.refused.fetch_add(1, Ordering::Relaxed);
-        let mut w = wr.lock().await;
-        let mut out = vec![1u8];
-        let why = "bad cluster token or protocol (--cluster-token-file must match on every node)";
-        out.extend_from_slice(&(why.len() as u16).to_le_bytes());
-        out.extend_from_slice(why.as_bytes());
-        let _ = tokio::time::timeout(limits.timeout, w.write_all(&out)).await;
+        let out = refusal("bad cluster token or protocol (--cluster-token-file must match on every node)");
+        let _ = tokio::time::timeout(limits.timeout, wr.lock().await.write_all(&out)).await;
         return Ok(());
     }
     wr.lock().await.write_all(&[0]).await?;
@@ -203,7 +200,7 @@ async fn connection(stream: TcpStream, token: &[u8], limits: Limits, counters: A
             out.push(status);
             out.extend_from_slice(payload);
             let mut w = wr.lock().await;
-            // A peer that stops reading holds this task, not the others' answers, for at most the timeout.
+            // A peer that stops reading holds the connection's write lock for at most the timeout.
             let _ = tokio::time::timeout(limits.timeout, w.write_all(&out)).await;
         });
     }
