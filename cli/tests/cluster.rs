@@ -209,6 +209,15 @@ fn a_load_on_one_node_fills_every_owner() {
     assert!(out.status.success(), "stoker load: {}", String::from_utf8_lossy(&out.stderr));
     let ufs: u64 = nodes.iter().map(|n| n.stats().ufs_bytes_read).sum();
     assert_eq!(ufs, total, "the load read {ufs} bytes under storage for a {total}-byte tree");
+    // Blocks reach each store in the background after the load returns
+    // (reads meanwhile are served from the write queue): wait for the
+    // writes to land before counting what each node keeps.
+    for n in &nodes {
+        let c = n.client();
+        wait_for("writes to land", Duration::from_secs(30), || {
+            c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0 && s.inflight_requests == 0)
+        });
+    }
     // Every owner holds a share: no node was left out, none holds it all.
     let blocks: Vec<u64> = nodes.iter().map(|n| n.stats().blocks).collect();
     assert!(blocks.iter().all(|&b| b > 0), "a node cached nothing: {blocks:?}");
