@@ -108,7 +108,6 @@ fn verify_file(c: &Client, path: &str, size: u64) -> Result<Option<String>> {
 struct Counts {
     files: AtomicU64,
     bytes: AtomicU64,
-    loaded: AtomicU64,
     skipped: AtomicU64,
     verified: AtomicU64,
 }
@@ -128,9 +127,37 @@ pub fn load(socket: &str, prefix: &str, o: &LoadOpts) -> Result<()> {
         mode.push_str(", verify");
     }
     eprintln!("load: {prefix}: {} files, {} ({mode})", files.len(), human(total_bytes));
-    let next = AtomicUsize::new(0);
+    // In a cluster each owner fetches and keeps its share; the members seen
+    // now tell, at the end, whether one was lost during the load.
+    let mut members = cluster_members(&c);
     let n = Counts::default();
     let failed: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let again: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    // One pass over `todo` (indices into `files`); `first` counts progress.
+    let pass = |todo: &[usize], first: bool| {
+        let next = AtomicUsize::new(0);
+        let scratch = Counts::default();
+        let counts = if first { &n } else { &scratch };
+        std::thread::scope(|s| {
+            for _ in 0..parallel {
+                s.spawn(|| {
+                    while let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let (path, size) = &files[i];
+                        match one_file(&c, path, *size, o, counts) {
+                            Ok(()) => {}
+                            // An owner in the cluster could not take its share now.
+                            Err(e) if is_again(&e) => again.lock().unwrap().push(i),
+                            Err(e) => failed.lock().unwrap().push(format!("{path}: {e:#}")),
+                        }
+                        if first {
+                            n.files.fetch_add(1, Ordering::Relaxed);
+                            n.bytes.fetch_add(*size, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+    };
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
         let b = indicatif::ProgressBar::with_draw_target(
@@ -186,21 +213,40 @@ pub fn load(socket: &str, prefix: &str, o: &LoadOpts) -> Result<()> {
                 }
             }
         });
-        let workers: Vec<_> = (0..parallel)
-            .map(|_| {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((path, size)) = files.get(i) else { break };
-                    if let Err(e) = one_file(&c, path, *size, o, &n) {
-                        failed.lock().unwrap().push(format!("{path}: {e:#}"));
-                    }
-                    n.files.fetch_add(1, Ordering::Relaxed);
-                    n.bytes.fetch_add(*size, Ordering::Relaxed);
-                })
-            })
-            .collect();
-        for w in workers {
-            let _ = w.join();
+        let all: Vec<usize> = (0..files.len()).collect();
+        pass(&all, true);
+        // A member lost during the load took its share with it, and blocks
+        // it could not take were left: ask the new owners (the others
+        // answer at once for blocks they hold). A few rounds at most.
+        for _ in 0..3 {
+            let mut retry = std::mem::take(&mut *again.lock().unwrap());
+            let Some(before) = &members else { break };
+            let mut now = cluster_members(&c).unwrap_or_default();
+            if !retry.is_empty() && now == *before {
+                // An owner did not answer but is still listed: wait (bounded)
+                // for its lease to lapse and the member list to drop it.
+                let deadline = Instant::now() + MEMBERS_SETTLE;
+                while now == *before && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(200));
+                    now = cluster_members(&c).unwrap_or_default();
+                }
+            }
+            let lost: Vec<&String> = before.iter().filter(|m| !now.contains(m)).collect();
+            if retry.is_empty() && lost.is_empty() {
+                break;
+            }
+            if !lost.is_empty() {
+                let lost: Vec<&str> = lost.iter().map(|s| s.as_str()).collect();
+                eprintln!("load: {} left the cluster during the load; loading its share on the new owners", lost.join(", "));
+                retry = (0..files.len()).collect();
+            } else {
+                eprintln!("load: asking again for {} files whose owner did not answer", retry.len());
+            }
+            members = Some(now);
+            pass(&retry, false);
+        }
+        for i in std::mem::take(&mut *again.lock().unwrap()) {
+            failed.lock().unwrap().push(format!("{}: its owner in the cluster could not take it", files[i].0));
         }
         finished.store(true, Ordering::Release);
         progress.thread().unpark();
@@ -214,8 +260,9 @@ pub fn load(socket: &str, prefix: &str, o: &LoadOpts) -> Result<()> {
     let mut failed = failed.into_inner().unwrap();
     failed.sort();
     let secs = t0.elapsed().as_secs_f64();
-    let loaded = n.loaded.load(Ordering::Relaxed);
     let skipped = n.skipped.load(Ordering::Relaxed);
+    // Files loaded on a second round count once.
+    let loaded = (files.len() - failed.len()).saturating_sub(skipped as usize);
     let mut summary = format!(
         "load: {prefix}: {} files: {loaded} loaded, {skipped} skipped (already cached)",
         files.len()
@@ -243,6 +290,23 @@ pub fn load(socket: &str, prefix: &str, o: &LoadOpts) -> Result<()> {
     Ok(())
 }
 
+/// How long a load waits for a member that stopped answering to leave the
+/// member list (its lease to lapse) before asking its blocks again.
+const MEMBERS_SETTLE: Duration = Duration::from_secs(30);
+
+/// The ids of the engine's cluster members, sorted; None outside a cluster.
+fn cluster_members(c: &Client) -> Option<Vec<String>> {
+    let mut ids: Vec<String> = c.engine_stats().ok()?.cluster?.members.into_iter().map(|m| m.id).collect();
+    ids.sort();
+    Some(ids)
+}
+
+/// EAGAIN from the engine: a cluster member that owns a block could not
+/// take it now.
+fn is_again(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<stoker_client::Error>().is_some_and(|e| e.errno() == libc::EAGAIN)
+}
+
 fn one_file(c: &Client, path: &str, size: u64, o: &LoadOpts, n: &Counts) -> Result<()> {
     // Whether every block of `path` is cached (an empty file always is).
     let skip = o.skip_cached && {
@@ -253,7 +317,6 @@ fn one_file(c: &Client, path: &str, size: u64, o: &LoadOpts, n: &Counts) -> Resu
         n.skipped.fetch_add(1, Ordering::Relaxed);
     } else {
         c.prefetch(path, size).map_err(anyhow::Error::from)?;
-        n.loaded.fetch_add(1, Ordering::Relaxed);
     }
     if o.verify {
         if let Some(reason) = verify_file(c, path, size)? {

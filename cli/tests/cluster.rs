@@ -7,13 +7,14 @@
 
 mod common;
 
-use common::{make_tree, run, wait_for, Server};
+use common::{make_tree, metric_or, run, wait_for, Server};
 use std::path::Path;
 use std::time::Duration;
 use stoker_cluster::testing::{free_port, Etcd};
 
 struct Node {
     srv: Option<Server>,
+    metrics: std::net::SocketAddr,
     cache: std::path::PathBuf,
     sock: String,
     args: Vec<String>,
@@ -21,8 +22,13 @@ struct Node {
 
 impl Node {
     fn new(base: &Path, etcd: &Etcd, id: &str, src: &Path, token: &Path) -> Node {
+        Node::with(base, etcd, id, src, token, &[])
+    }
+
+    fn with(base: &Path, etcd: &Etcd, id: &str, src: &Path, token: &Path, extra: &[&str]) -> Node {
         let port = free_port();
-        let args = vec![
+        let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut args = vec![
             "--shards".to_string(),
             "2".into(),
             "--capacity".into(),
@@ -39,8 +45,11 @@ impl Node {
             format!("127.0.0.1:{port}"),
             "--cluster-token-file".into(),
             token.display().to_string(),
+            "--metrics".into(),
+            metrics.to_string(),
         ];
-        let mut n = Node { srv: None, cache: base.join(format!("cache-{id}")), sock: base.join(format!("{id}.sock")).display().to_string(), args };
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut n = Node { srv: None, metrics, cache: base.join(format!("cache-{id}")), sock: base.join(format!("{id}.sock")).display().to_string(), args };
         n.start();
         n
     }
@@ -60,6 +69,11 @@ impl Node {
 
     fn members(&self) -> usize {
         self.stats().cluster.map_or(0, |c| c.members.len())
+    }
+
+    /// Under-storage calls of kind `op` (stat, read, list) this node made.
+    fn ufs_ops(&self, op: &str) -> f64 {
+        metric_or(self.metrics, &format!("stoker_ufs_request_duration_seconds_count{{mount=\"m\",op=\"{op}\"}}"), Some(0.0))
     }
 }
 
@@ -89,6 +103,12 @@ fn three_nodes_fetch_each_block_once_and_survive_a_kill() {
     // Each block came from under storage once for the cluster.
     let ufs: u64 = nodes.iter().map(|n| n.stats().ufs_bytes_read).sum();
     assert_eq!(ufs, total, "under storage read {ufs} bytes for a {total}-byte tree over three nodes");
+    // Nothing was asked of under storage but reads: a node that had not
+    // seen a file asked the block's owner, whose answer brought the
+    // file's attributes (no stat first).
+    let stats: f64 = nodes.iter().map(|n| n.ufs_ops("stat")).sum();
+    assert_eq!(stats, 0.0, "the cold reads made {stats} under-storage stats");
+    assert!(nodes.iter().map(|n| n.ufs_ops("read")).sum::<f64>() > 0.0, "no under-storage reads counted");
     let asked: u64 = nodes.iter().map(|n| n.stats().cluster.unwrap().asked.hits).sum();
     let served: u64 = nodes.iter().map(|n| n.stats().cluster.unwrap().served.requests).sum();
     assert!(asked > 0 && asked == served, "peer reads asked {asked}, served {served}");
@@ -158,7 +178,9 @@ fn three_nodes_fetch_each_block_once_and_survive_a_kill() {
         let path = format!("/m/{p}");
         let attr = c.stat(&path).unwrap();
         for b in 0..attr.size.div_ceil(64 << 10) {
-            let key = stoker_proto::key::BlockKey::new(&path, &attr.version, b).hash;
+            // Placement hashes the path and block (not the version): the
+            // shard routing hash (stoker_engine::cluster::placement_hash).
+            let key = stoker_proto::key::route_hash(&path, b);
             let (before, after) = (stoker_cluster::owner(key, &three).unwrap(), stoker_cluster::owner(key, &four).unwrap());
             blocks += 1;
             if before.id != after.id {
@@ -201,7 +223,14 @@ fn a_load_on_one_node_fills_every_owner() {
     let total: u64 = tree.iter().map(|(_, d)| d.len() as u64).sum();
     let token = dir.path().join("token");
     std::fs::write(&token, "another-token").unwrap();
-    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|id| Node::new(dir.path(), &etcd, id, &src, &token)).collect();
+    // b keeps a local copy of the blocks it reads from their owners.
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            let extra: &[&str] = if *id == "b" { &["--mount-opt", "m:peer_copy=true"] } else { &[] };
+            Node::with(dir.path(), &etcd, id, &src, &token, extra)
+        })
+        .collect();
     for n in &nodes {
         wait_for("three members", Duration::from_secs(30), || n.members() == 3);
     }
@@ -232,4 +261,74 @@ fn a_load_on_one_node_fills_every_owner() {
     }
     let after: u64 = nodes.iter().map(|n| n.stats().ufs_bytes_read).sum();
     assert_eq!(after, total, "reads after the load went to under storage");
+    // peer_copy: b now holds every block, c (without it) only its share.
+    for n in &nodes[1..] {
+        let c = n.client();
+        wait_for("writes to land", Duration::from_secs(30), || {
+            c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0 && s.inflight_requests == 0)
+        });
+    }
+    let all = blocks.iter().sum::<u64>();
+    assert_eq!(nodes[1].stats().blocks, all, "b kept no copy of the blocks it read from peers");
+    assert_eq!(nodes[2].stats().blocks, blocks[2], "c kept blocks it does not own");
+    // A second read through b asks no peer.
+    let asked = nodes[1].stats().cluster.unwrap().asked.hits;
+    let c = nodes[1].client();
+    for (p, data) in &tree {
+        assert!(c.read_file(&format!("/m/{p}")).unwrap() == *data, "wrong bytes for {p}");
+    }
+    assert_eq!(nodes[1].stats().cluster.unwrap().asked.hits, asked, "b asked its peers again");
+}
+
+/// A node killed in the middle of `stoker load`: the load still succeeds,
+/// says the node left, and has its share fetched by the new owners, so a
+/// read of the whole tree through either survivor afterwards reads nothing
+/// from under storage. No block crosses the network during the load.
+#[test]
+fn a_load_redoes_the_share_of_a_node_lost_midway() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(etcd) = Etcd::start(dir.path()) else { return };
+    let src = dir.path().join("src");
+    let sizes: Vec<usize> = (0..240).map(|i| 20_000 + (i * 7_919) % 100_000).collect();
+    let tree = make_tree(&src, &sizes, 16);
+    let token = dir.path().join("token");
+    std::fs::write(&token, "load-token").unwrap();
+    let slow = ["--ufs-latency", "20ms"];
+    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|id| Node::with(dir.path(), &etcd, id, &src, &token, &slow)).collect();
+    for n in &nodes {
+        wait_for("three members", Duration::from_secs(30), || n.members() == 3);
+    }
+    let load = common::stoker()
+        .args(["load", "/m", "--parallel", "1", "--socket", &nodes[0].sock])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("c to take part of the load", Duration::from_secs(60), || nodes[2].stats().cluster.unwrap().served.requests >= 10);
+    nodes[2].srv.take().unwrap().kill9();
+    let out = load.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stoker load: {err}");
+    assert!(err.contains("c left the cluster during the load"), "{err}");
+    // Preloads carry no bytes: nothing was sent between nodes.
+    for n in &nodes[..2] {
+        let c = n.stats().cluster.unwrap();
+        assert_eq!((c.asked.bytes, c.served.bytes), (0, 0), "bytes crossed the network during the load");
+    }
+    for n in &nodes[..2] {
+        let c = n.client();
+        wait_for("writes to land", Duration::from_secs(30), || {
+            c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0 && s.inflight_requests == 0)
+        });
+    }
+    let before: u64 = nodes[..2].iter().map(|n| n.stats().ufs_bytes_read).sum();
+    for n in &nodes[..2] {
+        let c = n.client();
+        for (p, data) in &tree {
+            assert!(c.read_file(&format!("/m/{p}")).unwrap() == *data, "wrong bytes for {p}");
+        }
+    }
+    let after: u64 = nodes[..2].iter().map(|n| n.stats().ufs_bytes_read).sum();
+    assert_eq!(after, before, "c's share was not loaded on its new owners");
 }

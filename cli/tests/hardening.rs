@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{make_tree, run, stoker, wait_for, Server};
+use common::{make_tree, metric, run, stoker, wait_for, Server};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use std::io::{IoSlice, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -19,17 +19,6 @@ use stoker_proto::control::{read_frame, write_frame, Request, Response};
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// The value of one sample (`name{labels}` exactly as exported).
-fn metric(addr: SocketAddr, sample: &str) -> f64 {
-    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connecting to the metrics endpoint");
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(c, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut body = String::new();
-    c.read_to_string(&mut body).unwrap();
-    let line = body.lines().find(|l| l.rsplit_once(' ').is_some_and(|(s, _)| s == sample));
-    line.unwrap_or_else(|| panic!("no sample {sample} in:\n{body}")).rsplit_once(' ').unwrap().1.parse().unwrap()
 }
 
 /// A raw control connection whose reads give up after 20 s (far longer

@@ -7,11 +7,16 @@
 //!   the token. The server answers one byte, 0 = admitted; anything else is
 //!   followed by a `u16` length and a message, and the connection is closed.
 //!   An unauthenticated peer gets nothing else.
-//! - request: `u32` length, then `id u64`, `block u64`, path length `u16`,
-//!   path, version length `u16`, version (the requester's version token of
-//!   the file; the owner refuses a block of another version).
-//! - answer: `u32` length, then `id u64`, status `u8` (0 ok, else an errno),
-//!   then the block's bytes (ok) or a message.
+//! - request: `u32` length, then `id u64`, `block u64`, flags `u8` (bit 0:
+//!   preload — fetch and keep the block, send no bytes back), path length
+//!   `u16`, path, version length `u16`, version (the requester's version
+//!   token of the file, empty when it does not know the file yet; the owner
+//!   refuses a block of another version).
+//! - answer: `u32` length, then `id u64`, status `u8` (0 ok, else an errno);
+//!   ok: the file's `size u64`, `mtime_ns i64`, version length `u16`,
+//!   version, then the block's bytes (none for a preload); else a message.
+//!   The attributes let a node that has not seen the file yet ask the owner
+//!   at once, instead of asking under storage for them first.
 //!
 //! Bounds: frames of at most `FRAME_MAX`; `Limits::connections` connections
 //! per server; `Limits::in_flight` requests per connection (the server stops
@@ -32,7 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 
 const MAGIC: &[u8; 4] = b"STKP";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 /// Largest frame either side accepts: a 4 MiB block and its header.
 pub const FRAME_MAX: usize = (4 << 20) + 64 * 1024;
 const PATH_MAX: usize = 4096;
@@ -43,9 +48,28 @@ pub const TOKEN_MAX: usize = 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockRequest {
     pub path: String,
+    /// The version the asker has seen; empty: whatever the owner sees.
     pub version: String,
     pub block: u64,
+    /// Fetch and keep it, send no bytes (a distributed `stoker load`).
+    pub preload: bool,
 }
+
+/// An owner's answer: the file's attributes as the owner sees them, and
+/// the block's bytes (empty for a preload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerBlock {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub version: String,
+    pub data: Vec<u8>,
+}
+
+const PRELOAD: u8 = 1;
+/// Smallest request body: id, block, flags and two lengths.
+const REQUEST_MIN: usize = 8 + 8 + 1 + 2 + 2;
+/// Smallest answer body: id and status.
+const ANSWER_MIN: usize = 9;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -63,7 +87,7 @@ pub enum PeerError {
 
 /// What a server's owner does with a request: the block's bytes, or an
 /// errno and a message.
-pub type Served = Result<Vec<u8>, (i32, String)>;
+pub type Served = Result<PeerBlock, (i32, String)>;
 pub type Handler = Arc<dyn Fn(BlockRequest) -> Pin<Box<dyn Future<Output = Served> + Send>> + Send + Sync>;
 
 #[derive(Clone, Copy, Debug)]
@@ -169,7 +193,7 @@ async fn connection(stream: TcpStream, token: &[u8], limits: Limits, counters: A
             return Ok(());
         }
         let len = u32::from_le_bytes(len) as usize;
-        if !(18..=PATH_MAX * 2 + 32).contains(&len) {
+        if !(REQUEST_MIN..=PATH_MAX * 2 + 32).contains(&len) {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request frame of a bad size"));
         }
         let mut body = vec![0u8; len];
@@ -184,21 +208,11 @@ async fn connection(stream: TcpStream, token: &[u8], limits: Limits, counters: A
         tokio::spawn(async move {
             let _permit = permit;
             let answer = handler(req).await;
-            let (status, payload): (u8, &[u8]) = match &answer {
-                Ok(data) => {
-                    counters.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    (0, data)
-                }
-                Err((errno, msg)) => {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                    ((*errno).clamp(1, 255) as u8, msg.as_bytes())
-                }
+            match &answer {
+                Ok(b) => counters.bytes.fetch_add(b.data.len() as u64, Ordering::Relaxed),
+                Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
             };
-            let mut out = Vec::with_capacity(13 + payload.len());
-            out.extend_from_slice(&((9 + payload.len()) as u32).to_le_bytes());
-            out.extend_from_slice(&id.to_le_bytes());
-            out.push(status);
-            out.extend_from_slice(payload);
+            let out = encode_answer(id, &answer);
             let mut w = wr.lock().await;
             // A peer that stops reading holds the connection's write lock for at most the timeout.
             let _ = tokio::time::timeout(limits.timeout, w.write_all(&out)).await;
@@ -206,34 +220,97 @@ async fn connection(stream: TcpStream, token: &[u8], limits: Limits, counters: A
     }
 }
 
+/// A little-endian reader over a frame body; None past its end.
+struct Frame<'a>(&'a [u8]);
+
+impl<'a> Frame<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn str(&mut self, max: usize) -> Option<String> {
+        let n = self.u16()? as usize;
+        if n > max {
+            return None;
+        }
+        Some(std::str::from_utf8(self.take(n)?).ok()?.to_string())
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
 fn decode_request(b: &[u8]) -> Option<(u64, BlockRequest)> {
-    let id = u64::from_le_bytes(b.get(0..8)?.try_into().ok()?);
-    let block = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
-    let pl = u16::from_le_bytes(b.get(16..18)?.try_into().ok()?) as usize;
-    let path = std::str::from_utf8(b.get(18..18 + pl)?).ok()?.to_string();
-    let at = 18 + pl;
-    let vl = u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize;
-    let version = std::str::from_utf8(b.get(at + 2..at + 2 + vl)?).ok()?.to_string();
-    if at + 2 + vl != b.len() || pl > PATH_MAX {
+    let mut f = Frame(b);
+    let id = f.u64()?;
+    let block = f.u64()?;
+    let flags = f.take(1)?[0];
+    let path = f.str(PATH_MAX)?;
+    let version = f.str(PATH_MAX)?;
+    if !f.0.is_empty() || flags & !PRELOAD != 0 {
         return None;
     }
-    Some((id, BlockRequest { path, version, block }))
+    Some((id, BlockRequest { path, version, block, preload: flags & PRELOAD != 0 }))
 }
 
 fn encode_request(id: u64, r: &BlockRequest) -> Vec<u8> {
-    let len = 8 + 8 + 2 + r.path.len() + 2 + r.version.len();
+    let len = REQUEST_MIN + r.path.len() + r.version.len();
     let mut out = Vec::with_capacity(4 + len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&r.block.to_le_bytes());
-    out.extend_from_slice(&(r.path.len() as u16).to_le_bytes());
-    out.extend_from_slice(r.path.as_bytes());
-    out.extend_from_slice(&(r.version.len() as u16).to_le_bytes());
-    out.extend_from_slice(r.version.as_bytes());
+    out.push(if r.preload { PRELOAD } else { 0 });
+    put_str(&mut out, &r.path);
+    put_str(&mut out, &r.version);
     out
 }
 
-type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, (i32, String)>>>>>;
+fn encode_answer(id: u64, answer: &Served) -> Vec<u8> {
+    let mut body = Vec::with_capacity(64 + answer.as_ref().map_or(0, |b| b.data.len()));
+    body.extend_from_slice(&id.to_le_bytes());
+    match answer {
+        Ok(b) => {
+            body.push(0);
+            body.extend_from_slice(&b.size.to_le_bytes());
+            body.extend_from_slice(&b.mtime_ns.to_le_bytes());
+            put_str(&mut body, &b.version);
+            body.extend_from_slice(&b.data);
+        }
+        Err((errno, msg)) => {
+            body.push((*errno).clamp(1, 255) as u8);
+            body.extend_from_slice(msg.as_bytes());
+        }
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// An answer's request id and what it says; None for a malformed frame.
+fn decode_answer(body: &[u8]) -> Option<(u64, Served)> {
+    let mut f = Frame(body);
+    let id = f.u64()?;
+    let status = f.take(1)?[0];
+    if status != 0 {
+        return Some((id, Err((i32::from(status), String::from_utf8_lossy(f.0).into_owned()))));
+    }
+    let size = f.u64()?;
+    let mtime_ns = f.u64()? as i64;
+    let version = f.str(PATH_MAX)?;
+    Some((id, Ok(PeerBlock { size, mtime_ns, version, data: f.0.to_vec() })))
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Served>>>>;
 
 /// A connection to one peer, shared by every reader on this node.
 pub struct PeerClient {
@@ -292,17 +369,14 @@ impl PeerClient {
                     break;
                 }
                 let len = u32::from_le_bytes(len) as usize;
-                if !(9..=FRAME_MAX).contains(&len) {
+                if !(ANSWER_MIN..=FRAME_MAX).contains(&len) {
                     break;
                 }
                 let mut body = vec![0u8; len];
                 if rd.read_exact(&mut body).await.is_err() {
                     break;
                 }
-                let id = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-                let status = body[8];
-                let payload = body.split_off(9);
-                let answer = if status == 0 { Ok(payload) } else { Err((i32::from(status), String::from_utf8_lossy(&payload).into_owned())) };
+                let Some((id, answer)) = decode_answer(&body) else { break };
                 if let Some(tx) = w.lock().expect("not poisoned").remove(&id) {
                     let _ = tx.send(answer);
                 }
@@ -327,7 +401,7 @@ impl PeerClient {
     }
 
     /// Ask for one block; an error means "read it from under storage".
-    pub async fn read(&self, req: &BlockRequest) -> Result<Vec<u8>, PeerError> {
+    pub async fn read(&self, req: &BlockRequest) -> Result<PeerBlock, PeerError> {
         let t = self.limits.timeout;
         let addr = self.addr;
         let id = self.next.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use stoker_cluster::peer::{serve, BlockRequest, Handler, Limits, PeerClient, PeerError, ServerCounters};
+use stoker_cluster::peer::{serve, BlockRequest, Handler, Limits, PeerBlock, PeerClient, PeerError, ServerCounters};
 use tokio::net::TcpListener;
 
 fn block_bytes(r: &BlockRequest) -> Vec<u8> {
@@ -38,7 +38,8 @@ async fn owner(token: &str, limits: Limits, delay: Duration) -> Owner {
             if r.version == "stale" {
                 Err((libc_estale(), format!("{} is not at version {}", r.path, r.version)))
             } else {
-                Ok(block_bytes(&r))
+                let data = if r.preload { Vec::new() } else { block_bytes(&r) };
+                Ok(PeerBlock { size: 1 << 30, mtime_ns: 7, version: format!("seen-{}", r.version), data })
             }
         })
     });
@@ -51,7 +52,7 @@ fn libc_estale() -> i32 {
 }
 
 fn req(i: u64) -> BlockRequest {
-    BlockRequest { path: format!("/m/d/f{i}.bin"), version: "v1".into(), block: i % 3 }
+    BlockRequest { path: format!("/m/d/f{i}.bin"), version: "v1".into(), block: i % 3, preload: false }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +67,10 @@ async fn blocks_come_back_exact_and_many_at_once() {
     }
     for t in tasks {
         let (i, got) = t.await.unwrap();
-        assert_eq!(got.unwrap(), block_bytes(&req(i)), "block {i}");
+        let got = got.unwrap();
+        assert_eq!(got.data, block_bytes(&req(i)), "block {i}");
+        // The owner's view of the file comes back with the bytes.
+        assert_eq!((got.size, got.mtime_ns, got.version.as_str()), (1 << 30, 7, "seen-v1"));
     }
     assert_eq!(o.counters.requests.load(Ordering::Relaxed), 64);
     // Many were in flight at once over the one connection, never more than the bound.
@@ -78,7 +82,11 @@ async fn blocks_come_back_exact_and_many_at_once() {
         Err(PeerError::Remote { errno, .. }) => assert_eq!(errno, 116),
         other => panic!("expected the owner's ESTALE, got {other:?}"),
     }
-    assert_eq!(c.read(&req(5)).await.unwrap(), block_bytes(&req(5)));
+    assert_eq!(c.read(&req(5)).await.unwrap().data, block_bytes(&req(5)));
+    // A preload brings the attributes and no bytes; an unknown version is sent empty.
+    let pre = c.read(&BlockRequest { preload: true, version: String::new(), ..req(6) }).await.unwrap();
+    assert!(pre.data.is_empty());
+    assert_eq!(pre.version, "seen-");
     assert_eq!(o.busy.load(Ordering::SeqCst), 0);
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use stoker_cluster::peer::{self, BlockRequest, Handler, Limits, PeerClient, ServerCounters};
+use stoker_cluster::peer::{self, BlockRequest, Handler, Limits, PeerBlock, PeerClient, ServerCounters};
 use stoker_cluster::{JoinConfig, Member, Membership};
 use stoker_proto::control::{ClusterMember, ClusterStats, PeerAsked, PeerServed};
 
@@ -38,6 +38,12 @@ pub struct ClusterConfig {
     pub peer_timeout: Duration,
     /// Lease TTL in etcd. Default 6 s.
     pub lease_ttl: Duration,
+}
+
+/// The hash placement is decided on: the path and block index, the same on
+/// every node (the shard routing hash).
+pub fn placement_hash(path: &str, block: u64) -> u64 {
+    stoker_proto::key::route_hash(path, block)
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -103,32 +109,40 @@ impl ClusterNode {
         }))
     }
 
-    /// The member that owns `key_hash`, when it is not this node.
-    pub fn owner_elsewhere(&self, key_hash: u64) -> Option<Member> {
+    /// The member that owns block `block` of `path`, when it is not this
+    /// node. Placement hashes the path and block, not the version: a node
+    /// that has not seen the file yet knows whom to ask, and the owner
+    /// answers with the file's attributes (docs/CLUSTER.md).
+    pub fn owner_elsewhere(&self, path: &str, block: u64) -> Option<Member> {
         let view = self.membership.watch();
         let v = view.borrow();
-        stoker_cluster::owner(key_hash, &v.members).filter(|m| m.id != self.me).cloned()
+        stoker_cluster::owner(placement_hash(path, block), &v.members).filter(|m| m.id != self.me).cloned()
     }
 
-    /// Ask `owner` for a block. None on any failure (counted): the caller
-    /// reads under storage instead.
-    pub async fn ask(&self, owner: &Member, req: BlockRequest) -> Option<Vec<u8>> {
+    /// Member ids as this node sees them now.
+    pub fn member_ids(&self) -> Vec<String> {
+        self.membership.view().members.into_iter().map(|m| m.id).collect()
+    }
+
+    /// Ask `owner` for a block (or, with `req.preload`, to fetch and keep
+    /// it). An error (counted) means: read under storage instead, or for a
+    /// preload, ask again once the member list has changed.
+    pub async fn ask(&self, owner: &Member, req: BlockRequest) -> Result<PeerBlock, String> {
         match self.ask_once(owner, &req).await {
-            Ok(data) => {
+            Ok(b) => {
                 self.asked.hits.fetch_add(1, Relaxed);
-                self.asked.bytes.fetch_add(data.len() as u64, Relaxed);
-                Some(data)
+                self.asked.bytes.fetch_add(b.data.len() as u64, Relaxed);
+                Ok(b)
             }
             Err(e) => {
                 self.asked.errors.fetch_add(1, Relaxed);
-                self.fell_back();
-                tracing::debug!(owner = %owner.id, error = %e, "peer read failed; reading under storage");
-                None
+                tracing::debug!(owner = %owner.id, error = %e, "peer request failed");
+                Err(e)
             }
         }
     }
 
-    async fn ask_once(&self, owner: &Member, req: &BlockRequest) -> Result<Vec<u8>, String> {
+    async fn ask_once(&self, owner: &Member, req: &BlockRequest) -> Result<PeerBlock, String> {
         let client = self.client(&owner.addr).await?;
         client.read(req).await.map_err(|e| e.to_string())
     }

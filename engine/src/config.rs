@@ -34,6 +34,12 @@ pub struct MountSpec {
     /// Blocks read ahead of a sequential reader of a large object
     /// (`readahead=N`, 0 = off); None = the engine's `--readahead`.
     pub readahead: Option<u64>,
+    /// In a cluster, keep a local copy of blocks read from their owner
+    /// (`peer_copy=true`): repeat reads of them on this node are local hits,
+    /// at the cost of cache space held twice. Default false: each block is
+    /// kept once in the cluster, by its owner, so the cluster's cache is
+    /// the sum of its nodes' (docs/CLUSTER.md).
+    pub peer_copy: bool,
 }
 
 impl MountSpec {
@@ -48,15 +54,14 @@ impl MountSpec {
                     self.sync = Some(d);
                 }
                 "read_only" => {
-                    self.read_only = match v.trim().to_ascii_lowercase().as_str() {
-                        "true" | "yes" | "1" | "on" => true,
-                        "false" | "no" | "0" | "off" => false,
-                        _ => return Err(format!("mount {:?}: read_only: expected true or false, got {v:?}", self.name)),
-                    };
+                    self.read_only = parse_bool(&v).ok_or_else(|| format!("mount {:?}: read_only: expected true or false, got {v:?}", self.name))?;
                 }
                 "block_size" => {
                     let b = parse_size(&v).map_err(|e| format!("mount {:?}: block_size: {e}", self.name))?;
                     self.block_bytes = Some(b);
+                }
+                "peer_copy" => {
+                    self.peer_copy = parse_bool(&v).ok_or_else(|| format!("mount {:?}: peer_copy: expected true or false, got {v:?}", self.name))?;
                 }
                 "readahead" => {
                     let n: u64 = v.trim().parse().map_err(|_| {
@@ -77,6 +82,14 @@ impl MountSpec {
     }
 }
 
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" | "on" => Some(true),
+        "false" | "no" | "0" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 impl std::fmt::Debug for MountSpec {
     /// Secret option values are masked: configs get logged.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +101,7 @@ impl std::fmt::Debug for MountSpec {
             .field("read_only", &self.read_only)
             .field("block_bytes", &self.block_bytes)
             .field("readahead", &self.readahead)
+            .field("peer_copy", &self.peer_copy)
             .finish()
     }
 }

@@ -195,6 +195,7 @@ fn mount_settings(cfg: &EngineConfig) -> Vec<namespace::MountSettings> {
             sync: m.sync_or(cfg.metadata_sync),
             block_bytes: m.block_bytes.unwrap_or(cfg.block_bytes),
             readahead: m.readahead.unwrap_or(cfg.readahead_blocks),
+            peer_copy: m.peer_copy,
         })
         .collect()
 }
@@ -364,6 +365,7 @@ fn mount_infos(cfg: &EngineConfig, settings: &[namespace::MountSettings]) -> Vec
             read_only: m.read_only,
             block_bytes: s.block_bytes,
             readahead_blocks: s.readahead,
+            peer_copy: s.peer_copy,
             inflight_limit: 0,
         })
         .collect()

@@ -278,6 +278,9 @@ pub struct MountInfo {
     pub read_only: bool,
     pub block_bytes: u64,
     pub readahead_blocks: u64,
+    /// In a cluster: blocks read from their owner are kept here too.
+    #[serde(default)]
+    pub peer_copy: bool,
     /// Under-storage requests allowed in flight now (lowered while the
     /// store throttles).
     pub inflight_limit: u64,

@@ -110,3 +110,24 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// The value of one sample (`name{labels}` exactly as exported) from a
+/// `stoker serve --metrics ADDR` endpoint.
+pub fn metric(addr: std::net::SocketAddr, sample: &str) -> f64 {
+    metric_or(addr, sample, None)
+}
+
+/// `metric`, with `absent` for a sample not exported (yet).
+pub fn metric_or(addr: std::net::SocketAddr, sample: &str, absent: Option<f64>) -> f64 {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connecting to the metrics endpoint");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    c.read_to_string(&mut body).unwrap();
+    let line = body.lines().find(|l| l.rsplit_once(' ').is_some_and(|(s, _)| s == sample));
+    match line {
+        Some(l) => l.rsplit_once(' ').unwrap().1.parse().unwrap(),
+        None => absent.unwrap_or_else(|| panic!("no sample {sample} in:\n{body}")),
+    }
+}

@@ -52,6 +52,10 @@ pub enum NsError {
     /// abandoned, shutting down, an object that changed mid-read (EIO).
     #[error("{0}")]
     Engine(String),
+    /// Not done now, may be asked again: a cluster member that owns the
+    /// block could not be reached for a preload (EAGAIN).
+    #[error("{0}")]
+    Again(String),
     /// Under storage failed; `errno` is the one `UfsError::errno` chose.
     #[error("{message}")]
     Ufs { errno: i32, message: String },
@@ -67,6 +71,7 @@ impl NsError {
             NsError::TooBig(_) => libc::E2BIG,
             NsError::NoSpace(_) => libc::ENOSPC,
             NsError::Engine(_) => libc::EIO,
+            NsError::Again(_) => libc::EAGAIN,
             NsError::Ufs { errno, .. } => *errno,
         }
     }
@@ -111,6 +116,8 @@ pub struct MountSettings {
     pub block_bytes: u64,
     /// Blocks read ahead of a sequential reader (0 = off).
     pub readahead: u64,
+    /// Keep a local copy of blocks read from their cluster owner.
+    pub peer_copy: bool,
 }
 
 /// A normalised namespace path: `/` or `/mount` or `/mount/rel/path`.
@@ -244,6 +251,11 @@ impl Namespace {
         self.settings_of(norm).map_or(0, |s| s.readahead)
     }
 
+    /// Whether blocks under `norm` read from their cluster owner are kept here too.
+    pub fn peer_copy(&self, norm: &str) -> bool {
+        self.settings_of(norm).is_some_and(|s| s.peer_copy)
+    }
+
     /// The sync interval that applies to `norm` (its mount's, else the
     /// engine-wide one).
     fn sync_of(&self, norm: &str) -> Option<Duration> {
@@ -370,6 +382,12 @@ impl Namespace {
             .filter(|(p, (a, _))| a.kind == Kind::File && crate::policy::covers(prefix, p))
             .map(|(p, (a, _))| (p.clone(), a.clone()))
             .collect()
+    }
+
+    /// Attributes learned from the cluster member that owns a block of
+    /// `norm` (it read them from under storage): cached as if read here.
+    pub fn learned(&self, norm: &str, attr: &Attr) {
+        self.remember(norm, attr);
     }
 
     /// Forget what is cached about `norm` (after a read found it changed).

@@ -137,7 +137,7 @@ async fn serve(
             CqEntry { req_id: req.req_id, result: len as i64, data_off: req.buf_off, object_size }
         }
         Err(e) => {
-            if !matches!(e, crate::namespace::NsError::NotFound(_) | crate::namespace::NsError::IsDir(_) | crate::namespace::NsError::Invalid(_)) {
+            if !matches!(e, crate::namespace::NsError::NotFound(_) | crate::namespace::NsError::IsDir(_) | crate::namespace::NsError::Invalid(_) | crate::namespace::NsError::Again(_)) {
                 tracing::warn!(shard = shard.id, error = %e, "read failed");
             }
             CqEntry { req_id: req.req_id, result: -(e.errno() as i64), data_off: 0, object_size: 0 }

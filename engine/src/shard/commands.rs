@@ -101,8 +101,21 @@ pub(super) async fn commands(shard: Rc<Shard>, mut cmds: mpsc::UnboundedReceiver
                 shard.counters.readahead_blocks.fetch_add(1, Relaxed);
                 let s = shard.clone();
                 glommio::spawn_local(async move {
-                    if let Err(e) = s.fetch(&path, block, Some(&attr)).await {
-                        tracing::debug!(shard = s.id, path, block, error = %e, "read-ahead failed");
+                    // Another member's block: its owner fetches it ahead
+                    // (no bytes come back; the read then hits there),
+                    // unless this mount keeps its own copies of such blocks.
+                    let at_owner = match s.ns.peer_copy(&path) {
+                        true => None,
+                        false => s.preload_at(&path, block, Some(&attr)).await,
+                    };
+                    match at_owner {
+                        Some((_, Ok(_))) => {}
+                        Some((owner, Err(e))) => tracing::debug!(shard = s.id, path, block, owner, error = %e, "read-ahead at the owner failed"),
+                        None => {
+                            if let Err(e) = s.fetch(&path, block, Some(&attr)).await {
+                                tracing::debug!(shard = s.id, path, block, error = %e, "read-ahead failed");
+                            }
+                        }
                     }
                     s.readahead_inflight.set(s.readahead_inflight.get() - 1);
                 })

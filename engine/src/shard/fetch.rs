@@ -8,6 +8,7 @@ use futures::channel::oneshot;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use stoker_cluster::peer::PeerBlock;
 use stoker_proto::control::{Attr, Kind};
 use stoker_proto::key::BlockKey;
 
@@ -69,8 +70,12 @@ impl Shard {
         for w in waiters {
             let _ = w.send(res.clone());
         }
-        if let (Ok(f), false) = (&res, from_peer) {
-            self.counters.ufs_bytes_read.fetch_add(f.data.len() as u64, Relaxed);
+        // A block from its owner is the owner's to keep, unless this mount
+        // keeps peer copies.
+        if let (Ok(f), false) = (&res, from_peer && !self.ns.peer_copy(path)) {
+            if !from_peer {
+                self.counters.ufs_bytes_read.fetch_add(f.data.len() as u64, Relaxed);
+            }
             let key = self.ns.block_key(path, &f.attr.version, block);
             let known = self.store.contains(key.hash) || self.unwritten.borrow().contains_key(&key.bytes);
             if f.attr.kind == Kind::File && !f.data.is_empty() && !known {
@@ -81,24 +86,51 @@ impl Shard {
         }
         res
     }
+    /// Ask the cluster member that owns block `block` of `path` to fetch and
+    /// keep it, with no bytes sent back: (owner id, its answer). None when
+    /// there is no cluster or this node owns the block.
+    pub(super) async fn preload_at(&self, path: &str, block: u64, attr: Option<&Attr>) -> Option<(String, Result<PeerBlock, String>)> {
+        let node = self.cluster.as_ref()?;
+        let owner = node.owner_elsewhere(path, block)?;
+        let version = attr.map(|a| a.version.clone()).unwrap_or_default();
+        let ask = stoker_cluster::peer::BlockRequest { path: path.to_string(), version, block, preload: true };
+        let (n, id) = (node.clone(), owner.id.clone());
+        let answer = self.on_tokio(async move { Ok(n.ask(&owner, ask).await) }).await.unwrap_or_else(|e| Err(e.to_string()));
+        Some((id, answer))
+    }
+
     /// Block `block` of `path` from the cluster member that owns it; None
-    /// when there is no cluster, this node owns it, its attributes are not
-    /// known yet, or the owner could not give it (counted as a fallback).
+    /// when there is no cluster, this node owns it, or the owner could not
+    /// give it (counted as a fallback). With `attr` unknown, the owner's
+    /// answer brings the file's attributes, and they are cached here.
     async fn fetch_from_owner(&self, path: &str, block: u64, attr: Option<&Attr>) -> Option<Rc<Fetch>> {
         let node = self.cluster.as_ref()?;
-        let attr = attr.filter(|a| a.kind == Kind::File)?;
-        let key = self.ns.block_key(path, &attr.version, block);
-        let owner = node.owner_elsewhere(key.hash)?;
-        let req = stoker_cluster::peer::BlockRequest { path: path.to_string(), version: attr.version.clone(), block };
+        if attr.is_some_and(|a| a.kind != Kind::File) {
+            return None;
+        }
+        let owner = node.owner_elsewhere(path, block)?;
+        let version = attr.map(|a| a.version.clone()).unwrap_or_default();
+        let learn = version.is_empty();
+        let req = stoker_cluster::peer::BlockRequest { path: path.to_string(), version, block, preload: false };
         let n = node.clone();
-        let data = self.on_tokio(async move { Ok(n.ask(&owner, req).await) }).await.ok().flatten()?;
+        let Ok(Ok(b)) = self.on_tokio(async move { Ok(n.ask(&owner, req).await) }).await else {
+            node.fell_back();
+            return None;
+        };
+        let attr = match attr {
+            Some(a) => a.clone(),
+            None => Attr { kind: Kind::File, size: b.size, mtime_ns: b.mtime_ns, version: b.version },
+        };
         let bs = self.ns.block_bytes(path);
         let expected = attr.size.saturating_sub(block.saturating_mul(bs)).min(bs);
-        if data.len() as u64 != expected {
+        if b.data.len() as u64 != expected {
             node.fell_back();
             return None;
         }
-        Some(Rc::new(Fetch { attr: attr.clone(), data: Rc::new(data) }))
+        if learn {
+            self.ns.learned(path, &attr);
+        }
+        Some(Rc::new(Fetch { attr, data: Rc::new(b.data) }))
     }
 
     async fn fetch_from_ufs(&self, path: &str, block: u64, attr: Option<Attr>) -> Fetched {

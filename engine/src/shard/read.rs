@@ -36,6 +36,11 @@ impl Shard {
     pub(super) async fn read(&self, area: &SessionArea, req: &SqEntry) -> Result<(u64, u64), NsError> {
         let t0 = Instant::now();
         let (path, bs) = self.check_request(area, req)?;
+        if req.flags & FLAG_NO_DATA != 0 {
+            if let Some(done) = self.preload_at_owner(&path, req, bs).await {
+                return done;
+            }
+        }
         // Read before the attributes: a change after this voids what we publish.
         let epoch = self.direct_epoch();
         let (attr, fetched) = self.resolve(&path, req.block).await?;
@@ -46,7 +51,8 @@ impl Shard {
         if block_len == 0 {
             return Ok((0, attr.size));
         }
-        if attr.size > bs {
+        // A prefetch asks for every block itself: nothing to read ahead.
+        if attr.size > bs && req.flags & FLAG_NO_DATA == 0 {
             self.read_ahead(&path, req.block, &attr, bs);
         }
         if let Some(f) = fetched {
@@ -70,6 +76,31 @@ impl Shard {
         }
         crate::metrics::record_read(false, t0);
         Ok(self.place(area, req, bs, &f.data, f.attr.size))
+    }
+
+    /// A prefetch (`stoker load`) of a block another cluster member owns:
+    /// the owner fetches and keeps it, and no bytes cross the network. None
+    /// when there is no cluster or this node owns the block. An owner that
+    /// cannot be reached is EAGAIN, not a read here: the block is the
+    /// owner's to keep, and the loader asks again once the member list has
+    /// dropped the lost node (its share then has new owners).
+    async fn preload_at_owner(&self, path: &str, req: &SqEntry, bs: u64) -> Option<Result<(u64, u64), NsError>> {
+        let known = self.ns.cached_attr(path);
+        if known.as_ref().is_some_and(|a| a.kind != Kind::File) {
+            return self.cluster.as_ref().and_then(|n| n.owner_elsewhere(path, req.block)).map(|_| Err(is_dir(path)));
+        }
+        let (id, answer) = self.preload_at(path, req.block, known.as_ref()).await?;
+        Some(match answer {
+            Ok(b) => {
+                let attr = Attr { kind: Kind::File, size: b.size, mtime_ns: b.mtime_ns, version: b.version };
+                if known.is_none() {
+                    self.ns.learned(path, &attr);
+                }
+                let (_, start, end) = wanted(req, bs, attr.size);
+                Ok(((end - start) as u64, attr.size))
+            }
+            Err(e) => Err(NsError::Again(format!("{path}: block {} is owned by {id}, which could not take it now: {e}", req.block))),
+        })
     }
 
     /// Check a request against the client's area; its path, normalised, and
@@ -98,18 +129,12 @@ impl Shard {
     }
 
     /// The path's attributes: cached, or (for an object not seen yet) from
-    /// one under-storage call that brings this block too (a stat, then a
-    /// read, would pay the round trip twice on every cold file).
+    /// one call that brings this block too: to under storage, or in a
+    /// cluster to the block's owner, which answers with the attributes (a
+    /// stat, then a read, would pay the round trip twice on every cold file).
     async fn resolve(&self, path: &str, block: u64) -> Result<(Attr, Option<Rc<Fetch>>), NsError> {
         match self.ns.cached_attr(path) {
             Some(a) => Ok((a, None)),
-            // In a cluster the block may be another member's: its key needs
-            // the version, so the attributes come first (one stat), and the
-            // block from its owner.
-            None if self.cluster.is_some() => {
-                let (ns, p) = (self.ns.clone(), path.to_string());
-                Ok((self.on_tokio(async move { ns.stat(&p).await }).await?, None))
-            }
             None => {
                 let f = self.fetch(path, block, None).await?;
                 Ok((f.attr.clone(), Some(f)))
