@@ -5,7 +5,8 @@
 #  1. three lone nodes read the dataset at once (32 threads each): under-storage bytes, files/s;
 #  2. the same three nodes as one cluster: under-storage bytes, files/s;
 #  3. warm: an epoch through a lone node (every block local) vs through a
-#     cluster node (two thirds of the blocks on its peers).
+#     cluster node (two thirds of the blocks on its peers), at 32 threads and
+#     at one (a hit's latency on its own: local vs remote).
 # Usage: bench/scripts/cluster.sh [WORK_DIR]   (needs a release build and etcd)
 set -euo pipefail
 W=${1:-/work/cb}
@@ -53,6 +54,9 @@ for mode in 0 1; do
   for id in n1 n2 n3; do summary "$W/cold-$mode-$id.json"; done
   sync; echo 3 >/proc/sys/vm/drop_caches
   epoch n1 "warm-$mode-n1"; summary "$W/warm-$mode-n1.json"
+  # A hit's latency on its own: one reader, warm, every file once.
+  $B bench epoch --source "$W/data" --prefix /d --targets stoker --threads 1 --socket "$W/n1.sock" --json >"$W/lat-$mode-n1.json"
+  summary "$W/lat-$mode-n1.json"
   [ $mode = 1 ] && field n1 "['cluster']['asked']"
   stop_all
 done

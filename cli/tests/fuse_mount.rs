@@ -493,7 +493,7 @@ fn fuse_killed_mount_never_hangs_callers() {
         child.kill().unwrap();
         child.wait().unwrap();
         if auto && stoker_fuse::session::fusermount_path().is_some() {
-            wait_until("fusermount3 to unmount the dead mount", Duration::from_secs(20), || !is_mounted(&mp));
+            wait_until("fusermount3 to unmount the dead mount", Duration::from_secs(60), || !is_mounted(&mp));
         } else {
             assert!(is_mounted(&mp), "without auto_unmount the dead mount stays until cleared");
             let t0 = Instant::now();
