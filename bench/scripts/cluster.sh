@@ -6,7 +6,11 @@
 #  2. the same three nodes as one cluster: under-storage bytes, files/s;
 #  3. warm: an epoch through a lone node (every block local) vs through a
 #     cluster node (two thirds of the blocks on its peers), at 32 threads and
-#     at one (a hit's latency on its own: local vs remote).
+#     at one (a hit's latency on its own: local vs remote);
+#  4. remote hits alone: node 1 rejoins with a 64 MiB cache, so placement
+#     (weighted by capacity) gives it almost no blocks, and a one-reader warm
+#     epoch through it is answered by nodes 2 and 3.
+# MODES="1" runs phase 2 and 3 for the cluster only (phase 4 needs it first).
 # Usage: bench/scripts/cluster.sh [WORK_DIR]   (needs a release build and etcd)
 set -euo pipefail
 W=${1:-/work/cb}
@@ -27,12 +31,12 @@ etcd --name cb --data-dir "$W/etcd" --listen-client-urls "http://127.0.0.1:$P" -
   --listen-peer-urls "http://127.0.0.1:$((P + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((P + 1))" \
   --initial-cluster "cb=http://127.0.0.1:$((P + 1))" --log-level error >"$W/etcd.log" 2>&1 &
 head -c 24 /dev/urandom | base64 >"$W/token"
-node() { # ID CLUSTERED(0|1)
+node() { # ID CLUSTERED(0|1); CAP=SIZE overrides the 4G cache
   local id=$1 extra=()
   if [ "$2" = 1 ]; then
     extra=(--cluster "etcd://127.0.0.1:$P" --node-id "$id" --peer-listen "127.0.0.1:$((P + 10 + ${id#n}))" --cluster-token-file "$W/token")
   fi
-  $B serve --cache-dir "$W/cache-$2-$id" --socket "$W/$id.sock" --shards 1 --capacity 4G --metadata-sync never \
+  $B serve --cache-dir "$W/cache-$2-$id" --socket "$W/$id.sock" --shards 1 --capacity "${CAP:-4G}" --metadata-sync never \
     --ufs-latency 20ms --mount "d=file://$W/data" "${extra[@]}" 2>"$W/$id-$2.log" &
   until $B stat --socket "$W/$id.sock" >/dev/null 2>&1; do sleep 0.2; done
 }
@@ -41,7 +45,7 @@ epoch() { $B bench epoch --source "$W/data" --prefix /d --targets stoker --threa
 summary() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1].rsplit("/",1)[1], json.dumps(r)[:400])' "$1"; }
 total=$(du -sb "$W/data" | cut -f1)
 echo "dataset: $FILES files, $total bytes"
-for mode in 0 1; do
+for mode in ${MODES:-0 1}; do
   for id in n1 n2 n3; do node $id $mode; done
   if [ $mode = 1 ]; then
     until [ "$(field n1 "['cluster']['members'].__len__()")" = 3 ]; do sleep 0.2; done
@@ -60,3 +64,11 @@ for mode in 0 1; do
   [ $mode = 1 ] && field n1 "['cluster']['asked']"
   stop_all
 done
+# 4. Remote hits alone (needs phase 2's cluster caches).
+CAP=64M node n1 1; node n2 1; node n3 1
+until [ "$(field n1 "['cluster']['members'].__len__()")" = 3 ]; do sleep 0.2; done
+epoch n1 remote-fill; summary "$W/remote-fill.json"
+$B bench epoch --source "$W/data" --prefix /d --targets stoker --threads 1 --socket "$W/n1.sock" --json >"$W/lat-remote-n1.json"
+summary "$W/lat-remote-n1.json"
+field n1 "['cluster']['asked']"; field n1 "['shards'][0]['hits']"
+stop_all
