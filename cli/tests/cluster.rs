@@ -129,6 +129,11 @@ fn three_nodes_fetch_each_block_once_and_survive_a_kill() {
     for (p, data) in &tree {
         assert!(c.read_file(&format!("/m/{p}")).unwrap() == *data, "wrong bytes for {p} with n3 dead");
     }
+    // Until its lease lapses (6 s) it is listed, as unreachable.
+    let view = nodes[0].stats().cluster.unwrap();
+    let n3 = view.members.iter().find(|m| m.id == "n3").expect("n3 left before its lease lapsed");
+    assert_eq!(n3.state, "unreachable");
+    assert!(view.asked.fallbacks > 0);
     // Its lease expires and its keys move to the others.
     wait_for("n3 to leave the member list", Duration::from_secs(30), || nodes[0].members() == 2);
     // Restarted, it rejoins and serves what it had cached.

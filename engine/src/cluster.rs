@@ -77,8 +77,15 @@ pub struct ClusterNode {
     pool: Mutex<HashMap<String, Arc<PeerClient>>>,
     served: Arc<ServerCounters>,
     asked: Asked,
+    /// When asking each member last failed, cleared by its next answer:
+    /// `stoker stat` shows such a member as `unreachable` for a while.
+    failed: Mutex<HashMap<String, std::time::Instant>>,
     server: tokio::task::JoinHandle<()>,
 }
+
+/// How long a member whose request failed shows as `unreachable` (unless it
+/// answers again sooner).
+const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
 
 impl ClusterNode {
     /// Join the cluster and serve peers; runs on `rt`. `serve_block`
@@ -105,6 +112,7 @@ impl ClusterNode {
             pool: Mutex::new(HashMap::new()),
             served,
             asked: Asked::default(),
+            failed: Mutex::new(HashMap::new()),
             server,
         }))
     }
@@ -132,10 +140,20 @@ impl ClusterNode {
             Ok(b) => {
                 self.asked.hits.fetch_add(1, Relaxed);
                 self.asked.bytes.fetch_add(b.data.len() as u64, Relaxed);
+                if !self.failed.lock().is_empty() {
+                    self.failed.lock().remove(&owner.id);
+                }
                 Ok(b)
             }
             Err(e) => {
                 self.asked.errors.fetch_add(1, Relaxed);
+                let mut failed = self.failed.lock();
+                // Bounded by the member list: entries of members gone are dropped.
+                if failed.len() >= 4096 {
+                    failed.clear();
+                }
+                failed.insert(owner.id.clone(), std::time::Instant::now());
+                drop(failed);
                 tracing::debug!(owner = %owner.id, error = %e, "peer request failed");
                 Err(e)
             }
@@ -178,7 +196,7 @@ impl ClusterNode {
                     id: m.id.clone(),
                     addr: m.addr.clone(),
                     capacity_bytes: m.capacity_bytes,
-                    state: if m.id == self.me { "self" } else { "up" }.into(),
+                    state: self.state_of(&m.id).into(),
                 })
                 .collect(),
             served: PeerServed {
@@ -193,6 +211,18 @@ impl ClusterNode {
                 errors: self.asked.errors.load(Relaxed),
                 fallbacks: self.asked.fallbacks.load(Relaxed),
             },
+        }
+    }
+
+    /// `self`; `unreachable` when asking it failed in the last 30 s and it
+    /// has not answered since; else `up`.
+    fn state_of(&self, id: &str) -> &'static str {
+        if id == self.me {
+            return "self";
+        }
+        match self.failed.lock().get(id) {
+            Some(at) if at.elapsed() < UNREACHABLE_FOR => "unreachable",
+            _ => "up",
         }
     }
 
