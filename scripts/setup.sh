@@ -11,6 +11,8 @@ python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # etcd-client compiles etcd's protobuf definitions at build time.
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+# The cluster's TLS tests make their certificates with the openssl command.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ "${STOKER_NEED_FUSE:-0}" = 1 ]; then
   command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 fi

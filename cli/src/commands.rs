@@ -129,6 +129,17 @@ pub struct ServeArgs {
     /// on every node; keep it mode 0600).
     #[arg(long, value_name = "FILE")]
     pub cluster_token_file: Option<PathBuf>,
+    /// This node's certificate (PEM) for mutual TLS with the other members,
+    /// with --cluster-tls-key and --cluster-tls-ca; it must name the host of
+    /// --peer-advertise (docs/CLUSTER.md) [default: none, plain TCP].
+    #[arg(long, value_name = "FILE")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// The private key of --cluster-tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cluster_tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) every member's certificate is signed by.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_tls_ca: Option<PathBuf>,
     /// What a full cache drops first: fifo-reinsert (oldest segment, read blocks
     /// get a second chance) or lru (least recently read segment) [default: fifo-reinsert].
     #[arg(long)]
@@ -152,12 +163,13 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
-    let cluster = cluster_config(&a)?;
     // Defaults, then the config file, then flags given on the command line.
     let file = match &a.config {
         Some(p) => stoker_tuning::ConfigFile::load(p)?,
         None => stoker_tuning::ConfigFile::default(),
     };
+    let tls = crate::serve_config::cluster_tls(&file, a.cluster_tls_cert.clone(), a.cluster_tls_key.clone(), a.cluster_tls_ca.clone())?;
+    let cluster = cluster_config(&a, tls)?;
     let mut cfg = crate::serve_config::engine_config(&file, a.cache_dir)?;
     // The two keys whose parsers live here.
     if let Some(m) = &file.serve.metrics {
@@ -265,10 +277,14 @@ pub fn serve(a: ServeArgs) -> Result<()> {
 }
 
 /// `--cluster` and its companions as a cluster config; None without `--cluster`.
-fn cluster_config(a: &ServeArgs) -> Result<Option<stoker_engine::cluster::ClusterConfig>> {
+/// `tls`: the `--cluster-tls-*` files, loaded here so a bad one stops the start.
+fn cluster_config(a: &ServeArgs, tls: Option<stoker_cluster::tls::TlsFiles>) -> Result<Option<stoker_engine::cluster::ClusterConfig>> {
     let Some(uri) = &a.cluster else {
         if a.node_id.is_some() || a.peer_listen.is_some() || a.cluster_token_file.is_some() {
             bail!("--node-id, --peer-listen and --cluster-token-file need --cluster etcd://HOST:PORT");
+        }
+        if tls.is_some() {
+            bail!("--cluster-tls-cert, --cluster-tls-key and --cluster-tls-ca need --cluster etcd://HOST:PORT");
         }
         return Ok(None);
     };
@@ -288,6 +304,11 @@ fn cluster_config(a: &ServeArgs) -> Result<Option<stoker_engine::cluster::Cluste
     if listen.ip().is_unspecified() && a.peer_advertise.is_none() {
         bail!("--peer-listen {listen} listens on every address: say where the others reach this node with --peer-advertise HOST:PORT");
     }
+    let tls = tls.map(|f| f.load()).transpose()?;
+    if tls.is_some() {
+        // The others check this node's certificate against this host.
+        stoker_cluster::tls::server_name(&advertise).map_err(|e| anyhow::anyhow!("--peer-advertise {e}"))?;
+    }
     Ok(Some(stoker_engine::cluster::ClusterConfig {
         endpoints,
         name: a.cluster_name.clone().unwrap_or_else(|| "stoker".into()),
@@ -297,6 +318,7 @@ fn cluster_config(a: &ServeArgs) -> Result<Option<stoker_engine::cluster::Cluste
         token,
         peer_timeout: Duration::from_secs(5),
         lease_ttl: Duration::from_secs(6),
+        tls,
     }))
 }
 

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
+use stoker_cluster::tls::TlsFiles;
 use stoker_engine::config::EngineConfig;
 use stoker_tuning::config::{duration, ConfigFile};
 
@@ -72,6 +73,26 @@ pub fn engine_config(file: &ConfigFile, cache_dir: Option<PathBuf>) -> Result<En
     Ok(cfg)
 }
 
+/// `--cluster-tls-cert/-key/-ca` (each over its `[serve] cluster_tls_*`
+/// key): all three or none.
+pub fn cluster_tls(file: &ConfigFile, cert: Option<PathBuf>, key: Option<PathBuf>, ca: Option<PathBuf>) -> Result<Option<TlsFiles>> {
+    let s = &file.serve;
+    let cert = cert.or_else(|| s.cluster_tls_cert.clone());
+    let key = key.or_else(|| s.cluster_tls_key.clone());
+    let ca = ca.or_else(|| s.cluster_tls_ca.clone());
+    match (cert, key, ca) {
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca })),
+        (None, None, None) => Ok(None),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [(cert.is_none(), "--cluster-tls-cert"), (key.is_none(), "--cluster-tls-key"), (ca.is_none(), "--cluster-tls-ca")]
+                .into_iter()
+                .filter_map(|(m, flag)| m.then_some(flag))
+                .collect();
+            bail!("--cluster-tls-cert, --cluster-tls-key and --cluster-tls-ca go together: {} missing", missing.join(" and "))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,7 +101,8 @@ mod tests {
     fn every_serve_flag_has_a_key() {
         let f = ConfigFile::parse(
             "[serve]\ncontrol_connections = 9\ncontrol_timeout = \"3s\"\neviction = \"lru\"\nmemory_cache = \"1M\"\n\
-             direct_entries = 0\nmetrics = \"9464\"\nsocket_group = \"0\"\n[serve.quotas]\nscratch = \"2G\"\n",
+             direct_entries = 0\nmetrics = \"9464\"\nsocket_group = \"0\"\ncluster_tls_cert = \"n.pem\"\ncluster_tls_key = \"n.key\"\n\
+             cluster_tls_ca = \"ca.pem\"\n[serve.quotas]\nscratch = \"2G\"\n",
         )
         .unwrap();
         let c = engine_config(&f, Some("/tmp/c".into())).unwrap();
@@ -89,8 +111,22 @@ mod tests {
         assert_eq!(c.eviction, stoker_engine::store::Eviction::Lru);
         assert_eq!((c.memory_cache_bytes, c.direct_entries), (1 << 20, 0));
         assert_eq!(c.quotas, vec![("scratch".to_string(), 2 << 30)]);
+        let tls = cluster_tls(&f, None, None, None).unwrap().unwrap();
+        assert_eq!((tls.cert, tls.key, tls.ca), ("n.pem".into(), "n.key".into(), "ca.pem".into()));
         let bad = engine_config(&ConfigFile::parse("[serve]\neviction = \"mru\"\n").unwrap(), Some("/tmp/c".into()));
         assert!(format!("{:#}", bad.unwrap_err()).contains("eviction"));
+    }
+
+    #[test]
+    fn cluster_tls_files_come_together() {
+        let none = ConfigFile::default();
+        assert_eq!(cluster_tls(&none, None, None, None).unwrap(), None);
+        let err = cluster_tls(&none, Some("c".into()), None, None).unwrap_err().to_string();
+        assert!(err.ends_with("--cluster-tls-key and --cluster-tls-ca missing"), "{err}");
+        // A flag overrides its key; the file may supply the rest.
+        let f = ConfigFile::parse("[serve]\ncluster_tls_key = \"k\"\ncluster_tls_ca = \"ca\"\n").unwrap();
+        let t = cluster_tls(&f, Some("c".into()), None, Some("other-ca".into())).unwrap().unwrap();
+        assert_eq!((t.cert, t.key, t.ca), ("c".into(), "k".into(), "other-ca".into()));
     }
 
     #[test]

@@ -337,3 +337,80 @@ fn a_load_redoes_the_share_of_a_node_lost_midway() {
     let after: u64 = nodes[..2].iter().map(|n| n.stats().ufs_bytes_read).sum();
     assert_eq!(after, before, "c's share was not loaded on its new owners");
 }
+
+/// A node with `--cluster-tls-*` flags (`tls`) or without.
+fn tls_node(base: &Path, etcd: &Etcd, id: &str, src: &Path, token: &Path, tls: Option<&stoker_cluster::tls::TlsFiles>) -> Node {
+    let Some(t) = tls else { return Node::new(base, etcd, id, src, token) };
+    let (cert, key, ca) = (t.cert.display().to_string(), t.key.display().to_string(), t.ca.display().to_string());
+    Node::with(base, etcd, id, src, token, &["--cluster-tls-cert", &cert, "--cluster-tls-key", &key, "--cluster-tls-ca", &ca])
+}
+
+/// Two nodes over mutual TLS serve each other's blocks (each block read
+/// from under storage once for the cluster); a plain node among them cannot
+/// talk to them and reads under storage instead, every byte still exact.
+#[test]
+fn tls_nodes_serve_each_other_and_a_plain_node_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(etcd) = Etcd::start(dir.path()) else { return };
+    let src = dir.path().join("src");
+    let sizes: Vec<usize> = (0..30).map(|i| 70_000 + (i * 7_919) % 150_000).collect();
+    let tree = make_tree(&src, &sizes, 16);
+    let total: u64 = tree.iter().map(|(_, d)| d.len() as u64).sum();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tls-and-a-token").unwrap();
+    let ca = stoker_cluster::testing::TestCa::new(dir.path(), "ca");
+    let nodes: Vec<Node> = ["a", "b"].iter().map(|id| tls_node(dir.path(), &etcd, id, &src, &token, Some(&ca.node(id, "IP:127.0.0.1")))).collect();
+    for n in &nodes {
+        wait_for("two members", Duration::from_secs(30), || n.members() == 2);
+    }
+    for n in &nodes {
+        let c = n.client();
+        for (p, data) in &tree {
+            assert!(c.read_file(&format!("/m/{p}")).unwrap() == *data, "wrong bytes for {p}");
+        }
+    }
+    let ufs: u64 = nodes.iter().map(|n| n.stats().ufs_bytes_read).sum();
+    assert_eq!(ufs, total, "two TLS nodes read {ufs} bytes under storage for a {total}-byte tree");
+    for n in &nodes {
+        let s = n.stats().cluster.unwrap();
+        assert!(s.asked.hits > 0 && s.asked.errors == 0 && s.served.requests > 0 && s.served.refused == 0, "{}: {:?} {:?}", s.node_id, s.asked, s.served);
+    }
+
+    // A plain node joins: it and the TLS nodes refuse each other, and its reads fall back.
+    let plain = tls_node(dir.path(), &etcd, "c", &src, &token, None);
+    wait_for("three members", Duration::from_secs(30), || plain.members() == 3);
+    let c = plain.client();
+    for (p, data) in &tree {
+        assert!(c.read_file(&format!("/m/{p}")).unwrap() == *data, "wrong bytes for {p} through the plain node");
+    }
+    let s = plain.stats().cluster.unwrap();
+    assert!(s.asked.hits == 0 && s.asked.errors > 0 && s.asked.fallbacks > 0, "{:?}", s.asked);
+    let refused: u64 = nodes.iter().map(|n| n.stats().cluster.unwrap().served.refused).sum();
+    assert!(refused > 0, "the TLS nodes refused nothing");
+}
+
+/// `--cluster-tls-*` given in part, without `--cluster`, or naming a bad
+/// file: one line, no start.
+#[test]
+fn bad_cluster_tls_flags_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    let token = token.display().to_string();
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let cluster = ["--cluster", "etcd://127.0.0.1:1", "--node-id", "x", "--peer-listen", "127.0.0.1:0", "--cluster-token-file", &token];
+    let all_three = ["--cluster-tls-cert", &missing, "--cluster-tls-key", &missing, "--cluster-tls-ca", &missing];
+    for (bad, says) in [
+        ([&cluster[..], &["--cluster-tls-cert", &missing]].concat(), "--cluster-tls-key and --cluster-tls-ca missing"),
+        (all_three.to_vec(), "need --cluster"),
+        ([&cluster[..], &all_three].concat(), "cluster TLS certificate"),
+    ] {
+        let mut args = vec!["serve", "--cache-dir", "/nonexistent/c", "--mount", "m=file:///tmp"];
+        args.extend_from_slice(&bad);
+        let out = run(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
+}

@@ -24,6 +24,13 @@
 //! started frame, and every request as seen by the client, has a timeout.
 //! A client request that fails or times out is an error the caller answers
 //! by reading under storage itself: a peer never fails a read.
+//!
+//! Transport: plain TCP (`serve`, `PeerClient::connect`), or mutual TLS
+//! around it (`serve_tls`, `PeerClient::connect_tls`, crate::tls): the TLS
+//! handshake comes first, within the same timeout as the hello, and the
+//! hello with its token then runs inside TLS. A failed handshake is
+//! counted as refused. A TLS node and a plain one cannot talk: each sees
+//! the other's first bytes as garbage and refuses.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,7 +39,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::tls::Tls;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -117,8 +126,37 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Serve peers on `listener` until the returned task is aborted.
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+/// Write all of `b` and flush it: a TLS stream may keep the tail of a write
+/// in its buffer until flushed (for TCP the flush is free).
+async fn send<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, b: &[u8]) -> std::io::Result<()> {
+    w.write_all(b).await?;
+    w.flush().await
+}
+
+/// Serve peers on `listener` over plain TCP until the returned task is aborted.
 pub fn serve(listener: TcpListener, token: Arc<Vec<u8>>, limits: Limits, counters: Arc<ServerCounters>, handler: Handler) -> tokio::task::JoinHandle<()> {
+    serve_with(listener, None, token, limits, counters, handler)
+}
+
+/// Serve peers on `listener` over mutual TLS (`tls`) until the returned task
+/// is aborted: a peer without a certificate signed by the CA, or that does
+/// not speak TLS, is refused before its hello is read.
+pub fn serve_tls(listener: TcpListener, tls: &Tls, token: Arc<Vec<u8>>, limits: Limits, counters: Arc<ServerCounters>, handler: Handler) -> tokio::task::JoinHandle<()> {
+    serve_with(listener, Some(tokio_rustls::TlsAcceptor::from(tls.server.clone())), token, limits, counters, handler)
+}
+
+fn serve_with(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    token: Arc<Vec<u8>>,
+    limits: Limits,
+    counters: Arc<ServerCounters>,
+    handler: Handler,
+) -> tokio::task::JoinHandle<()> {
     let conns = Arc::new(Semaphore::new(limits.connections));
     tokio::spawn(async move {
         loop {
@@ -133,22 +171,40 @@ pub fn serve(listener: TcpListener, token: Arc<Vec<u8>>, limits: Limits, counter
             };
             let Ok(permit) = conns.clone().try_acquire_owned() else {
                 counters.refused.fetch_add(1, Ordering::Relaxed);
+                if tls.is_some() {
+                    // A plain refusal would only garble a TLS handshake: just close.
+                    continue;
+                }
                 let mut s = stream;
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(1), s.write_all(&refusal("too many peer connections"))).await;
                 });
                 continue;
             };
-            let (token, counters, handler) = (token.clone(), counters.clone(), handler.clone());
+            let (token, counters, handler, tls) = (token.clone(), counters.clone(), handler.clone(), tls.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let _ = stream.set_nodelay(true);
-                if let Err(e) = connection(stream, &token, limits, counters, handler).await {
+                let ended = match tls {
+                    None => connection(stream, &token, limits, counters, handler).await,
+                    // The handshake, within the hello's timeout; a failed one is a refusal.
+                    Some(tls) => match tokio::time::timeout(limits.timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => connection(stream, &token, limits, counters, handler).await,
+                        Ok(Err(e)) => refused_handshake(&counters, e),
+                        Err(_) => refused_handshake(&counters, std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake within the timeout")),
+                    },
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "peer connection ended");
                 }
             });
         }
     })
+}
+
+fn refused_handshake(counters: &ServerCounters, e: std::io::Error) -> std::io::Result<()> {
+    counters.refused.fetch_add(1, Ordering::Relaxed);
+    Err(std::io::Error::new(e.kind(), format!("TLS handshake refused: {e}")))
 }
 
 /// A refusal as sent: a non-zero byte, then the reason.
@@ -159,8 +215,8 @@ fn refusal(why: &str) -> Vec<u8> {
     out
 }
 
-async fn connection(stream: TcpStream, token: &[u8], limits: Limits, counters: Arc<ServerCounters>, handler: Handler) -> std::io::Result<()> {
-    let (mut rd, wr) = stream.into_split();
+async fn connection<S: Stream + 'static>(stream: S, token: &[u8], limits: Limits, counters: Arc<ServerCounters>, handler: Handler) -> std::io::Result<()> {
+    let (mut rd, wr) = tokio::io::split(stream);
     // The hello, within the timeout.
     let hello = tokio::time::timeout(limits.timeout, async {
         let mut head = [0u8; 8];
@@ -180,10 +236,10 @@ async fn connection(stream: TcpStream, token: &[u8], limits: Limits, counters: A
     if !ok {
         counters.refused.fetch_add(1, Ordering::Relaxed);
         let out = refusal("bad cluster token or protocol (--cluster-token-file must match on every node)");
-        let _ = tokio::time::timeout(limits.timeout, wr.lock().await.write_all(&out)).await;
+        let _ = tokio::time::timeout(limits.timeout, send(&mut *wr.lock().await, &out)).await;
         return Ok(());
     }
-    wr.lock().await.write_all(&[0]).await?;
+    send(&mut *wr.lock().await, &[0]).await?;
     let slots = Arc::new(Semaphore::new(limits.in_flight));
     loop {
         let permit = slots.clone().acquire_owned().await.expect("never closed");
@@ -215,7 +271,7 @@ async fn connection(stream: TcpStream, token: &[u8], limits: Limits, counters: A
             let out = encode_answer(id, &answer);
             let mut w = wr.lock().await;
             // A peer that stops reading holds the connection's write lock for at most the timeout.
-            let _ = tokio::time::timeout(limits.timeout, w.write_all(&out)).await;
+            let _ = tokio::time::timeout(limits.timeout, send(&mut *w, &out)).await;
         });
     }
 }
@@ -316,7 +372,7 @@ type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Served>>>>;
 pub struct PeerClient {
     addr: SocketAddr,
     limits: Limits,
-    wr: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
+    wr: tokio::sync::Mutex<tokio::io::WriteHalf<Box<dyn Stream>>>,
     waiters: Waiters,
     next: AtomicU64,
     slots: Semaphore,
@@ -330,18 +386,41 @@ impl Drop for PeerClient {
 }
 
 impl PeerClient {
-    /// Connect and authenticate, within `limits.timeout`.
+    /// Connect over plain TCP and authenticate, within `limits.timeout`.
     pub async fn connect(addr: SocketAddr, token: &[u8], limits: Limits) -> Result<PeerClient, PeerError> {
+        PeerClient::connect_with(addr, None, token, limits).await
+    }
+
+    /// Connect over mutual TLS, checking the server's certificate against
+    /// `tls`'s CA and `name` (crate::tls::server_name of the address it
+    /// advertises), then authenticate; the handshake and the hello each
+    /// within `limits.timeout`.
+    pub async fn connect_tls(addr: SocketAddr, name: ServerName<'static>, tls: &Tls, token: &[u8], limits: Limits) -> Result<PeerClient, PeerError> {
+        PeerClient::connect_with(addr, Some((tls, name)), token, limits).await
+    }
+
+    async fn connect_with(addr: SocketAddr, tls: Option<(&Tls, ServerName<'static>)>, token: &[u8], limits: Limits) -> Result<PeerClient, PeerError> {
         let t = limits.timeout;
         let io = |e| PeerError::Io(addr, e);
-        let mut s = tokio::time::timeout(t, TcpStream::connect(addr)).await.map_err(|_| PeerError::Timeout(addr, t))?.map_err(io)?;
-        let _ = s.set_nodelay(true);
+        let tcp = tokio::time::timeout(t, TcpStream::connect(addr)).await.map_err(|_| PeerError::Timeout(addr, t))?.map_err(io)?;
+        let _ = tcp.set_nodelay(true);
+        let mut s: Box<dyn Stream> = match tls {
+            None => Box::new(tcp),
+            Some((tls, name)) => {
+                let handshake = tokio_rustls::TlsConnector::from(tls.client.clone()).connect(name, tcp);
+                let tls = tokio::time::timeout(t, handshake)
+                    .await
+                    .map_err(|_| PeerError::Timeout(addr, t))?
+                    .map_err(|e| PeerError::Io(addr, std::io::Error::new(e.kind(), format!("TLS handshake: {e}"))))?;
+                Box::new(tls)
+            }
+        };
         let mut hello = MAGIC.to_vec();
         hello.extend_from_slice(&VERSION.to_le_bytes());
         hello.extend_from_slice(&(token.len() as u16).to_le_bytes());
         hello.extend_from_slice(token);
         let answer = tokio::time::timeout(t, async {
-            s.write_all(&hello).await?;
+            send(&mut s, &hello).await?;
             let mut ok = [0u8; 1];
             s.read_exact(&mut ok).await?;
             if ok[0] == 0 {
@@ -359,7 +438,7 @@ impl PeerClient {
         if let Some(why) = answer {
             return Err(PeerError::Refused(addr, why));
         }
-        let (mut rd, wr) = s.into_split();
+        let (mut rd, wr) = tokio::io::split(s);
         let waiters: Waiters = Arc::default();
         let w = waiters.clone();
         let reader = tokio::spawn(async move {
@@ -410,7 +489,7 @@ impl PeerClient {
             let (tx, rx) = oneshot::channel();
             self.waiters.lock().expect("not poisoned").insert(id, tx);
             let frame = encode_request(id, req);
-            if let Err(e) = self.wr.lock().await.write_all(&frame).await {
+            if let Err(e) = send(&mut *self.wr.lock().await, &frame).await {
                 self.waiters.lock().expect("not poisoned").remove(&id);
                 return Err(PeerError::Io(addr, e));
             }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use stoker_cluster::peer::{self, BlockRequest, Handler, Limits, PeerBlock, PeerClient, ServerCounters};
+use stoker_cluster::tls::{self, Tls};
 use stoker_cluster::{JoinConfig, Member, Membership};
 use stoker_proto::control::{ClusterMember, ClusterStats, PeerAsked, PeerServed};
 
@@ -38,6 +39,9 @@ pub struct ClusterConfig {
     pub peer_timeout: Duration,
     /// Lease TTL in etcd. Default 6 s.
     pub lease_ttl: Duration,
+    /// `--cluster-tls-cert/-key/-ca`, loaded: mutual TLS to and from every
+    /// peer (None: plain TCP). A TLS node and a plain one cannot talk.
+    pub tls: Option<Tls>,
 }
 
 /// The hash placement is decided on: the path and block index, the same on
@@ -55,6 +59,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("peer_listen", &self.peer_listen)
             .field("peer_advertise", &self.peer_advertise)
             .field("token", &"***")
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -71,6 +76,7 @@ pub struct ClusterNode {
     me: String,
     membership: Membership,
     token: Arc<Vec<u8>>,
+    tls: Option<Tls>,
     limits: Limits,
     /// One connection per peer address, made on first use, replaced when it
     /// drops; entries for addresses no longer in the member list are pruned.
@@ -99,7 +105,10 @@ impl ClusterNode {
         let limits = Limits { timeout: cfg.peer_timeout, ..Limits::default() };
         let token = Arc::new(cfg.token.clone());
         let served = Arc::new(ServerCounters::default());
-        let server = peer::serve(listener, token.clone(), limits, served.clone(), serve_block);
+        let server = match &cfg.tls {
+            Some(t) => peer::serve_tls(listener, t, token.clone(), limits, served.clone(), serve_block),
+            None => peer::serve(listener, token.clone(), limits, served.clone(), serve_block),
+        };
         let me = Member { id: cfg.node_id.clone(), addr: cfg.peer_advertise.clone(), capacity_bytes };
         let mut join = JoinConfig::new(cfg.endpoints.clone(), &cfg.name, me);
         join.lease_ttl = cfg.lease_ttl;
@@ -108,6 +117,7 @@ impl ClusterNode {
             me: cfg.node_id.clone(),
             membership,
             token,
+            tls: cfg.tls.clone(),
             limits,
             pool: Mutex::new(HashMap::new()),
             served,
@@ -175,7 +185,12 @@ impl ClusterNode {
             .map_err(|e| format!("{addr}: {e}"))?
             .next()
             .ok_or_else(|| format!("{addr}: no address"))?;
-        let c = Arc::new(PeerClient::connect(sock, &self.token, self.limits).await.map_err(|e| e.to_string())?);
+        let c = match &self.tls {
+            // The member's certificate must name the host it advertises.
+            Some(t) => PeerClient::connect_tls(sock, tls::server_name(addr)?, t, &self.token, self.limits).await,
+            None => PeerClient::connect(sock, &self.token, self.limits).await,
+        };
+        let c = Arc::new(c.map_err(|e| e.to_string())?);
         let members: Vec<String> = self.membership.view().members.into_iter().map(|m| m.addr).collect();
         let mut pool = self.pool.lock();
         pool.retain(|a, _| members.contains(a));

@@ -73,6 +73,11 @@ pub struct ServeSection {
     pub direct_entries: Option<u64>,
     /// Like `--quota NAME=SIZE`: `[serve.quotas]` with `NAME = SIZE` keys.
     pub quotas: Option<std::collections::BTreeMap<String, Size>>,
+    /// `--cluster-tls-cert`, `--cluster-tls-key`, `--cluster-tls-ca`: PEM
+    /// files for mutual TLS between cluster nodes (all three or none).
+    pub cluster_tls_cert: Option<PathBuf>,
+    pub cluster_tls_key: Option<PathBuf>,
+    pub cluster_tls_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
