@@ -162,12 +162,13 @@ pub struct ServeArgs {
     pub socket: crate::SocketArg,
 }
 
-pub fn serve(a: ServeArgs) -> Result<()> {
+pub fn serve(mut a: ServeArgs) -> Result<()> {
     // Defaults, then the config file, then flags given on the command line.
     let file = match &a.config {
         Some(p) => stoker_tuning::ConfigFile::load(p)?,
         None => stoker_tuning::ConfigFile::default(),
     };
+    crate::serve_config::cluster_keys(&file, &mut a)?;
     let tls = crate::serve_config::cluster_tls(&file, a.cluster_tls_cert.clone(), a.cluster_tls_key.clone(), a.cluster_tls_ca.clone())?;
     let cluster = cluster_config(&a, tls)?;
     let mut cfg = crate::serve_config::engine_config(&file, a.cache_dir)?;

@@ -73,6 +73,24 @@ pub fn engine_config(file: &ConfigFile, cache_dir: Option<PathBuf>) -> Result<En
     Ok(cfg)
 }
 
+/// The `[serve]` cluster keys (`cluster`, `cluster_name`, `node_id`,
+/// `peer_listen`, `peer_advertise`, `cluster_token_file`) where the command
+/// line did not give the flag.
+pub fn cluster_keys(file: &ConfigFile, a: &mut crate::commands::ServeArgs) -> Result<()> {
+    let s = &file.serve;
+    a.cluster = a.cluster.take().or_else(|| s.cluster.clone());
+    a.cluster_name = a.cluster_name.take().or_else(|| s.cluster_name.clone());
+    a.node_id = a.node_id.take().or_else(|| s.node_id.clone());
+    a.peer_advertise = a.peer_advertise.take().or_else(|| s.peer_advertise.clone());
+    a.cluster_token_file = a.cluster_token_file.take().or_else(|| s.cluster_token_file.clone());
+    if a.peer_listen.is_none() {
+        if let Some(l) = &s.peer_listen {
+            a.peer_listen = Some(l.parse().map_err(|_| anyhow::anyhow!("[serve] peer_listen {l:?}: expected IP:PORT"))?);
+        }
+    }
+    Ok(())
+}
+
 /// `--cluster-tls-cert/-key/-ca` (each over its `[serve] cluster_tls_*`
 /// key): all three or none.
 pub fn cluster_tls(file: &ConfigFile, cert: Option<PathBuf>, key: Option<PathBuf>, ca: Option<PathBuf>) -> Result<Option<TlsFiles>> {
@@ -115,6 +133,30 @@ mod tests {
         assert_eq!((tls.cert, tls.key, tls.ca), ("n.pem".into(), "n.key".into(), "ca.pem".into()));
         let bad = engine_config(&ConfigFile::parse("[serve]\neviction = \"mru\"\n").unwrap(), Some("/tmp/c".into()));
         assert!(format!("{:#}", bad.unwrap_err()).contains("eviction"));
+    }
+
+    #[test]
+    fn cluster_keys_fill_what_flags_leave() {
+        #[derive(clap::Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            a: crate::commands::ServeArgs,
+        }
+        let f = ConfigFile::parse(
+            "[serve]\ncluster = \"etcd://127.0.0.1:2379\"\ncluster_name = \"lab\"\nnode_id = \"gpu-1\"\n\
+             peer_listen = \"127.0.0.1:7070\"\npeer_advertise = \"gpu-1:7070\"\ncluster_token_file = \"/etc/t\"\n",
+        )
+        .unwrap();
+        let mut a = <Cmd as clap::Parser>::parse_from(["serve", "--node-id", "from-flag"]).a;
+        cluster_keys(&f, &mut a).unwrap();
+        assert_eq!(a.cluster.as_deref(), Some("etcd://127.0.0.1:2379"));
+        assert_eq!((a.cluster_name.as_deref(), a.node_id.as_deref()), (Some("lab"), Some("from-flag")));
+        assert_eq!(a.peer_listen, Some("127.0.0.1:7070".parse().unwrap()));
+        assert_eq!(a.peer_advertise.as_deref(), Some("gpu-1:7070"));
+        assert_eq!(a.cluster_token_file, Some("/etc/t".into()));
+        let bad = ConfigFile::parse("[serve]\npeer_listen = \"nowhere\"\n").unwrap();
+        let mut a = <Cmd as clap::Parser>::parse_from(["serve"]).a;
+        assert!(cluster_keys(&bad, &mut a).unwrap_err().to_string().contains("peer_listen"));
     }
 
     #[test]

@@ -78,6 +78,14 @@ pub struct ServeSection {
     pub cluster_tls_cert: Option<PathBuf>,
     pub cluster_tls_key: Option<PathBuf>,
     pub cluster_tls_ca: Option<PathBuf>,
+    /// `--cluster etcd://HOST:PORT[,...]` and its companions (docs/CLUSTER.md).
+    pub cluster: Option<String>,
+    pub cluster_name: Option<String>,
+    pub node_id: Option<String>,
+    /// `--peer-listen ADDR`; parsed by the cli.
+    pub peer_listen: Option<String>,
+    pub peer_advertise: Option<String>,
+    pub cluster_token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
