@@ -52,7 +52,7 @@ impl Shard {
             return Ok((0, attr.size));
         }
         // A prefetch asks for every block itself: nothing to read ahead.
-        if attr.size > bs && req.flags & FLAG_NO_DATA == 0 {
+        if attr.size > bs {
             self.read_ahead(&path, req.block, &attr, bs);
         }
         if let Some(f) = fetched {
