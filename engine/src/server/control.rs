@@ -186,6 +186,12 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
                 }
                 continue;
             }
+            r @ (Request::Create { .. }
+            | Request::Write { .. }
+            | Request::Close { .. }
+            | Request::Abort { .. }
+            | Request::Unlink { .. }
+            | Request::Sync { .. }) => crate::server::writes::handle(&ctx, r),
             r @ (Request::Pin { .. }
             | Request::Unpin { .. }
             | Request::Free { .. }
