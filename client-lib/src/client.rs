@@ -187,6 +187,15 @@ impl Client {
         }
     }
 
+    /// Make what an open handle wrote so far durable on the engine's disk
+    /// (after a crash the file comes back with these bytes).
+    pub fn fsync_write(&self, handle: u64) -> Result<()> {
+        match self.control(Request::Fsync { handle })? {
+            Response::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Drop an open handle and what it wrote.
     pub fn abort_write(&self, handle: u64) -> Result<()> {
         match self.control(Request::Abort { handle })? {

@@ -52,6 +52,10 @@ pub enum Request {
     /// disk (`async`, `cache-only`) or in under storage (`through`), with
     /// its attributes (`Attr`). The file is visible to readers from then on.
     Close { handle: u64 },
+    /// Make what an open handle wrote so far durable: after a crash the
+    /// file comes back with these bytes (and is persisted). Answered with
+    /// `Done` once fsynced on the engine's disk.
+    Fsync { handle: u64 },
     /// Drop an open handle and what it wrote (nothing becomes visible).
     Abort { handle: u64 },
     /// Remove a file (a written one, and its under-storage copy).

@@ -370,6 +370,29 @@ impl Namespace {
         self.lists.write().remove(dir);
     }
 
+    /// Put `attr` for file `norm` into the cached listing of its directory,
+    /// or take it out (None), so a write does not cost a new listing.
+    pub fn patch_listing(&self, norm: &str, attr: Option<Attr>) {
+        let (dir, name) = match norm.rfind('/') {
+            Some(0) => ("/", &norm[1..]),
+            Some(i) => (&norm[..i], &norm[i + 1..]),
+            None => return,
+        };
+        let mut lists = self.lists.write();
+        let Some((l, _)) = lists.get_mut(dir) else { return };
+        let mut v = (**l).clone();
+        v.retain(|e| e.name != name);
+        if let Some(a) = attr {
+            v.push(DirEntry { name: name.to_string(), attr: a });
+        }
+        *l = Arc::new(v);
+    }
+
+    /// Cache `attr` as under storage's for `norm` (a file just persisted).
+    pub fn note_stored(&self, norm: &str, attr: &Attr) {
+        self.remember(norm, attr);
+    }
+
     /// Under storage of the mount `norm` is under, and the path in it.
     pub fn mount_of<'a>(&'a self, norm: &'a str) -> Result<(&'a Guarded, &'a str), NsError> {
         self.mount(norm)?.ok_or_else(|| NsError::Invalid(format!("{norm}: not a path in a mount")))

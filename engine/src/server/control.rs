@@ -189,6 +189,7 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
             r @ (Request::Create { .. }
             | Request::Write { .. }
             | Request::Close { .. }
+            | Request::Fsync { .. }
             | Request::Abort { .. }
             | Request::Unlink { .. }
             | Request::Sync { .. }) => crate::server::writes::handle(&ctx, r),

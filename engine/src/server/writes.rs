@@ -23,6 +23,7 @@ pub fn handle(ctx: &ControlCtx, req: Request) -> Response {
             None => Err(NsError::Invalid("write: data is not base64".into())),
         },
         Request::Close { handle } => w.close(handle).map(Response::Attr),
+        Request::Fsync { handle } => w.fsync(handle).map(|()| DONE),
         Request::Abort { handle } => w.abort(handle).map(|()| DONE),
         Request::Unlink { path } => w.unlink(&path).map(|()| DONE),
         Request::Sync { path } => w.sync(&path).map(|o| Response::Synced { persisted: o.persisted, failed: o.failed }),

@@ -190,7 +190,6 @@ impl WriteCore {
         let f = WrittenFile { attr, data: self.data_path(r.id), mode: r.mode, uid: r.uid, gid: r.gid };
         self.ns.written().insert(&r.path, f);
         self.ns.invalidate(&r.path);
-        self.ns.forget_listing(parent_of(&r.path));
     }
 
     /// Files and bytes waiting to be persisted, and files whose last attempt failed.
@@ -239,7 +238,7 @@ impl WriteCore {
 
     fn discard(&self, o: Open) {
         self.open_bytes.fetch_sub(o.written, Ordering::Relaxed);
-        let _ = std::fs::remove_file(self.data_path(o.id));
+        self.remove_files(o.id);
     }
 
     /// Append `data` at `off` (which must be the bytes written so far).
@@ -266,6 +265,27 @@ impl WriteCore {
         o.touched = Instant::now();
         self.open_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Make an open handle's bytes so far durable (a record marked open).
+    pub fn fsync(&self, handle: u64) -> Result<(), NsError> {
+        let h = self.handles.lock();
+        let o = h.get(&handle).ok_or_else(|| refused(libc::EBADF, format!("no open write handle {handle}")))?;
+        let mode = self.mode_of(&o.path).ok_or_else(|| refused(libc::EROFS, format!("{}: read-only", o.path)))?;
+        o.file.sync_all().map_err(|e| io_err("syncing the local copy", e))?;
+        let r = Record {
+            id: o.id,
+            path: o.path.clone(),
+            size: o.written,
+            mtime_ns: now_ns(),
+            version: format!("w{:x}", o.id),
+            mode: o.mode,
+            uid: o.uid,
+            gid: o.gid,
+            persist: mode.persists(),
+            open: true,
+        };
+        record::write(&self.record_path(o.id), &r).map_err(|e| io_err("writing the record", e))
     }
 
     /// Drop a handle and its bytes.
@@ -295,6 +315,7 @@ impl WriteCore {
             uid: o.uid,
             gid: o.gid,
             persist: mode.persists(),
+            open: false,
         };
         if let Err(e) = record::write(&self.record_path(o.id), &r) {
             let msg = format!("{}: writing its record", o.path);
@@ -396,7 +417,7 @@ impl WriteCore {
             }
         }
         self.ns.invalidate(&norm);
-        self.ns.forget_listing(parent_of(&norm));
+        self.ns.patch_listing(&norm, None);
         if !found {
             return Err(NsError::NotFound(format!("{norm}: no such file")));
         }

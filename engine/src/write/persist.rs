@@ -63,8 +63,20 @@ async fn attempt(core: &Arc<WriteCore>, id: u64) {
             let removed = core.ns.written().remove(&path, Some(&version));
             core.remove_files(id);
             if removed.is_some() {
+                // Readers go to under storage from now on: learn its attributes
+                // (one stat) rather than relisting the directory.
                 core.ns.invalidate(&path);
-                core.ns.forget_listing(parent_of(&path));
+                let stat = match core.ns.mount_of(&path) {
+                    Ok((ufs, rel)) => ufs.stat(rel).await.ok(),
+                    Err(_) => None,
+                };
+                match stat {
+                    Some(a) => {
+                        core.ns.note_stored(&path, &a);
+                        core.ns.patch_listing(&path, Some(a));
+                    }
+                    None => core.ns.forget_listing(parent_of(&path)),
+                }
             }
             tracing::debug!(%path, "written file persisted");
         }

@@ -18,6 +18,11 @@ pub struct Record {
     pub gid: u32,
     /// False on a cache-only mount: never persisted.
     pub persist: bool,
+    /// Written by an fsync of a file still open: `size` bytes were durable
+    /// then (the local copy may hold more, not acknowledged). A crash
+    /// brings the file back at that size; its close rewrites the record.
+    #[serde(default)]
+    pub open: bool,
 }
 
 pub fn write(path: &Path, r: &Record) -> std::io::Result<()> {
@@ -66,6 +71,11 @@ pub fn recover(dir: &Path) -> std::io::Result<Vec<Record>> {
         }
         match std::fs::metadata(&data) {
             Ok(m) if m.len() == r.size => out.push(r),
+            Ok(m) if m.len() > r.size && r.open => {
+                // Bytes written after the last fsync were never acknowledged.
+                std::fs::OpenOptions::new().write(true).open(&data)?.set_len(r.size)?;
+                out.push(r)
+            }
             _ => tracing::error!(path = %r.path, file = %data.display(), "a written file's local copy is missing or short: kept, not served"),
         }
     }
@@ -79,7 +89,7 @@ mod tests {
     use super::*;
 
     fn rec(id: u64, path: &str, size: u64) -> Record {
-        Record { id, path: path.into(), size, mtime_ns: 1, version: format!("w{id:x}"), mode: 0o644, uid: 1, gid: 2, persist: true }
+        Record { id, path: path.into(), size, mtime_ns: 1, version: format!("w{id:x}"), mode: 0o644, uid: 1, gid: 2, persist: true, open: false }
     }
 
     #[test]
