@@ -55,7 +55,8 @@ pub struct MountArgs {
     /// With a URI: an option of the mount, KEY=VALUE (repeatable), as for
     /// `stoker serve --mount-opt`: under-storage options (endpoint, region,
     /// credentials, ...; values never printed) and stoker's own (sync,
-    /// block_size, readahead), e.g. --mount-opt endpoint=http://10.0.0.5:9000.
+    /// block_size, readahead, write=async|through|cache-only for a writable
+    /// mount), e.g. --mount-opt endpoint=http://10.0.0.5:9000.
     #[arg(long = "mount-opt", value_name = "KEY=VALUE")]
     pub mount_opts: Vec<String>,
     /// With a URI: most bytes the cache may use on disk.

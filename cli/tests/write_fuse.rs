@@ -141,7 +141,17 @@ fn fuse_async_writes_read_back_before_persist_and_sync_lands_them() {
     // Rewriting whole (O_TRUNC) is fine, also over a file from under storage.
     std::fs::write(mp.join("existing.txt"), b"rewritten").unwrap();
     assert_eq!(std::fs::read(mp.join("existing.txt")).unwrap(), b"rewritten");
-    assert_eq!(errno_of(std::fs::create_dir(mp.join("newdir"))), libc::EOPNOTSUPP);
+    // Directories: made in under storage at once; files go into them.
+    std::fs::create_dir(mp.join("newdir")).unwrap();
+    assert!(dir.path().join("ufs/newdir").is_dir());
+    std::fs::write(mp.join("newdir/inner.bin"), b"inner").unwrap();
+    assert_eq!(std::fs::read(mp.join("newdir/inner.bin")).unwrap(), b"inner");
+    assert_eq!(errno_of(std::fs::remove_dir(mp.join("newdir"))), libc::ENOTEMPTY);
+    std::fs::create_dir(mp.join("emptydir")).unwrap();
+    std::fs::remove_dir(mp.join("emptydir")).unwrap();
+    assert!(!dir.path().join("ufs/emptydir").exists());
+    assert_eq!(errno_of(std::fs::metadata(mp.join("emptydir"))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::rename(mp.join("seq.bin"), mp.join("seq2.bin"))), libc::EOPNOTSUPP);
 
     let out = run(&["sync", "--socket", &srv.socket, "/m"]);
     assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
@@ -149,6 +159,7 @@ fn fuse_async_writes_read_back_before_persist_and_sync_lands_them() {
         assert!(std::fs::read(dir.path().join("ufs").join(name)).unwrap() == *d, "{name} byte-exact in under storage");
     }
     assert_eq!(std::fs::read(dir.path().join("ufs/existing.txt")).unwrap(), b"rewritten");
+    assert_eq!(std::fs::read(dir.path().join("ufs/newdir/inner.bin")).unwrap(), b"inner");
     let s = c.engine_stats().unwrap();
     assert_eq!((s.persist_pending_files, s.persist_pending_bytes), (0, 0));
     // unlink removes it from the mount and from under storage.
@@ -212,4 +223,38 @@ fn fuse_through_mode_has_it_in_under_storage_at_close() {
     std::fs::write(mp.join("t.bin"), &d).unwrap();
     assert!(std::fs::read(dir.path().join("ufs/t.bin")).unwrap() == d, "in under storage when close returned");
     assert!(std::fs::read(mp.join("t.bin")).unwrap() == d);
+}
+
+#[test]
+fn fuse_uri_mount_takes_the_write_option_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let ufs = dir.path().join("ufs");
+    std::fs::create_dir_all(&ufs).unwrap();
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir_all(&mp).unwrap();
+    let sock = dir.path().join("s.sock").to_string_lossy().into_owned();
+    let uri = format!("file://{}", ufs.display());
+    let cache = dir.path().join("cache");
+    let mut child = Command::new(BIN)
+        .args(["mount", &uri])
+        .arg(&mp)
+        .args(["--cache-dir", cache.to_str().unwrap(), "--capacity", "128M", "--socket", &sock, "--mount-opt", "write=async"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_for("the mount to appear", Duration::from_secs(30), || {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("stoker mount exited early: {st}");
+        }
+        is_mounted(&mp)
+    });
+    let _m = Mounted { child, mp: mp.clone() };
+    let d = data(21, 77_777);
+    std::fs::write(mp.join("via-uri.bin"), &d).unwrap();
+    assert!(std::fs::read(mp.join("via-uri.bin")).unwrap() == d);
+    let out = run(&["sync", "--socket", &sock, "/data"]);
+    assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(ufs.join("via-uri.bin")).unwrap() == d);
 }

@@ -67,6 +67,15 @@ fn async_writes_read_back_at_once_and_sync_persists_them() {
     assert_eq!(v["persist_pending_files"].as_u64(), Some(0));
     assert_eq!(v["persist_pending_bytes"].as_u64(), Some(0));
     assert_eq!(v["mounts"][0]["write"].as_str(), Some("async"));
+    // Directories: made at once; not removed while anything is in them.
+    c.mkdir("/m/dd").unwrap();
+    assert_eq!(c.mkdir("/m/dd").unwrap_err().errno(), libc::EEXIST);
+    assert!(dir.path().join("ufs/dd").is_dir());
+    c.write_file("/m/dd/x.bin", b"x").unwrap();
+    assert_eq!(c.rmdir("/m/dd").unwrap_err().errno(), libc::ENOTEMPTY);
+    c.unlink("/m/dd/x.bin").unwrap();
+    c.rmdir("/m/dd").unwrap();
+    assert!(!dir.path().join("ufs/dd").exists());
     // Removing one removes it from under storage too.
     c.unlink("/m/f1.bin").unwrap();
     assert!(!dir.path().join("ufs/f1.bin").exists());

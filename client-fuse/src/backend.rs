@@ -38,6 +38,12 @@ pub trait Backend: Send + Sync + 'static {
     fn unlink(&self, path: &str) -> stoker_client::Result<()> {
         Err(read_only(path))
     }
+    fn mkdir(&self, path: &str) -> stoker_client::Result<()> {
+        Err(read_only(path))
+    }
+    fn rmdir(&self, path: &str) -> stoker_client::Result<()> {
+        Err(read_only(path))
+    }
     /// Read `len` bytes at `off` and hand them to `done` when they are
     /// there, perhaps on another thread. By default a plain `read_into`.
     fn read_async(&self, path: &str, off: u64, len: usize, done: stoker_client::ReadDone) {
@@ -71,6 +77,12 @@ impl Backend for stoker_client::Client {
     }
     fn unlink(&self, path: &str) -> stoker_client::Result<()> {
         stoker_client::Client::unlink(self, path)
+    }
+    fn mkdir(&self, path: &str) -> stoker_client::Result<()> {
+        stoker_client::Client::mkdir(self, path)
+    }
+    fn rmdir(&self, path: &str) -> stoker_client::Result<()> {
+        stoker_client::Client::rmdir(self, path)
     }
 
     fn stat(&self, path: &str) -> stoker_client::Result<Attr> {
@@ -113,6 +125,12 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn unlink(&self, path: &str) -> stoker_client::Result<()> {
         (**self).unlink(path)
+    }
+    fn mkdir(&self, path: &str) -> stoker_client::Result<()> {
+        (**self).mkdir(path)
+    }
+    fn rmdir(&self, path: &str) -> stoker_client::Result<()> {
+        (**self).rmdir(path)
     }
     fn stat(&self, path: &str) -> stoker_client::Result<Attr> {
         (**self).stat(path)

@@ -407,7 +407,11 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        reply.error(self.errno("mkdir", self.fs.unsupported_write("mkdir", parent.0, Some(name))));
+        let _t = timed("mkdir");
+        match self.fs.mkdir(parent.0, name) {
+            Ok(e) => reply.entry(&self.ttl, &self.attr(e.ino, &e.attr), Generation(0)),
+            Err(e) => reply.error(self.errno("mkdir", e)),
+        }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -419,7 +423,11 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.errno("rmdir", self.fs.unsupported_write("rmdir", parent.0, Some(name))));
+        let _t = timed("rmdir");
+        match self.fs.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.errno("rmdir", e)),
+        }
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, _target: &Path, reply: ReplyEntry) {

@@ -226,6 +226,24 @@ impl Client {
         }
     }
 
+    /// Make a directory on a mount with a write mode (in under storage at once).
+    pub fn mkdir(&self, path: &str) -> Result<()> {
+        check_path(path)?;
+        match self.control(Request::Mkdir { path: path.into() })? {
+            Response::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Remove an empty directory on a mount with a write mode.
+    pub fn rmdir(&self, path: &str) -> Result<()> {
+        check_path(path)?;
+        match self.control(Request::Rmdir { path: path.into() })? {
+            Response::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Wait until every written file at or under `path` is in under
     /// storage. Returns the files persisted while waiting and those that
     /// failed (path, last error); failed ones stay in the cache, retried.

@@ -60,6 +60,11 @@ pub enum Request {
     Abort { handle: u64 },
     /// Remove a file (a written one, and its under-storage copy).
     Unlink { path: String },
+    /// Make a directory (in under storage at once; refused on cache-only
+    /// mounts). Answered with `Done`.
+    Mkdir { path: String },
+    /// Remove an empty directory. Answered with `Done`.
+    Rmdir { path: String },
     /// Wait until every written file at or under `path` is in under
     /// storage; answered with `Synced` (failures named there).
     Sync { path: String },

@@ -2,10 +2,11 @@
 //! (`FsConfig::writable`): create, sequential write, flush/release (=
 //! close: the engine acknowledges once the file is durable), fsync,
 //! truncate to 0 (O_TRUNC, or truncate(2) to 0), unlink, utimens (accepted,
-//! ignored). Refused with EOPNOTSUPP: a write at any offset but the end of
-//! what was written, an open for writing of a non-empty file without
-//! O_TRUNC (a random overwrite or an append), truncation to another size,
-//! chmod/chown, rename, link, mkdir/rmdir (docs/SEMANTICS.md, "Writes").
+//! ignored), mkdir and rmdir. Refused with EOPNOTSUPP: a write at any
+//! offset but the end of what was written, an open for writing of a
+//! non-empty file without O_TRUNC (a random overwrite or an append),
+//! truncation to another size, chmod/chown, rename, link (docs/SEMANTICS.md,
+//! "Writes").
 
 use super::{join, parent_of, Entry, Listing, Opened, StokerFs};
 use crate::backend::Backend;
@@ -242,6 +243,30 @@ impl<B: Backend> StokerFs<B> {
         let path = join(&p.path, name);
         self.backend.unlink(&path).map_err(|e| FsError::backend(&path, e))?;
         self.owners.write().remove(&path);
+        self.patch_listing(&path, None);
+        Ok(())
+    }
+
+    /// Make directory `name` in `parent` (one kernel reference).
+    pub fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Entry> {
+        self.check_writable("mkdir", parent, Some(name))?;
+        let p = self.node(parent)?;
+        let name = self.child_name(&p, name)?;
+        let path = join(&p.path, name);
+        self.backend.mkdir(&path).map_err(|e| FsError::backend(&path, e))?;
+        let attr = Attr { kind: Kind::Dir, size: 0, mtime_ns: now_ns(), version: String::new() };
+        let ino = self.inodes.remember(&path, attr.clone(), self.deadline());
+        self.patch_listing(&path, Some(attr.clone()));
+        Ok(Entry { ino, attr })
+    }
+
+    /// Remove the empty directory `name` from `parent`.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.check_writable("rmdir", parent, Some(name))?;
+        let p = self.node(parent)?;
+        let name = self.child_name(&p, name)?;
+        let path = join(&p.path, name);
+        self.backend.rmdir(&path).map_err(|e| FsError::backend(&path, e))?;
         self.patch_listing(&path, None);
         Ok(())
     }

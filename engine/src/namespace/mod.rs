@@ -575,8 +575,11 @@ impl Namespace {
     /// caching the attributes.
     pub async fn read_versioned(&self, norm: &str, off: u64, len: u64) -> UfsResult<(Attr, Vec<u8>)> {
         if let Some(w) = self.written.get(norm) {
-            let data = read_local(w.data, off, len).await?;
-            return Ok((w.attr, data));
+            // Gone (persisted and removed meanwhile): read under storage's copy.
+            match read_local(w.data, off, len).await {
+                Err(UfsError::NotFound) => {}
+                r => return r.map(|data| (w.attr, data)),
+            }
         }
         let (attr, data) = match self.mount(norm) {
             Ok(Some((ufs, rel))) => ufs.read_versioned(rel, off, len).await?,
@@ -590,7 +593,10 @@ impl Namespace {
     /// Read a range of a file from under storage.
     pub async fn read(&self, norm: &str, off: u64, len: u64) -> UfsResult<Vec<u8>> {
         if let Some(w) = self.written.get(norm) {
-            return read_local(w.data, off, len).await;
+            match read_local(w.data, off, len).await {
+                Err(UfsError::NotFound) => {}
+                r => return r,
+            }
         }
         match self.mount(norm) {
             Ok(Some((ufs, rel))) => ufs.read(rel, off, len).await,
@@ -613,7 +619,10 @@ async fn read_local(path: std::path::PathBuf, off: u64, len: u64) -> UfsResult<V
     })
     .await
     .map_err(|e| UfsError::Io { message: format!("worker failed: {e}"), retryable: false })?
-    .map_err(|e| UfsError::Io { message: format!("written file's local copy: {e}"), retryable: false })
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => UfsError::NotFound,
+        _ => UfsError::Io { message: format!("written file's local copy: {e}"), retryable: false },
+    })
 }
 
 #[cfg(test)]

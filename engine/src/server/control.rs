@@ -192,6 +192,8 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
             | Request::Fsync { .. }
             | Request::Abort { .. }
             | Request::Unlink { .. }
+            | Request::Mkdir { .. }
+            | Request::Rmdir { .. }
             | Request::Sync { .. }) => crate::server::writes::handle(&ctx, r),
             r @ (Request::Pin { .. }
             | Request::Unpin { .. }

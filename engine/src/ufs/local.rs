@@ -86,6 +86,22 @@ impl Ufs for LocalDir {
         })
     }
 
+    fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let p = self.resolve(rel);
+        Box::pin(async move {
+            let p = p?;
+            blocking(move || std::fs::create_dir(&p).map_err(map_err)).await
+        })
+    }
+
+    fn delete_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let p = self.resolve(rel);
+        Box::pin(async move {
+            let p = p?;
+            blocking(move || std::fs::remove_dir(&p).map_err(map_err)).await
+        })
+    }
+
     fn delete<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
         let p = self.resolve(rel);
         Box::pin(async move {

@@ -88,6 +88,16 @@ pub trait Ufs: Send + Sync + 'static {
         let _ = rel;
         Box::pin(async move { Err(UfsError::Io { message: "this under storage cannot be written".into(), retryable: false }) })
     }
+    /// Make the directory `rel` (its parent exists).
+    fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let _ = rel;
+        Box::pin(async move { Err(UfsError::Io { message: "this under storage cannot be written".into(), retryable: false }) })
+    }
+    /// Remove the empty directory `rel`.
+    fn delete_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let _ = rel;
+        Box::pin(async move { Err(UfsError::Io { message: "this under storage cannot be written".into(), retryable: false }) })
+    }
     /// Attributes and bytes `[off, off+len)` together. Backends whose read
     /// returns metadata (an object GET does) answer in one round trip.
     fn read_versioned<'a>(&'a self, rel: &'a str, off: u64, len: u64) -> BoxFut<'a, UfsResult<(Attr, Vec<u8>)>> {

@@ -426,6 +426,21 @@ impl Ufs for OpendalUfs {
         })
     }
 
+    /// A directory marker (`rel/`), as object stores keep empty directories.
+    fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            let rel = check_rel(rel)?;
+            self.op.create_dir(&format!("{rel}/")).await.map_err(|e| self.map_err(e))
+        })
+    }
+
+    fn delete_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            let rel = check_rel(rel)?;
+            self.op.delete(&format!("{rel}/")).await.map_err(|e| self.map_err(e))
+        })
+    }
+
     fn delete<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
         Box::pin(async move {
             let rel = check_rel(rel)?;

@@ -60,6 +60,18 @@ impl Ufs for Throttled {
             self.inner.write_file(rel, src).await
         })
     }
+    fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            self.pay(0).await;
+            self.inner.create_dir(rel).await
+        })
+    }
+    fn delete_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            self.pay(0).await;
+            self.inner.delete_dir(rel).await
+        })
+    }
     fn delete<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
         Box::pin(async move {
             self.pay(0).await;

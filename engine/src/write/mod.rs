@@ -424,6 +424,52 @@ impl WriteCore {
         Ok(())
     }
 
+    /// Make a directory: in under storage at once (a directory is not
+    /// data to persist later). Refused on cache-only mounts.
+    pub fn mkdir(&self, path: &str) -> Result<(), NsError> {
+        let (norm, mode) = self.writable(path)?;
+        if !mode.persists() {
+            return Err(refused(libc::EOPNOTSUPP, format!("{norm}: mkdir on a cache-only mount")));
+        }
+        if self.rt.block_on(self.ns.stat(&norm)).is_ok() {
+            return Err(refused(libc::EEXIST, format!("{norm}: exists")));
+        }
+        let (ufs, rel) = self.ns.mount_of(&norm)?;
+        let (ufs, rel) = (ufs.inner().clone(), rel.to_string());
+        self.rt.block_on(async move { ufs.create_dir(&rel).await }).map_err(|e| NsError::ufs(&norm, e))?;
+        self.ns.invalidate(&norm);
+        self.ns.patch_listing(&norm, Some(Attr { kind: Kind::Dir, size: 0, mtime_ns: 0, version: String::new() }));
+        Ok(())
+    }
+
+    /// Remove an empty directory (ENOTEMPTY while anything, written or
+    /// stored, is in it).
+    pub fn rmdir(&self, path: &str) -> Result<(), NsError> {
+        let (norm, mode) = self.writable(path)?;
+        let attr = self.rt.block_on(self.ns.stat(&norm))?;
+        if attr.kind != Kind::Dir {
+            return Err(refused(libc::ENOTDIR, format!("{norm}: not a directory")));
+        }
+        // Listed afresh: a file persisted a moment ago is in under storage's listing.
+        self.ns.forget_listing(&norm);
+        if !self.rt.block_on(self.ns.list(&norm))?.is_empty() {
+            return Err(refused(libc::ENOTEMPTY, format!("{norm}: directory not empty")));
+        }
+        if !mode.persists() {
+            return Err(refused(libc::EOPNOTSUPP, format!("{norm}: rmdir on a cache-only mount")));
+        }
+        let (ufs, rel) = self.ns.mount_of(&norm)?;
+        let (ufs, rel) = (ufs.inner().clone(), rel.to_string());
+        match self.rt.block_on(async move { ufs.delete_dir(&rel).await }) {
+            Ok(()) | Err(crate::ufs::UfsError::NotFound) => {}
+            Err(e) => return Err(NsError::ufs(&norm, e)),
+        }
+        self.ns.invalidate(&norm);
+        self.ns.forget_listing(&norm);
+        self.ns.patch_listing(&norm, None);
+        Ok(())
+    }
+
     /// Wait until every written file at or under `path` is in under
     /// storage, or has failed an attempt made after this call began
     /// (failed files are retried at once rather than after their backoff).

@@ -58,18 +58,19 @@ async fn attempt(core: &Arc<WriteCore>, id: u64) {
     };
     match res {
         Ok(()) => {
+            // Readers go to under storage from now on: learn its attributes
+            // (one stat) rather than relisting the directory, before the
+            // written copy stops answering for it.
+            let stat = match core.ns.mount_of(&path) {
+                Ok((ufs, rel)) => ufs.stat(rel).await.ok(),
+                Err(_) => None,
+            };
             // The record goes first: a crash between the two steps persists it once more.
             core.pending.lock().remove(&id);
             let removed = core.ns.written().remove(&path, Some(&version));
             core.remove_files(id);
             if removed.is_some() {
-                // Readers go to under storage from now on: learn its attributes
-                // (one stat) rather than relisting the directory.
                 core.ns.invalidate(&path);
-                let stat = match core.ns.mount_of(&path) {
-                    Ok((ufs, rel)) => ufs.stat(rel).await.ok(),
-                    Err(_) => None,
-                };
                 match stat {
                     Some(a) => {
                         core.ns.note_stored(&path, &a);
