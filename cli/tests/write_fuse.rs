@@ -151,7 +151,12 @@ fn fuse_async_writes_read_back_before_persist_and_sync_lands_them() {
     std::fs::remove_dir(mp.join("emptydir")).unwrap();
     assert!(!dir.path().join("ufs/emptydir").exists());
     assert_eq!(errno_of(std::fs::metadata(mp.join("emptydir"))), libc::ENOENT);
-    assert_eq!(errno_of(std::fs::rename(mp.join("seq.bin"), mp.join("seq2.bin"))), libc::EOPNOTSUPP);
+    // Rename: a written file moves and is persisted under its new name.
+    std::fs::write(mp.join("part.tmp"), b"committed").unwrap();
+    std::fs::rename(mp.join("part.tmp"), mp.join("part.out")).unwrap();
+    assert_eq!(std::fs::read(mp.join("part.out")).unwrap(), b"committed");
+    assert_eq!(errno_of(std::fs::metadata(mp.join("part.tmp"))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::rename(mp.join("newdir"), mp.join("newdir2"))), libc::EOPNOTSUPP);
 
     let out = run(&["sync", "--socket", &srv.socket, "/m"]);
     assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
@@ -160,6 +165,13 @@ fn fuse_async_writes_read_back_before_persist_and_sync_lands_them() {
     }
     assert_eq!(std::fs::read(dir.path().join("ufs/existing.txt")).unwrap(), b"rewritten");
     assert_eq!(std::fs::read(dir.path().join("ufs/newdir/inner.bin")).unwrap(), b"inner");
+    assert_eq!(std::fs::read(dir.path().join("ufs/part.out")).unwrap(), b"committed");
+    assert!(!dir.path().join("ufs/part.tmp").exists());
+    // A stored file is renamed in under storage.
+    std::fs::rename(mp.join("part.out"), mp.join("final.out")).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("ufs/final.out")).unwrap(), b"committed");
+    assert!(!dir.path().join("ufs/part.out").exists());
+    assert_eq!(std::fs::read(mp.join("final.out")).unwrap(), b"committed");
     let s = c.engine_stats().unwrap();
     assert_eq!((s.persist_pending_files, s.persist_pending_bytes), (0, 0));
     // unlink removes it from the mount and from under storage.

@@ -76,6 +76,17 @@ fn async_writes_read_back_at_once_and_sync_persists_them() {
     c.unlink("/m/dd/x.bin").unwrap();
     c.rmdir("/m/dd").unwrap();
     assert!(!dir.path().join("ufs/dd").exists());
+    // Rename of a stored file, and of a written one replacing another.
+    c.rename("/m/f2.bin", "/m/g2.bin").unwrap();
+    assert!(std::fs::read(dir.path().join("ufs/g2.bin")).unwrap() == files[2].1);
+    assert!(!dir.path().join("ufs/f2.bin").exists());
+    c.write_file("/m/new.tmp", b"new").unwrap();
+    c.rename("/m/new.tmp", "/m/g2.bin").unwrap();
+    assert_eq!(c.read_file("/m/g2.bin").unwrap(), b"new");
+    assert_eq!(c.stat("/m/new.tmp").unwrap_err().errno(), libc::ENOENT);
+    assert!(sync(&srv.socket, "/m").status.success());
+    assert_eq!(std::fs::read(dir.path().join("ufs/g2.bin")).unwrap(), b"new");
+    assert!(!dir.path().join("ufs/new.tmp").exists());
     // Removing one removes it from under storage too.
     c.unlink("/m/f1.bin").unwrap();
     assert!(!dir.path().join("ufs/f1.bin").exists());

@@ -41,6 +41,10 @@ pub trait Backend: Send + Sync + 'static {
     fn mkdir(&self, path: &str) -> stoker_client::Result<()> {
         Err(read_only(path))
     }
+    fn rename(&self, from: &str, to: &str) -> stoker_client::Result<()> {
+        let _ = to;
+        Err(read_only(from))
+    }
     fn rmdir(&self, path: &str) -> stoker_client::Result<()> {
         Err(read_only(path))
     }
@@ -80,6 +84,9 @@ impl Backend for stoker_client::Client {
     }
     fn mkdir(&self, path: &str) -> stoker_client::Result<()> {
         stoker_client::Client::mkdir(self, path)
+    }
+    fn rename(&self, from: &str, to: &str) -> stoker_client::Result<()> {
+        stoker_client::Client::rename(self, from, to)
     }
     fn rmdir(&self, path: &str) -> stoker_client::Result<()> {
         stoker_client::Client::rmdir(self, path)
@@ -128,6 +135,9 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn mkdir(&self, path: &str) -> stoker_client::Result<()> {
         (**self).mkdir(path)
+    }
+    fn rename(&self, from: &str, to: &str) -> stoker_client::Result<()> {
+        (**self).rename(from, to)
     }
     fn rmdir(&self, path: &str) -> stoker_client::Result<()> {
         (**self).rmdir(path)

@@ -226,6 +226,17 @@ impl Client {
         }
     }
 
+    /// Rename a file within one mount on a mount with a write mode
+    /// (replacing `to`; directories are not renamed).
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        check_path(from)?;
+        check_path(to)?;
+        match self.control(Request::Rename { from: from.into(), to: to.into() })? {
+            Response::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Make a directory on a mount with a write mode (in under storage at once).
     pub fn mkdir(&self, path: &str) -> Result<()> {
         check_path(path)?;

@@ -60,6 +60,10 @@ pub enum Request {
     Abort { handle: u64 },
     /// Remove a file (a written one, and its under-storage copy).
     Unlink { path: String },
+    /// Rename a file within one mount (replacing `to`): a written file not
+    /// yet persisted moves locally and is persisted under its new name; a
+    /// stored one is moved in under storage. Answered with `Done`.
+    Rename { from: String, to: String },
     /// Make a directory (in under storage at once; refused on cache-only
     /// mounts). Answered with `Done`.
     Mkdir { path: String },

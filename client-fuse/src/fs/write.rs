@@ -2,11 +2,11 @@
 //! (`FsConfig::writable`): create, sequential write, flush/release (=
 //! close: the engine acknowledges once the file is durable), fsync,
 //! truncate to 0 (O_TRUNC, or truncate(2) to 0), unlink, utimens (accepted,
-//! ignored), mkdir and rmdir. Refused with EOPNOTSUPP: a write at any
-//! offset but the end of what was written, an open for writing of a
-//! non-empty file without O_TRUNC (a random overwrite or an append),
-//! truncation to another size, chmod/chown, rename, link (docs/SEMANTICS.md,
-//! "Writes").
+//! ignored), mkdir, rmdir and rename of a file. Refused with EOPNOTSUPP: a
+//! write at any offset but the end of what was written, an open for
+//! writing of a non-empty file without O_TRUNC (a random overwrite or an
+//! append), truncation to another size, chmod/chown, rename of a directory,
+//! link (docs/SEMANTICS.md, "Writes").
 
 use super::{join, parent_of, Entry, Listing, Opened, StokerFs};
 use crate::backend::Backend;
@@ -268,6 +268,34 @@ impl<B: Backend> StokerFs<B> {
         let path = join(&p.path, name);
         self.backend.rmdir(&path).map_err(|e| FsError::backend(&path, e))?;
         self.patch_listing(&path, None);
+        Ok(())
+    }
+
+    /// Rename file `name` in `parent` to `newname` in `newparent` (plain
+    /// rename only: RENAME_NOREPLACE and RENAME_EXCHANGE are EINVAL).
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Result<()> {
+        self.check_writable("rename", parent, Some(name))?;
+        let p = self.node(parent)?;
+        let np = self.node(newparent)?;
+        let name = self.child_name(&p, name)?;
+        let newname = self.child_name(&np, newname)?;
+        let (from, to) = (join(&p.path, name), join(&np.path, newname));
+        if flags != 0 {
+            return Err(FsError::backend(&from, stoker_client::Error::new(libc::EINVAL, format!("{from}: rename flags {flags:#x} are not supported"))));
+        }
+        self.backend.rename(&from, &to).map_err(|e| FsError::backend(&from, e))?;
+        let attr = self.backend.stat(&to).map_err(|e| FsError::backend(&to, e))?;
+        {
+            let mut owners = self.owners.write();
+            if let Some(o) = owners.remove(&from) {
+                owners.insert(to.clone(), o);
+            }
+        }
+        self.patch_listing(&from, None);
+        self.patch_listing(&to, Some(attr.clone()));
+        self.inodes.rename(&from, &to);
+        let ino = self.inodes.ino_of(&to);
+        self.inodes.refresh(ino, attr, self.deadline());
         Ok(())
     }
 

@@ -193,6 +193,7 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
             | Request::Abort { .. }
             | Request::Unlink { .. }
             | Request::Mkdir { .. }
+            | Request::Rename { .. }
             | Request::Rmdir { .. }
             | Request::Sync { .. }) => crate::server::writes::handle(&ctx, r),
             r @ (Request::Pin { .. }

@@ -26,6 +26,7 @@ pub fn handle(ctx: &ControlCtx, req: Request) -> Response {
         Request::Fsync { handle } => w.fsync(handle).map(|()| DONE),
         Request::Abort { handle } => w.abort(handle).map(|()| DONE),
         Request::Unlink { path } => w.unlink(&path).map(|()| DONE),
+        Request::Rename { from, to } => w.rename(&from, &to).map(|()| DONE),
         Request::Mkdir { path } => w.mkdir(&path).map(|()| DONE),
         Request::Rmdir { path } => w.rmdir(&path).map(|()| DONE),
         Request::Sync { path } => w.sync(&path).map(|o| Response::Synced { persisted: o.persisted, failed: o.failed }),

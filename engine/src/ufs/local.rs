@@ -86,6 +86,24 @@ impl Ufs for LocalDir {
         })
     }
 
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let (f, t) = (self.resolve(from), self.resolve(to));
+        Box::pin(async move {
+            let (f, t) = (f?, t?);
+            blocking(move || {
+                let moved = (|| {
+                    std::fs::rename(&f, &t)?;
+                    for d in [t.parent(), f.parent()].into_iter().flatten() {
+                        std::fs::File::open(d)?.sync_all()?;
+                    }
+                    Ok(())
+                })();
+                moved.map_err(map_err)
+            })
+            .await
+        })
+    }
+
     fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
         let p = self.resolve(rel);
         Box::pin(async move {

@@ -88,6 +88,11 @@ pub trait Ufs: Send + Sync + 'static {
         let _ = rel;
         Box::pin(async move { Err(UfsError::Io { message: "this under storage cannot be written".into(), retryable: false }) })
     }
+    /// Move the file `from` to `to` (replacing it).
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let _ = (from, to);
+        Box::pin(async move { Err(UfsError::Io { message: "this under storage cannot be written".into(), retryable: false }) })
+    }
     /// Make the directory `rel` (its parent exists).
     fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
         let _ = rel;

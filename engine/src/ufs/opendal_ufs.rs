@@ -426,6 +426,15 @@ impl Ufs for OpendalUfs {
         })
     }
 
+    /// A copy then a delete: object stores have no rename.
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            let (from, to) = (check_rel(from)?, check_rel(to)?);
+            self.op.copy(from, to).await.map_err(|e| self.map_err(e))?;
+            self.op.delete(from).await.map_err(|e| self.map_err(e))
+        })
+    }
+
     /// A directory marker (`rel/`), as object stores keep empty directories.
     fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
         Box::pin(async move {

@@ -60,6 +60,12 @@ impl Ufs for Throttled {
             self.inner.write_file(rel, src).await
         })
     }
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            self.pay(0).await;
+            self.inner.rename(from, to).await
+        })
+    }
     fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
         Box::pin(async move {
             self.pay(0).await;

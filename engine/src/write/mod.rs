@@ -424,6 +424,99 @@ impl WriteCore {
         Ok(())
     }
 
+    /// Wait (bounded) until no persist of `norm` is under way.
+    fn wait_not_in_flight(&self, norm: &str) -> Result<(), NsError> {
+        let t0 = Instant::now();
+        while self.pending.lock().values().any(|p| p.path == norm && p.in_flight) {
+            if t0.elapsed() > SYNC_WAIT_MAX {
+                return Err(NsError::Engine(format!("{norm}: a persist of it is still under way")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Rename a file within one mount, replacing `to`. A written file moves
+    /// locally (its record rewritten durably under the new path) and is
+    /// persisted under the new name, and an older copy at `from` in under
+    /// storage is removed; a stored file is moved in under storage.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), NsError> {
+        let (f, mode) = self.writable(from)?;
+        let (t, _) = self.writable(to)?;
+        let mount = |p: &str| p.trim_start_matches('/').split('/').next().unwrap_or("").to_string();
+        if mount(&f) != mount(&t) {
+            return Err(refused(libc::EXDEV, format!("{f} -> {t}: a rename stays within one mount")));
+        }
+        if f == t {
+            return Ok(());
+        }
+        self.wait_not_in_flight(&f)?;
+        self.wait_not_in_flight(&t)?;
+        let attr = self.rt.block_on(self.ns.stat(&f))?;
+        if attr.kind == Kind::Dir {
+            return Err(refused(libc::EOPNOTSUPP, format!("{f}: renaming a directory is not supported")));
+        }
+        if let Ok(a) = self.rt.block_on(self.ns.stat(&t)) {
+            if a.kind == Kind::Dir {
+                return Err(NsError::IsDir(format!("{t}: is a directory")));
+            }
+        }
+        match self.ns.written().get(&f) {
+            Some(w) => {
+                let id = id_of_version(&w.attr.version)
+                    .ok_or_else(|| NsError::Engine(format!("{f}: written file without an id")))?;
+                let mut r: Record = std::fs::read(self.record_path(id))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .ok_or_else(|| NsError::Engine(format!("{f}: its record is unreadable")))?;
+                r.path = t.clone();
+                record::write(&self.record_path(id), &r).map_err(|e| io_err("rewriting the record", e))?;
+                // `to`'s older written versions go; this one replaces them.
+                self.supersede(&t, id);
+                if let Some(old) = self.ns.written().remove(&t, None) {
+                    if let Some(i) = id_of_version(&old.attr.version).filter(|i| *i != id) {
+                        self.pending.lock().remove(&i);
+                        self.remove_files(i);
+                    }
+                }
+                if let Some(p) = self.pending.lock().get_mut(&id) {
+                    p.path = t.clone();
+                }
+                self.ns.written().remove(&f, Some(&w.attr.version));
+                self.ns.written().insert(&t, w.clone());
+                self.ns.invalidate(&f);
+                self.ns.invalidate(&t);
+                self.ns.patch_listing(&f, None);
+                self.ns.patch_listing(&t, Some(w.attr.clone()));
+                if mode.persists() {
+                    // A copy persisted earlier under the old name goes too.
+                    let (ufs, rel) = self.ns.mount_of(&f)?;
+                    let (ufs, rel) = (ufs.inner().clone(), rel.to_string());
+                    match self.rt.block_on(async move { ufs.delete(&rel).await }) {
+                        Ok(()) | Err(crate::ufs::UfsError::NotFound) => {}
+                        Err(e) => return Err(NsError::ufs(&f, e)),
+                    }
+                }
+            }
+            None => {
+                if !mode.persists() {
+                    return Err(refused(libc::EOPNOTSUPP, format!("{f}: renaming a stored file on a cache-only mount")));
+                }
+                let (ufs, from_rel) = self.ns.mount_of(&f)?;
+                let (_, to_rel) = self.ns.mount_of(&t)?;
+                let (ufs, from_rel, to_rel) = (ufs.inner().clone(), from_rel.to_string(), to_rel.to_string());
+                self.rt
+                    .block_on(async move { ufs.rename(&from_rel, &to_rel).await })
+                    .map_err(|e| NsError::ufs(&f, e))?;
+                self.ns.invalidate(&f);
+                self.ns.invalidate(&t);
+                self.ns.patch_listing(&f, None);
+                self.ns.forget_listing(parent_of(&t));
+            }
+        }
+        Ok(())
+    }
+
     /// Make a directory: in under storage at once (a directory is not
     /// data to persist later). Refused on cache-only mounts.
     pub fn mkdir(&self, path: &str) -> Result<(), NsError> {
