@@ -381,13 +381,7 @@ impl WriteCore {
     pub fn unlink(&self, path: &str) -> Result<(), NsError> {
         let (norm, mode) = self.writable(path)?;
         // A persist of it under way finishes first, so it cannot land after the delete.
-        let t0 = Instant::now();
-        while self.pending.lock().values().any(|p| p.path == norm && p.in_flight) {
-            if t0.elapsed() > SYNC_WAIT_MAX {
-                return Err(NsError::Engine(format!("{norm}: a persist of it is still under way")));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_not_in_flight(&norm)?;
         let ids: Vec<u64> = {
             let mut p = self.pending.lock();
             let ids: Vec<u64> = p.iter().filter(|(_, f)| f.path == norm).map(|(i, _)| *i).collect();
@@ -450,8 +444,44 @@ impl WriteCore {
         if f == t {
             return Ok(());
         }
-        self.wait_not_in_flight(&f)?;
-        self.wait_not_in_flight(&t)?;
+        // Claim `from`'s pending persists (marked in flight, so the persist
+        // queue leaves them alone) once nothing of either path is under way;
+        // they are queued again, under the new name, at the end.
+        let t0 = Instant::now();
+        let claimed: Vec<u64> = loop {
+            let mut p = self.pending.lock();
+            if !p.values().any(|x| (x.path == f || x.path == t) && x.in_flight) {
+                let ids: Vec<u64> = p.iter().filter(|(_, x)| x.path == f).map(|(i, _)| *i).collect();
+                for i in &ids {
+                    if let Some(x) = p.get_mut(i) {
+                        x.in_flight = true;
+                    }
+                }
+                break ids;
+            }
+            drop(p);
+            if t0.elapsed() > SYNC_WAIT_MAX {
+                return Err(NsError::Engine(format!("{f}: a persist of it is still under way")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let res = self.rename_claimed(&f, &t, mode);
+        {
+            let mut p = self.pending.lock();
+            for i in &claimed {
+                if let Some(x) = p.get_mut(i) {
+                    x.in_flight = false;
+                }
+            }
+        }
+        for i in claimed {
+            let _ = self.queue.send(i);
+        }
+        res
+    }
+
+    fn rename_claimed(&self, from: &str, to: &str, mode: WriteMode) -> Result<(), NsError> {
+        let (f, t) = (from.to_string(), to.to_string());
         let attr = self.rt.block_on(self.ns.stat(&f))?;
         if attr.kind == Kind::Dir {
             return Err(refused(libc::EOPNOTSUPP, format!("{f}: renaming a directory is not supported")));
@@ -481,6 +511,8 @@ impl WriteCore {
                 }
                 if let Some(p) = self.pending.lock().get_mut(&id) {
                     p.path = t.clone();
+                    p.attempts = 0;
+                    p.last_error = None;
                 }
                 self.ns.written().remove(&f, Some(&w.attr.version));
                 self.ns.written().insert(&t, w.clone());
