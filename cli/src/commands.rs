@@ -397,6 +397,12 @@ pub fn stat(socket: &str, json: bool) -> Result<()> {
     let amp = if s.bytes_served > 0 { s.device_bytes_read as f64 / s.bytes_served as f64 } else { 0.0 };
     println!("disk read  {} ({amp:.2}x served)", human(s.device_bytes_read));
     println!("sessions   {}", s.sessions);
+    println!(
+        "persist    {} files ({}) waiting for under storage, {} failing",
+        s.persist_pending_files,
+        human(s.persist_pending_bytes),
+        s.persist_failed_files
+    );
     println!("shard   used         blocks     hits       misses");
     for sh in &s.shards {
         println!("{:<7} {:<12} {:<10} {:<10} {}", sh.shard, human(sh.used_bytes), sh.blocks, sh.hits, sh.misses);
@@ -404,7 +410,7 @@ pub fn stat(socket: &str, json: bool) -> Result<()> {
     for m in &s.mounts {
         let opts: Vec<String> = m.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "mount /{} = {}  sync={} block={} readahead={} inflight-limit={}{}{}",
+            "mount /{} = {}  sync={} block={} readahead={} inflight-limit={}{}{}{}",
             m.name,
             m.uri,
             m.sync,
@@ -412,6 +418,7 @@ pub fn stat(socket: &str, json: bool) -> Result<()> {
             m.readahead_blocks,
             m.inflight_limit,
             if m.read_only { " read-only" } else { "" },
+            m.write.as_deref().map(|w| format!(" write={w}")).unwrap_or_default(),
             if opts.is_empty() { String::new() } else { format!("  [{}]", opts.join(", ")) }
         );
     }

@@ -87,6 +87,14 @@ enum Cmd {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Wait until every file written under PATH is in under storage; exits
+    /// non-zero naming each file that could not be persisted (it stays in
+    /// the cache and is retried).
+    Sync {
+        path: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Cached blocks under PATH expire DURATION after they were cached (`never` clears; persists).
     Ttl {
         path: String,
@@ -155,6 +163,7 @@ fn main() {
         Cmd::Pin { path, socket } => policy_cmd::pin(&socket.path(), &path, true),
         Cmd::Unpin { path, socket } => policy_cmd::pin(&socket.path(), &path, false),
         Cmd::Free { path, socket } => policy_cmd::free(&socket.path(), &path),
+        Cmd::Sync { path, socket } => policy_cmd::sync(&socket.path(), &path),
         Cmd::Ttl { path, duration, socket } => policy_cmd::ttl(&socket.path(), &path, &duration),
         Cmd::Load { prefix, parallel, skip_cached, verify, socket } => {
             load::load(&socket.path(), &prefix, &load::LoadOpts { parallel, skip_cached, verify })

@@ -55,7 +55,8 @@ pub struct MountArgs {
     /// With a URI: an option of the mount, KEY=VALUE (repeatable), as for
     /// `stoker serve --mount-opt`: under-storage options (endpoint, region,
     /// credentials, ...; values never printed) and stoker's own (sync,
-    /// block_size, readahead), e.g. --mount-opt endpoint=http://10.0.0.5:9000.
+    /// block_size, readahead, write=async|through|cache-only for a writable
+    /// mount), e.g. --mount-opt endpoint=http://10.0.0.5:9000.
     #[arg(long = "mount-opt", value_name = "KEY=VALUE")]
     pub mount_opts: Vec<String>,
     /// With a URI: most bytes the cache may use on disk.
@@ -290,7 +291,13 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
     }
     let opts = stoker_client::Options { timeout: a.request_timeout, ..Default::default() };
     let client = stoker_client::Client::connect_with(&socket, opts)?;
-    let mut cfg = FsConfig { metadata_ttl: a.metadata_ttl, list_on_lookup: !a.no_list_on_lookup, ..FsConfig::default() };
+    // Writable exactly when the engine mount under `root` (or, for `/`,
+    // any mount) has a write mode; the engine refuses the rest with EROFS.
+    let writable = {
+        let mount = root.trim_start_matches('/').split('/').next().unwrap_or("");
+        client.engine_stats()?.mounts.iter().any(|m| m.write.is_some() && (mount.is_empty() || m.name == mount))
+    };
+    let mut cfg = FsConfig { metadata_ttl: a.metadata_ttl, list_on_lookup: !a.no_list_on_lookup, writable, ..FsConfig::default() };
     cfg.owner.blksize = knobs.max_read.clamp(4096, 16 << 20) as u32;
     let fs = Arc::new(StokerFs::new(client, &root, cfg).with_context(|| format!("cannot mount {root}"))?);
     let mopts = MountOptions {
@@ -301,6 +308,7 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
         allow_other: a.allow_other,
         fsname: format!("stoker:{root}"),
         no_open: !a.fuse_open,
+        writable,
         ..MountOptions::default()
     };
     if !a.no_auto_unmount && !mopts.auto_unmount {

@@ -32,6 +32,19 @@ pub fn free(socket: &str, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// `stoker sync PATH`: wait for the persists under PATH; name each failure.
+pub fn sync(socket: &str, path: &str) -> Result<()> {
+    let (persisted, failed) = connect(socket)?.sync(path)?;
+    if failed.is_empty() {
+        eprintln!("stoker: {path}: everything written is in under storage ({persisted} files persisted now)");
+        return Ok(());
+    }
+    for (p, e) in &failed {
+        eprintln!("stoker: not persisted: {p}: {e}");
+    }
+    bail!("{path}: {} written files not in under storage yet (kept in the cache, retried)", failed.len())
+}
+
 pub fn ttl(socket: &str, path: &str, duration: &str) -> Result<()> {
     let ttl = match duration {
         "never" | "off" | "none" => None,

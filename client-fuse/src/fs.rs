@@ -43,6 +43,10 @@ pub struct FsConfig {
     /// one per file. Off = one stat per lookup (very large directories read
     /// sparsely). Default on.
     pub list_on_lookup: bool,
+    /// The engine mount has a write mode (`write=`): create, write, close,
+    /// fsync, truncate to 0 and unlink go to the engine (fs/write.rs).
+    /// Off: every write-type call is refused with EROFS. Default off.
+    pub writable: bool,
 }
 
 impl Default for FsConfig {
@@ -52,6 +56,7 @@ impl Default for FsConfig {
             // SAFETY: getuid/getgid cannot fail and touch no memory.
             owner: Owner { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() }, blksize: 1 << 20 },
             list_on_lookup: true,
+            writable: false,
         }
     }
 }
@@ -180,6 +185,10 @@ pub struct StokerFs<B: Backend> {
     /// one fetch instead of each listing it.
     listing_fetches: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
     files: RwLock<HashMap<u64, OpenFile>>,
+    /// Files open for writing (fs/write.rs), by handle.
+    writers: Mutex<HashMap<u64, Arc<Mutex<write::Writer>>>>,
+    /// Mode, uid and gid of files written through this mount, by path.
+    owners: RwLock<HashMap<String, (u32, u32, u32)>>,
     dirs: RwLock<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
     warned: Mutex<HashSet<&'static str>>,
@@ -224,6 +233,8 @@ impl<B: Backend> StokerFs<B> {
             listing_entries: AtomicU64::new(0),
             listing_fetches: Mutex::new(HashMap::new()),
             files: RwLock::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
+            owners: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             warned: Mutex::new(HashSet::new()),
@@ -406,8 +417,19 @@ impl<B: Backend> StokerFs<B> {
         Ok(())
     }
 
-    /// Open a file for reading. Any write intent is refused with EROFS.
+    /// Open a file for reading. Any write intent is refused with EROFS
+    /// (on a writable mount it opens the file for rewriting: fs/write.rs).
     pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        self.open_as(ino, flags, uid, gid)
+    }
+
+    /// `open` for the user `uid`/`gid` (who owns a file it rewrites).
+    pub fn open_as(&self, ino: u64, flags: i32, uid: u32, gid: u32) -> Result<Opened> {
+        if self.cfg.writable && (flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0) {
+            return self.open_for_write(ino, flags, uid, gid);
+        }
         self.check_read_only_open(ino, flags)?;
         self.counters.opens.fetch_add(1, Ordering::Relaxed);
         let e = self.getattr(ino)?;
@@ -443,7 +465,7 @@ impl<B: Backend> StokerFs<B> {
     /// The file a read of (`ino`, `fh`) is for: its open handle, or (no-open
     /// connections) the inode's path and last reported size.
     fn file_for_read(&self, ino: u64, fh: u64) -> Result<OpenFile> {
-        if fh != NO_HANDLE {
+        if fh != NO_HANDLE && !self.writers.lock().contains_key(&fh) {
             return self.files.read().get(&fh).cloned().ok_or(FsError::BadHandle(fh));
         }
         let (path, kind, size) = self.inodes.file_of(ino).ok_or(FsError::StaleInode(ino))?;
@@ -486,6 +508,7 @@ impl<B: Backend> StokerFs<B> {
     pub fn release(&self, fh: u64) {
         self.counters.releases.fetch_add(1, Ordering::Relaxed);
         self.files.write().remove(&fh);
+        self.release_writer(fh);
     }
 
     /// Open file handles (for tests and the exit summary).
@@ -515,7 +538,7 @@ impl<B: Backend> StokerFs<B> {
     /// access(2): W_OK is refused with EROFS, X_OK on a file with EACCES.
     pub fn access(&self, ino: u64, mask: i32) -> Result<()> {
         let n = self.node(ino)?;
-        if mask & libc::W_OK != 0 {
+        if mask & libc::W_OK != 0 && !self.cfg.writable {
             // Tools probe with access(W_OK) routinely; this is not worth a warning.
             return Err(FsError::ReadOnly { op: "access(W_OK)", path: n.path.to_string() });
         }
@@ -543,6 +566,8 @@ impl<B: Backend> StokerFs<B> {
         err
     }
 }
+
+mod write;
 
 #[cfg(test)]
 mod tests;

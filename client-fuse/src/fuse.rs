@@ -112,7 +112,18 @@ impl<B: Backend> FuseFs<B> {
     }
 
     fn attr(&self, ino: u64, a: &stoker_proto::control::Attr) -> fuser::FileAttr {
-        to_file_attr(ino, a, &self.fs.config().owner)
+        let mut fa = to_file_attr(ino, a, &self.fs.config().owner);
+        if self.fs.config().writable {
+            // Writable: owner-writable, and a file written here carries its
+            // writer's mode, uid and gid.
+            fa.perm |= 0o200;
+            if let Some((mode, uid, gid)) = self.fs.owner_of(ino) {
+                fa.perm = mode as u16;
+                fa.uid = uid;
+                fa.gid = gid;
+            }
+        }
+        fa
     }
 }
 
@@ -140,6 +151,11 @@ impl<B: Backend> Filesystem for FuseFs<B> {
             | InitFlags::FUSE_AUTO_INVAL_DATA;
         if self.tuning.no_open {
             want |= InitFlags::FUSE_NO_OPEN_SUPPORT;
+        }
+        if self.fs.config().writable {
+            // open(O_TRUNC) arrives as one open with O_TRUNC (the rewrite of
+            // a whole file), not as an open plus a truncating setattr.
+            want |= InitFlags::FUSE_ATOMIC_O_TRUNC;
         }
         let have = config.capabilities() & want;
         if let Err(missing) = config.add_capabilities(have) {
@@ -175,7 +191,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _t = timed("open");
         if self.no_open {
             // ENOSYS here means "succeeded, and send no more opens or
@@ -186,9 +202,11 @@ impl<B: Backend> Filesystem for FuseFs<B> {
             }
             return;
         }
-        match self.fs.open(ino.0, flags.0) {
+        let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        match self.fs.open_as(ino.0, flags.0, req.uid(), req.gid()) {
             Ok(o) => {
-                let mut f = FopenFlags::FOPEN_NOFLUSH;
+                // A writer's close(2) must reach us (FLUSH closes it durably).
+                let mut f = if writing { FopenFlags::empty() } else { FopenFlags::FOPEN_NOFLUSH };
                 if o.keep_cache {
                     f |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
@@ -225,11 +243,19 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Nothing is ever dirty. ENOSYS: close(2) still succeeds, and the
-        // kernel sends no more FLUSH on this connection (no_flush).
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         self.fs.counters.flushes.fetch_add(1, Ordering::Relaxed);
-        reply.error(Errno::ENOSYS);
+        if !self.fs.config().writable {
+            // Nothing is ever dirty. ENOSYS: close(2) still succeeds, and the
+            // kernel sends no more FLUSH on this connection (no_flush).
+            return reply.error(Errno::ENOSYS);
+        }
+        // close(2) of a file being written: answered once it is durable.
+        let _t = timed("flush");
+        match self.fs.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.errno("flush", e)),
+        }
     }
 
     fn release(
@@ -247,9 +273,13 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        // Nothing is ever dirty on a read-only mount.
-        reply.ok();
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Nothing is ever dirty but a file being written.
+        let _t = timed("fsync");
+        match self.fs.fsync(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.errno("fsync", e)),
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -333,27 +363,34 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         reply.error(self.errno("listxattr", FsError::Unsupported { op: "listxattr" }));
     }
 
-    // ---- write-type operations: all EROFS ----
+    // ---- write-type operations: EROFS on a read-only mount; on a writable
+    // one create, write, truncate to 0, unlink (fs/write.rs), the rest
+    // EOPNOTSUPP ----
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(self.errno("setattr", self.fs.refuse("setattr (chmod/chown/truncate/utimes)", ino.0, None)));
+        let _t = timed("setattr");
+        let chmod_or_chown = mode.is_some() || uid.is_some() || gid.is_some();
+        match self.fs.setattr(ino.0, fh.map(|f| f.0), size, chmod_or_chown, req.uid(), req.gid()) {
+            Ok(e) => reply.attr(&self.ttl, &self.attr(e.ino, &e.attr)),
+            Err(e) => reply.error(self.errno("setattr", e)),
+        }
     }
 
     fn mknod(
@@ -366,23 +403,35 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(self.errno("mknod", self.fs.refuse("mknod", parent.0, Some(name))));
+        reply.error(self.errno("mknod", self.fs.unsupported_write("mknod", parent.0, Some(name))));
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        reply.error(self.errno("mkdir", self.fs.refuse("mkdir", parent.0, Some(name))));
+        let _t = timed("mkdir");
+        match self.fs.mkdir(parent.0, name) {
+            Ok(e) => reply.entry(&self.ttl, &self.attr(e.ino, &e.attr), Generation(0)),
+            Err(e) => reply.error(self.errno("mkdir", e)),
+        }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.errno("unlink", self.fs.refuse("unlink", parent.0, Some(name))));
+        let _t = timed("unlink");
+        match self.fs.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.errno("unlink", e)),
+        }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.errno("rmdir", self.fs.refuse("rmdir", parent.0, Some(name))));
+        let _t = timed("rmdir");
+        match self.fs.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.errno("rmdir", e)),
+        }
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, _target: &Path, reply: ReplyEntry) {
-        reply.error(self.errno("symlink", self.fs.refuse("symlink", parent.0, Some(link_name))));
+        reply.error(self.errno("symlink", self.fs.unsupported_write("symlink", parent.0, Some(link_name))));
     }
 
     fn rename(
@@ -390,44 +439,62 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: fuser::RenameFlags,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.errno("rename", self.fs.refuse("rename", parent.0, Some(name))));
+        let _t = timed("rename");
+        match self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.errno("rename", e)),
+        }
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
-        reply.error(self.errno("link", self.fs.refuse("link", ino.0, None)));
+        reply.error(self.errno("link", self.fs.unsupported_write("link", ino.0, None)));
     }
 
     fn write(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(self.errno("write", self.fs.refuse("write", ino.0, None)));
+        let _t = timed("write");
+        match self.fs.write(ino.0, fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(self.errno("write", e)),
+        }
     }
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(self.errno("create", self.fs.refuse("create", parent.0, Some(name))));
+        let _t = timed("create");
+        match self.fs.create(parent.0, name, mode & !umask & 0o7777, req.uid(), req.gid()) {
+            Ok((e, fh)) => reply.created(
+                &self.ttl,
+                &self.attr(e.ino, &e.attr),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(self.errno("create", e)),
+        }
     }
 
     fn setxattr(
@@ -457,7 +524,7 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.errno("fallocate", self.fs.refuse("fallocate", ino.0, None)));
+        reply.error(self.errno("fallocate", self.fs.unsupported_write("fallocate", ino.0, None)));
     }
 
     fn copy_file_range(
@@ -473,6 +540,6 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        reply.error(self.errno("copy_file_range", self.fs.refuse("copy_file_range", ino_out.0, None)));
+        reply.error(self.errno("copy_file_range", self.fs.unsupported_write("copy_file_range", ino_out.0, None)));
     }
 }

@@ -127,6 +127,19 @@ impl InodeTable {
         ino
     }
 
+    /// The file at `from` is now at `to` (a rename): its inode (the one
+    /// the kernel keeps for the moved name) answers for `to`; an inode `to`
+    /// had keeps its old path and goes stale.
+    pub fn rename(&self, from: &str, to: &str) {
+        let mut g = self.inner.write();
+        let Some(ino) = g.by_path.remove(from) else { return };
+        let path: Arc<str> = Arc::from(to);
+        g.by_path.insert(path.clone(), ino);
+        if let Some(n) = g.nodes.get_mut(&ino) {
+            n.path = path;
+        }
+    }
+
     /// Replace the attributes of a known inode (after a re-stat).
     pub fn refresh(&self, ino: u64, attr: Attr, fresh_until: Instant) {
         if let Some(n) = self.inner.write().nodes.get_mut(&ino) {

@@ -39,6 +39,11 @@ pub struct MountOptions {
     /// it offers FUSE_NO_OPEN_SUPPORT): a small file costs lookup + read
     /// instead of lookup + open + read + flush + release. Default on.
     pub no_open: bool,
+    /// The engine mount has a write mode: mounted read-write (not `ro`),
+    /// opens always sent (a write open must reach the mount), and with
+    /// `allow_other` the kernel checks permissions (default_permissions).
+    /// Default off.
+    pub writable: bool,
 }
 
 impl Default for MountOptions {
@@ -52,6 +57,7 @@ impl Default for MountOptions {
             allow_other: false,
             fsname: "stoker".into(),
             no_open: true,
+            writable: false,
         }
     }
 }
@@ -71,11 +77,15 @@ pub fn mount<B: Backend>(fs: Arc<StokerFs<B>>, mountpoint: &Path, opts: &MountOp
         // Read-only in the VFS: write opens, creates, renames, chmod ... fail
         // with EROFS in the kernel, without a round trip, and an open with
         // write intent can never slip past a no-open connection.
-        MountOption::RO,
+        if opts.writable { MountOption::RW } else { MountOption::RO },
         MountOption::CUSTOM(format!("max_read={}", opts.max_read_bytes.max(4096))),
     ];
     if opts.auto_unmount {
         options.push(MountOption::AutoUnmount);
+    }
+    if opts.writable && opts.allow_other {
+        // One user cannot overwrite another's files: the kernel checks modes.
+        options.push(MountOption::DefaultPermissions);
     }
     let mut cfg = Config::default();
     cfg.mount_options = options;
@@ -92,7 +102,7 @@ pub fn mount<B: Backend>(fs: Arc<StokerFs<B>>, mountpoint: &Path, opts: &MountOp
     let tuning = KernelTuning {
         readahead_bytes: opts.readahead_bytes,
         max_background: opts.max_background,
-        no_open: opts.no_open,
+        no_open: opts.no_open && !opts.writable,
     };
     fuser::Session::new(FuseFs::new(fs, tuning), mountpoint, &cfg)
 }

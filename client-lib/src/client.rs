@@ -152,6 +152,120 @@ impl Client {
         }
     }
 
+    /// Start writing a new file at `path` (replacing any file there once
+    /// closed) on a mount with a write mode; the handle to write and close.
+    /// `mode`, `uid` and `gid` are the file's (docs/SEMANTICS.md, "Writes").
+    pub fn create(&self, path: &str, mode: u32, uid: u32, gid: u32) -> Result<u64> {
+        check_path(path)?;
+        match self.control(Request::Create { path: path.into(), mode, uid, gid })? {
+            Response::Handle { handle } => Ok(handle),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Append `data` to an open handle; `off` must be the bytes written so
+    /// far (writes are sequential: any other offset is EOPNOTSUPP).
+    pub fn write_at(&self, handle: u64, off: u64, data: &[u8]) -> Result<()> {
+        use stoker_proto::control::{b64_encode, WRITE_CHUNK_BYTES};
+        let mut at = off;
+        for chunk in data.chunks(WRITE_CHUNK_BYTES) {
+            match self.control(Request::Write { handle, off: at, data: b64_encode(chunk) })? {
+                Response::Done { .. } => at += chunk.len() as u64,
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Close a handle: returns once the file is durable on the engine's
+    /// disk (`async`, `cache-only` mounts) or in under storage (`through`),
+    /// with its attributes. Readers see it from then on.
+    pub fn close_write(&self, handle: u64) -> Result<Attr> {
+        match self.control(Request::Close { handle })? {
+            Response::Attr(a) => Ok(a),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Make what an open handle wrote so far durable on the engine's disk
+    /// (after a crash the file comes back with these bytes).
+    pub fn fsync_write(&self, handle: u64) -> Result<()> {
+        match self.control(Request::Fsync { handle })? {
+            Response::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Drop an open handle and what it wrote.
+    pub fn abort_write(&self, handle: u64) -> Result<()> {
+        match self.control(Request::Abort { handle })? {
+            Response::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Write a whole file: create, write, close.
+    pub fn write_file(&self, path: &str, data: &[u8]) -> Result<Attr> {
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let h = self.create(path, 0o644, uid, gid)?;
+        if let Err(e) = self.write_at(h, 0, data) {
+            let _ = self.abort_write(h);
+            return Err(e);
+        }
+        self.close_write(h)
+    }
+
+    /// Remove a file on a mount with a write mode (in under storage too,
+    /// unless the mount is cache-only).
+    pub fn unlink(&self, path: &str) -> Result<()> {
+        check_path(path)?;
+        match self.control(Request::Unlink { path: path.into() })? {
+            Response::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Rename a file within one mount on a mount with a write mode
+    /// (replacing `to`; directories are not renamed).
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        check_path(from)?;
+        check_path(to)?;
+        match self.control(Request::Rename { from: from.into(), to: to.into() })? {
+            Response::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Make a directory on a mount with a write mode (in under storage at once).
+    pub fn mkdir(&self, path: &str) -> Result<()> {
+        check_path(path)?;
+        match self.control(Request::Mkdir { path: path.into() })? {
+            Response::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Remove an empty directory on a mount with a write mode.
+    pub fn rmdir(&self, path: &str) -> Result<()> {
+        check_path(path)?;
+        match self.control(Request::Rmdir { path: path.into() })? {
+            Response::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Wait until every written file at or under `path` is in under
+    /// storage. Returns the files persisted while waiting and those that
+    /// failed (path, last error); failed ones stay in the cache, retried.
+    pub fn sync(&self, path: &str) -> Result<(u64, Vec<(String, String)>)> {
+        check_path(path)?;
+        match self.control(Request::Sync { path: path.into() })? {
+            Response::Synced { persisted, failed } => Ok((persisted, failed)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     fn applied(&self, req: Request) -> Result<Applied> {
         match self.control(req)? {
             Response::Done { files, blocks } => Ok(Applied { files, blocks }),

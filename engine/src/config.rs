@@ -40,6 +40,45 @@ pub struct MountSpec {
     /// kept once in the cluster, by its owner, so the cluster's cache is
     /// the sum of its nodes' (docs/CLUSTER.md).
     pub peer_copy: bool,
+    /// Write mode (`write=async|through|cache-only`): None = read-only,
+    /// every write refused (EROFS). Default None.
+    pub write: Option<WriteMode>,
+}
+
+/// How a mount takes writes (docs/SEMANTICS.md, "Writes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Acknowledged once durable on the engine's disk; persisted to under
+    /// storage in the background.
+    Async,
+    /// Acknowledged once under storage has it.
+    Through,
+    /// Kept in the cache only, never persisted (scratch data).
+    CacheOnly,
+}
+
+impl WriteMode {
+    pub fn parse(v: &str) -> Option<WriteMode> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "async" => Some(WriteMode::Async),
+            "through" => Some(WriteMode::Through),
+            "cache-only" | "cache_only" => Some(WriteMode::CacheOnly),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::Async => "async",
+            WriteMode::Through => "through",
+            WriteMode::CacheOnly => "cache-only",
+        }
+    }
+
+    /// Whether written files go to under storage at all.
+    pub fn persists(self) -> bool {
+        self != WriteMode::CacheOnly
+    }
 }
 
 impl MountSpec {
@@ -55,6 +94,11 @@ impl MountSpec {
                 }
                 "read_only" => {
                     self.read_only = parse_bool(&v).ok_or_else(|| format!("mount {:?}: read_only: expected true or false, got {v:?}", self.name))?;
+                }
+                "write" => {
+                    self.write = Some(WriteMode::parse(&v).ok_or_else(|| {
+                        format!("mount {:?}: write: expected async, through or cache-only, got {v:?}", self.name)
+                    })?);
                 }
                 "block_size" => {
                     let b = parse_size(&v).map_err(|e| format!("mount {:?}: block_size: {e}", self.name))?;
@@ -73,6 +117,9 @@ impl MountSpec {
             }
         }
         self.options = rest;
+        if self.read_only && self.write.is_some() {
+            return Err(format!("mount {:?}: read_only=true and a write mode cannot go together", self.name));
+        }
         Ok(())
     }
 
@@ -102,6 +149,7 @@ impl std::fmt::Debug for MountSpec {
             .field("block_bytes", &self.block_bytes)
             .field("readahead", &self.readahead)
             .field("peer_copy", &self.peer_copy)
+            .field("write", &self.write)
             .finish()
     }
 }

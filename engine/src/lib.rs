@@ -18,6 +18,7 @@ pub mod server;
 pub mod shard;
 pub mod store;
 pub mod ufs;
+pub mod write;
 
 // Paths other crates use, kept where they were before the folders.
 pub use server::peer;
@@ -221,6 +222,25 @@ fn open_namespace(
     Ok(Arc::new(ns))
 }
 
+/// The write path, when any mount has a write mode: recovers what an
+/// earlier run acknowledged and resumes its persists.
+fn start_writes(
+    cfg: &EngineConfig,
+    root: &Path,
+    ns: &Arc<namespace::Namespace>,
+    rt: &tokio::runtime::Handle,
+) -> Result<Option<Arc<write::WriteCore>>> {
+    let modes: std::collections::HashMap<String, config::WriteMode> =
+        cfg.mounts.iter().filter_map(|m| m.write.map(|w| (m.name.clone(), w))).collect();
+    if modes.is_empty() && !root.join("writes").exists() {
+        return Ok(None);
+    }
+    // Written data waiting for under storage may use as much disk as the cache.
+    let core = write::WriteCore::start(root, ns.clone(), modes, rt.clone(), cfg.capacity_bytes)
+        .map_err(io_ctx("opening the written files (writes/)"))?;
+    Ok(Some(core))
+}
+
 /// Bytes each shard may hold: the asked capacity, unless the cache dir's
 /// filesystem holds less. With --capacity above it the disk fills before a
 /// segment does, nothing is ever evicted and caching stays paused on write
@@ -363,6 +383,7 @@ fn mount_infos(cfg: &EngineConfig, settings: &[namespace::MountSettings]) -> Vec
             options: ufs::opendal_ufs::redacted(&m.options),
             sync: s.sync.map_or("never".into(), |d| format!("{d:?}")),
             read_only: m.read_only,
+            write: m.write.map(|w| w.as_str().to_string()),
             block_bytes: s.block_bytes,
             readahead_blocks: s.readahead,
             peer_copy: s.peer_copy,
@@ -411,6 +432,7 @@ impl Engine {
         let shards = start_shards(&cfg, &shard_dirs, &counters, &shared)?;
         let _ = shard_cmds.set(shards.cmds.clone());
         let ShardsShared { ns, registry, policies, direct, cluster, .. } = shared;
+        let writes = start_writes(&cfg, &root, &ns, rt.handle())?;
         let ctx = Arc::new(server::ctx::ControlCtx {
             ns,
             rt: rt.handle().clone(),
@@ -431,6 +453,7 @@ impl Engine {
             io_timeout: cfg.control_timeout,
             limits: Arc::default(),
             cluster,
+            writes,
         });
         let mut engine = Engine {
             socket: cfg.socket.clone(),

@@ -40,8 +40,43 @@ pub enum Request {
     /// A read-only O_DIRECT descriptor of one segment file of one shard,
     /// answered with `Fd` and the descriptor (ENOENT once it is dropped).
     SegmentFd { shard: u32, seg_id: u32 },
+    /// Start writing a new file (replacing any file at `path` once closed)
+    /// on a mount with a write mode; answered with `Handle`. `mode`, `uid`
+    /// and `gid` are the writer's (docs/SEMANTICS.md, "Writes").
+    Create { path: String, mode: u32, uid: u32, gid: u32 },
+    /// Append `data` (base64, [`b64_encode`]) to an open handle at `off`,
+    /// which must be the bytes written so far (writes are sequential).
+    /// Answered with `Done { files: 0, blocks: 0 }`.
+    Write { handle: u64, off: u64, data: String },
+    /// Close a handle: answered once the file is durable on the engine's
+    /// disk (`async`, `cache-only`) or in under storage (`through`), with
+    /// its attributes (`Attr`). The file is visible to readers from then on.
+    Close { handle: u64 },
+    /// Make what an open handle wrote so far durable: after a crash the
+    /// file comes back with these bytes (and is persisted). Answered with
+    /// `Done` once fsynced on the engine's disk.
+    Fsync { handle: u64 },
+    /// Drop an open handle and what it wrote (nothing becomes visible).
+    Abort { handle: u64 },
+    /// Remove a file (a written one, and its under-storage copy).
+    Unlink { path: String },
+    /// Rename a file within one mount (replacing `to`): a written file not
+    /// yet persisted moves locally and is persisted under its new name; a
+    /// stored one is moved in under storage. Answered with `Done`.
+    Rename { from: String, to: String },
+    /// Make a directory (in under storage at once; refused on cache-only
+    /// mounts). Answered with `Done`.
+    Mkdir { path: String },
+    /// Remove an empty directory. Answered with `Done`.
+    Rmdir { path: String },
+    /// Wait until every written file at or under `path` is in under
+    /// storage; answered with `Synced` (failures named there).
+    Sync { path: String },
 }
 
+// Control answers are rare and travel as JSON: the size of the in-memory
+// enum (EngineStats is the large one) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Response {
@@ -58,6 +93,11 @@ pub enum Response {
     DirectTable { table_bytes: u64, feedback_bytes: u64 },
     /// A descriptor comes with this answer.
     Fd,
+    /// An open write handle (`Create`).
+    Handle { handle: u64 },
+    /// Answer to `Sync`: files persisted while waiting, and those that
+    /// failed (path and last error); empty `failed` means all is persisted.
+    Synced { persisted: u64, failed: Vec<(String, String)> },
     /// `errno` is a Linux errno (ENOENT, EIO, ...); `message` is one line for people.
     Error { errno: i32, message: String },
 }
@@ -217,6 +257,14 @@ pub struct EngineStats {
     /// The namespace's mounts and their settings.
     #[serde(default)]
     pub mounts: Vec<MountInfo>,
+    /// Written files not yet in under storage (`async` mounts), and their bytes.
+    #[serde(default)]
+    pub persist_pending_files: u64,
+    #[serde(default)]
+    pub persist_pending_bytes: u64,
+    /// Of those, files whose last persist attempt failed (still kept locally).
+    #[serde(default)]
+    pub persist_failed_files: u64,
     /// This node in its cluster (`--cluster`), absent when alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStats>,
@@ -276,6 +324,9 @@ pub struct MountInfo {
     /// Metadata sync interval (`60s`, `never`).
     pub sync: String,
     pub read_only: bool,
+    /// Write mode (`async`, `through`, `cache-only`), absent when read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<String>,
     pub block_bytes: u64,
     pub readahead_blocks: u64,
     /// In a cluster: blocks read from their owner are kept here too.
@@ -290,6 +341,61 @@ pub struct MountInfo {
 /// they read through the cache the same way to compare.
 pub fn checksum(data: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(data)
+}
+
+/// Raw bytes one `Write` request carries at most (its base64 and the rest
+/// of the frame stay under the engine's 64 KiB request limit).
+pub const WRITE_CHUNK_BYTES: usize = 32 << 10;
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (the data of a `Write` request).
+pub fn b64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decode [`b64_encode`]'s output; None if it is not base64.
+pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if !s.len().is_multiple_of(4) {
+        return None;
+    }
+    let val = |b: u8| -> Option<u32> {
+        Some(match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for (i, q) in s.chunks(4).enumerate() {
+        let last = i == s.len() / 4 - 1;
+        let pad = if last { q.iter().rev().take_while(|b| **b == b'=').count() } else { 0 };
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (j, b) in q.iter().enumerate() {
+            n = (n << 6) | if j >= 4 - pad { 0 } else { val(*b)? };
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
 }
 
 /// Write one frame.
@@ -396,5 +502,21 @@ mod tests {
         assert!(matches!(got, Request::Stat { path } if path == "/m/a"));
         let empty: Option<Request> = read_frame(&mut &[][..]).unwrap();
         assert!(empty.is_none());
+    }
+
+    #[test]
+    fn base64_round_trip() {
+        assert_eq!(b64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(b64_encode(b"fo"), "Zm8=");
+        assert_eq!(b64_encode(b"f"), "Zg==");
+        for n in 0..70u32 {
+            let d: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+            assert_eq!(b64_decode(&b64_encode(&d)).unwrap(), d);
+        }
+        assert!(b64_decode("Zm9").is_none());
+        assert!(b64_decode("Zm9v!mFy").is_none());
+        // A full frame of data stays under the engine's request limit.
+        let w = Request::Write { handle: u64::MAX, off: u64::MAX, data: b64_encode(&vec![0u8; WRITE_CHUNK_BYTES]) };
+        assert!(encode(&w).len() < 64 << 10);
     }
 }

@@ -19,6 +19,7 @@
 //! engine's tokio runtime.
 
 pub mod attrlog;
+pub mod written;
 
 use crate::namespace::attrlog::{AttrLog, PathMap};
 use crate::ufs::{Guarded, UfsError, UfsResult};
@@ -105,6 +106,8 @@ pub struct Namespace {
     settings: PathMap<MountSettings>,
     /// The direct-read table, voided whenever a file is seen to change.
     direct: Option<Arc<crate::direct::DirectAreas>>,
+    /// Files written through the engine, served ahead of under storage.
+    written: written::Written,
 }
 
 /// A mount's settings as the namespace applies them (its own, else the
@@ -189,6 +192,7 @@ impl Namespace {
             block_bytes: 4 << 20,
             settings: PathMap::default(),
             direct: None,
+            written: written::Written::default(),
         }
     }
 
@@ -367,8 +371,50 @@ impl Namespace {
         }
     }
 
+    /// The written files (`write/` enters and removes them).
+    pub fn written(&self) -> &written::Written {
+        &self.written
+    }
+
+    /// Forget the cached listing of directory `dir` (a file in it was
+    /// written or removed).
+    pub fn forget_listing(&self, dir: &str) {
+        self.lists.write().remove(dir);
+    }
+
+    /// Put `attr` for file `norm` into the cached listing of its directory,
+    /// or take it out (None), so a write does not cost a new listing.
+    pub fn patch_listing(&self, norm: &str, attr: Option<Attr>) {
+        let (dir, name) = match norm.rfind('/') {
+            Some(0) => ("/", &norm[1..]),
+            Some(i) => (&norm[..i], &norm[i + 1..]),
+            None => return,
+        };
+        let mut lists = self.lists.write();
+        let Some((l, _)) = lists.get_mut(dir) else { return };
+        let mut v = (**l).clone();
+        v.retain(|e| e.name != name);
+        if let Some(a) = attr {
+            v.push(DirEntry { name: name.to_string(), attr: a });
+        }
+        *l = Arc::new(v);
+    }
+
+    /// Cache `attr` as under storage's for `norm` (a file just persisted).
+    pub fn note_stored(&self, norm: &str, attr: &Attr) {
+        self.remember(norm, attr);
+    }
+
+    /// Under storage of the mount `norm` is under, and the path in it.
+    pub fn mount_of<'a>(&'a self, norm: &'a str) -> Result<(&'a Guarded, &'a str), NsError> {
+        self.mount(norm)?.ok_or_else(|| NsError::Invalid(format!("{norm}: not a path in a mount")))
+    }
+
     /// The attribute if cached and fresh; the shards' fast path.
     pub fn cached_attr(&self, norm: &str) -> Option<Attr> {
+        if let Some(w) = self.written.get(norm) {
+            return Some(w.attr);
+        }
         let g = self.attrs.read();
         let (a, at) = g.get(norm)?;
         self.fresh(norm, *at).then(|| a.clone())
@@ -408,12 +454,46 @@ impl Namespace {
         let Some((ufs, rel)) = self.mount(norm)? else {
             return Ok(dir_attr());
         };
-        let attr = ufs.stat(rel).await.map_err(|e| NsError::ufs(norm, e))?;
+        let attr = match ufs.stat(rel).await {
+            // A directory under storage does not have yet: written files are in it.
+            Err(UfsError::NotFound) if !self.written.children(norm).is_empty() || !self.written.child_dirs(norm).is_empty() => {
+                return Ok(dir_attr());
+            }
+            r => r.map_err(|e| NsError::ufs(norm, e))?,
+        };
         self.remember(norm, &attr);
         Ok(attr)
     }
 
     pub async fn list(&self, norm: &str) -> Result<Arc<Vec<DirEntry>>, NsError> {
+        let listed = match self.list_ufs(norm).await {
+            Err(NsError::Ufs { errno, .. }) if errno == libc::ENOENT && self.stat(norm).await.is_ok_and(|a| a.kind == Kind::Dir) => {
+                Arc::new(Vec::new())
+            }
+            r => r?,
+        };
+        Ok(self.with_written(norm, listed))
+    }
+
+    /// `listed` with the written files of `norm` in it (replacing what
+    /// under storage has under their names), sorted by name.
+    fn with_written(&self, norm: &str, listed: Arc<Vec<DirEntry>>) -> Arc<Vec<DirEntry>> {
+        let files = self.written.children(norm);
+        let dirs = self.written.child_dirs(norm);
+        if files.is_empty() && dirs.is_empty() {
+            return listed;
+        }
+        let mut by_name: BTreeMap<String, Attr> = listed.iter().map(|e| (e.name.clone(), e.attr.clone())).collect();
+        for d in dirs {
+            by_name.entry(d).or_insert_with(dir_attr);
+        }
+        for f in files {
+            by_name.insert(f.name, f.attr);
+        }
+        Arc::new(by_name.into_iter().map(|(name, attr)| DirEntry { name, attr }).collect())
+    }
+
+    async fn list_ufs(&self, norm: &str) -> Result<Arc<Vec<DirEntry>>, NsError> {
         if let Some((l, at)) = self.lists.read().get(norm) {
             if self.fresh(norm, *at) {
                 return Ok(l.clone());
@@ -512,6 +592,13 @@ impl Namespace {
     /// Read a range and the object's attributes in one under-storage call,
     /// caching the attributes.
     pub async fn read_versioned(&self, norm: &str, off: u64, len: u64) -> UfsResult<(Attr, Vec<u8>)> {
+        if let Some(w) = self.written.get(norm) {
+            // Gone (persisted and removed meanwhile): read under storage's copy.
+            match read_local(w.data, off, len).await {
+                Err(UfsError::NotFound) => {}
+                r => return r.map(|data| (w.attr, data)),
+            }
+        }
         let (attr, data) = match self.mount(norm) {
             Ok(Some((ufs, rel))) => ufs.read_versioned(rel, off, len).await?,
             Ok(None) => return Err(UfsError::IsDir),
@@ -523,12 +610,37 @@ impl Namespace {
 
     /// Read a range of a file from under storage.
     pub async fn read(&self, norm: &str, off: u64, len: u64) -> UfsResult<Vec<u8>> {
+        if let Some(w) = self.written.get(norm) {
+            match read_local(w.data, off, len).await {
+                Err(UfsError::NotFound) => {}
+                r => return r,
+            }
+        }
         match self.mount(norm) {
             Ok(Some((ufs, rel))) => ufs.read(rel, off, len).await,
             Ok(None) => Err(UfsError::IsDir),
             Err(_) => Err(UfsError::NotFound),
         }
     }
+}
+
+/// Bytes `[off, off+len)` of a written file's local copy (short at its end).
+async fn read_local(path: std::path::PathBuf, off: u64, len: u64) -> UfsResult<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&path)?;
+        let size = f.metadata()?.len();
+        let n = len.min(size.saturating_sub(off)) as usize;
+        let mut buf = vec![0u8; n];
+        f.read_exact_at(&mut buf, off)?;
+        Ok::<_, std::io::Error>(buf)
+    })
+    .await
+    .map_err(|e| UfsError::Io { message: format!("worker failed: {e}"), retryable: false })?
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => UfsError::NotFound,
+        _ => UfsError::Io { message: format!("written file's local copy: {e}"), retryable: false },
+    })
 }
 
 #[cfg(test)]

@@ -186,6 +186,16 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
                 }
                 continue;
             }
+            r @ (Request::Create { .. }
+            | Request::Write { .. }
+            | Request::Close { .. }
+            | Request::Fsync { .. }
+            | Request::Abort { .. }
+            | Request::Unlink { .. }
+            | Request::Mkdir { .. }
+            | Request::Rename { .. }
+            | Request::Rmdir { .. }
+            | Request::Sync { .. }) => crate::server::writes::handle(&ctx, r),
             r @ (Request::Pin { .. }
             | Request::Unpin { .. }
             | Request::Free { .. }

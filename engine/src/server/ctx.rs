@@ -41,6 +41,8 @@ pub struct ControlCtx {
     pub limits: Arc<ControlCounters>,
     /// This node's cluster, if it is in one.
     pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
+    /// The write path, when a mount has a write mode (or written files remain).
+    pub writes: Option<Arc<crate::write::WriteCore>>,
 }
 
 pub fn engine_stats(ctx: &ControlCtx) -> EngineStats {
@@ -74,6 +76,9 @@ pub fn engine_stats(ctx: &ControlCtx) -> EngineStats {
     }
     let limits: std::collections::HashMap<String, usize> = ctx.ns.mount_limits().into_iter().collect();
     s.cluster = ctx.cluster.as_ref().map(|c| c.stats());
+    if let Some(w) = &ctx.writes {
+        (s.persist_pending_files, s.persist_pending_bytes, s.persist_failed_files) = w.pending_totals();
+    }
     s.mounts = ctx.mounts.clone();
     for m in &mut s.mounts {
         m.inflight_limit = limits.get(&m.name).copied().unwrap_or(0) as u64;

@@ -8,6 +8,8 @@
 //! - `admin.rs` — pin, unpin, free, ttl, per-path stats: turns a path into
 //!   block keys and hands each shard its own as a `ShardCmd`.
 //! - `scrape.rs` — the engine's `GET /metrics` (reads counters, never a shard).
+//! - `writes.rs` — create, write, close, unlink and sync requests, handed to
+//!   the write path (`write/`).
 //!
 //! Owns: control connections, sessions' registration, the translation of
 //! commands into shard commands. Must never: read or write block data, touch
@@ -18,5 +20,6 @@ pub mod admin;
 pub mod control;
 pub mod control_limits;
 pub mod ctx;
+pub mod writes;
 pub mod peer;
 pub mod scrape;

@@ -59,6 +59,75 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> UfsResult<T> + Send + '
 }
 
 impl Ufs for LocalDir {
+    /// A temporary file beside the target, fsynced, renamed over it, and
+    /// the directory fsynced: readers of the directory never see a part.
+    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path) -> BoxFut<'a, UfsResult<()>> {
+        let to = self.resolve(rel);
+        let src = src.to_path_buf();
+        Box::pin(async move {
+            let to = to?;
+            blocking(move || {
+                let dir = to.parent().ok_or(UfsError::NotFound)?.to_path_buf();
+                std::fs::create_dir_all(&dir).map_err(map_err)?;
+                let name = to.file_name().ok_or(UfsError::NotFound)?.to_string_lossy().into_owned();
+                let tmp = dir.join(format!(".{name}.stoker-tmp"));
+                let res = (|| {
+                    std::fs::copy(&src, &tmp)?;
+                    std::fs::File::open(&tmp)?.sync_all()?;
+                    std::fs::rename(&tmp, &to)?;
+                    std::fs::File::open(&dir)?.sync_all()
+                })();
+                if res.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                res.map_err(map_err)
+            })
+            .await
+        })
+    }
+
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let (f, t) = (self.resolve(from), self.resolve(to));
+        Box::pin(async move {
+            let (f, t) = (f?, t?);
+            blocking(move || {
+                let moved = (|| {
+                    std::fs::rename(&f, &t)?;
+                    for d in [t.parent(), f.parent()].into_iter().flatten() {
+                        std::fs::File::open(d)?.sync_all()?;
+                    }
+                    Ok(())
+                })();
+                moved.map_err(map_err)
+            })
+            .await
+        })
+    }
+
+    fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let p = self.resolve(rel);
+        Box::pin(async move {
+            let p = p?;
+            blocking(move || std::fs::create_dir(&p).map_err(map_err)).await
+        })
+    }
+
+    fn delete_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let p = self.resolve(rel);
+        Box::pin(async move {
+            let p = p?;
+            blocking(move || std::fs::remove_dir(&p).map_err(map_err)).await
+        })
+    }
+
+    fn delete<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let p = self.resolve(rel);
+        Box::pin(async move {
+            let p = p?;
+            blocking(move || std::fs::remove_file(&p).map_err(map_err)).await
+        })
+    }
+
     fn stat<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<Attr>> {
         Box::pin(async move {
             let p = self.resolve(rel)?;

@@ -75,6 +75,34 @@ pub trait Ufs: Send + Sync + 'static {
     fn read<'a>(&'a self, rel: &'a str, off: u64, len: u64) -> BoxFut<'a, UfsResult<Vec<u8>>>;
     fn list<'a>(&'a self, rel: &'a str, token: Option<String>, max: usize)
         -> BoxFut<'a, UfsResult<ListPage>>;
+    /// Store the whole of the local file `src` as `rel` (the write path's
+    /// persist, `write/`): visible only once complete (a local directory
+    /// writes a temporary file and renames it; object stores upload in
+    /// parts). Default: this store cannot be written.
+    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path) -> BoxFut<'a, UfsResult<()>> {
+        let _ = (rel, src);
+        Box::pin(async move { Err(UfsError::Io { message: "this under storage cannot be written".into(), retryable: false }) })
+    }
+    /// Remove the file `rel` (NotFound if it is not there).
+    fn delete<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let _ = rel;
+        Box::pin(async move { Err(UfsError::Io { message: "this under storage cannot be written".into(), retryable: false }) })
+    }
+    /// Move the file `from` to `to` (replacing it).
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let _ = (from, to);
+        Box::pin(async move { Err(UfsError::Io { message: "this under storage cannot be written".into(), retryable: false }) })
+    }
+    /// Make the directory `rel` (its parent exists).
+    fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let _ = rel;
+        Box::pin(async move { Err(UfsError::Io { message: "this under storage cannot be written".into(), retryable: false }) })
+    }
+    /// Remove the empty directory `rel`.
+    fn delete_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        let _ = rel;
+        Box::pin(async move { Err(UfsError::Io { message: "this under storage cannot be written".into(), retryable: false }) })
+    }
     /// Attributes and bytes `[off, off+len)` together. Backends whose read
     /// returns metadata (an object GET does) answer in one round trip.
     fn read_versioned<'a>(&'a self, rel: &'a str, off: u64, len: u64) -> BoxFut<'a, UfsResult<(Attr, Vec<u8>)>> {
@@ -180,6 +208,13 @@ impl Guarded {
     /// Attempts allowed in flight now.
     pub fn limit(&self) -> usize {
         self.limit.limit()
+    }
+
+    /// The store itself, without timeouts or retries: the write path's
+    /// persists run their own (an upload may take longer than one call's
+    /// timeout, and a failing persist is retried for as long as it fails).
+    pub fn inner(&self) -> &Arc<dyn Ufs> {
+        &self.inner
     }
 
     /// Record every call's latency, by op (`metrics::names::UFS_OPS`), in `l`.

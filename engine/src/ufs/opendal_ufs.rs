@@ -400,6 +400,63 @@ impl OpendalUfs {
 }
 
 impl Ufs for OpendalUfs {
+    /// `Operator::writer`: 8 MiB parts, uploaded as a multipart upload by
+    /// stores that have one once the object is larger than a part.
+    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            let rel = check_rel(rel)?;
+            const PART: usize = 8 << 20;
+            let io = |e: std::io::Error| UfsError::Io { message: format!("reading the local copy: {e}"), retryable: false };
+            let mut f = tokio::fs::File::open(src).await.map_err(io)?;
+            let mut w = self.op.writer_with(rel).chunk(PART).await.map_err(|e| self.map_err(e))?;
+            loop {
+                use tokio::io::AsyncReadExt;
+                let mut buf = Vec::with_capacity(PART);
+                let n = (&mut f).take(PART as u64).read_to_end(&mut buf).await.map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = w.write(buf).await {
+                    let _ = w.abort().await;
+                    return Err(self.map_err(e));
+                }
+            }
+            w.close().await.map_err(|e| self.map_err(e))?;
+            Ok(())
+        })
+    }
+
+    /// A copy then a delete: object stores have no rename.
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            let (from, to) = (check_rel(from)?, check_rel(to)?);
+            self.op.copy(from, to).await.map_err(|e| self.map_err(e))?;
+            self.op.delete(from).await.map_err(|e| self.map_err(e))
+        })
+    }
+
+    /// A directory marker (`rel/`), as object stores keep empty directories.
+    fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            let rel = check_rel(rel)?;
+            self.op.create_dir(&format!("{rel}/")).await.map_err(|e| self.map_err(e))
+        })
+    }
+
+    fn delete_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            let rel = check_rel(rel)?;
+            self.op.delete(&format!("{rel}/")).await.map_err(|e| self.map_err(e))
+        })
+    }
+
+    fn delete<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            let rel = check_rel(rel)?;
+            self.op.delete(rel).await.map_err(|e| self.map_err(e))
+        })
+    }
+
     fn stat<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<Attr>> {
         Box::pin(async move {
             let rel = check_rel(rel)?;

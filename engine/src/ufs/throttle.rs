@@ -53,6 +53,37 @@ impl Throttled {
 }
 
 impl Ufs for Throttled {
+    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            let bytes = std::fs::metadata(src).map(|m| m.len()).unwrap_or(0);
+            self.pay(bytes).await;
+            self.inner.write_file(rel, src).await
+        })
+    }
+    fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            self.pay(0).await;
+            self.inner.rename(from, to).await
+        })
+    }
+    fn create_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            self.pay(0).await;
+            self.inner.create_dir(rel).await
+        })
+    }
+    fn delete_dir<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            self.pay(0).await;
+            self.inner.delete_dir(rel).await
+        })
+    }
+    fn delete<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<()>> {
+        Box::pin(async move {
+            self.pay(0).await;
+            self.inner.delete(rel).await
+        })
+    }
     fn stat<'a>(&'a self, rel: &'a str) -> BoxFut<'a, UfsResult<Attr>> {
         Box::pin(async move {
             self.pay(0).await;

@@ -1,0 +1,272 @@
+//! Writes through a real FUSE mount (`stoker mount --socket S /m MP`) of a
+//! real `stoker serve` whose mount has a write mode; and the refusals of a
+//! read-only one (docs/SEMANTICS.md, "Writes"). Needs /dev/fuse and root.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stoker");
+
+fn is_mounted(mp: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let want = mp.to_str().unwrap().replace(' ', "\\040");
+    text.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+fn mount_opts(mp: &Path) -> String {
+    let text = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let want = mp.to_str().unwrap();
+    text.lines().find(|l| l.split(' ').nth(1) == Some(want)).and_then(|l| l.split(' ').nth(3)).unwrap_or("").to_string()
+}
+
+/// A foreground `stoker mount` attached to an engine; unmounted on drop.
+struct Mounted {
+    child: Child,
+    mp: PathBuf,
+}
+
+fn mount(socket: &str, root: &str, mp: &Path) -> Mounted {
+    std::fs::create_dir_all(mp).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["mount", "--socket", socket, root])
+        .arg(mp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_for("the mount to appear", Duration::from_secs(30), || {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("stoker mount exited early: {st}");
+        }
+        is_mounted(mp)
+    });
+    Mounted { child, mp: mp.to_path_buf() }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        // SAFETY: signalling a child we own.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() && t0.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if is_mounted(&self.mp) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
+        }
+    }
+}
+
+fn data(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| ((j * 13 + i * 101 + j / 509) % 256) as u8).collect()
+}
+
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("expected an error").raw_os_error().expect("an OS error")
+}
+
+fn serve(dir: &Path, mode: Option<&str>, latency: &str) -> Server {
+    let ufs = dir.join("ufs");
+    std::fs::create_dir_all(&ufs).unwrap();
+    let sock = dir.join("s.sock").to_string_lossy().into_owned();
+    let mount = format!("m=file://{}", ufs.display());
+    let mut args = vec!["--shards".to_string(), "2".into(), "--capacity".into(), "256M".into(), "--segment-size".into(), "16M".into()];
+    args.extend(["--mount".into(), mount, "--ufs-latency".into(), latency.into()]);
+    if let Some(m) = mode {
+        args.extend(["--mount-opt".into(), format!("m:write={m}")]);
+    }
+    let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    Server::start(&dir.join("cache"), &sock, &argv)
+}
+
+#[test]
+fn fuse_async_writes_read_back_before_persist_and_sync_lands_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ufs")).unwrap();
+    std::fs::write(dir.path().join("ufs/existing.txt"), b"from under storage").unwrap();
+    let srv = serve(dir.path(), Some("async"), "500ms");
+    let mp = dir.path().join("mnt");
+    let _m = mount(&srv.socket, "/m", &mp);
+    assert!(!mount_opts(&mp).split(',').any(|o| o == "ro"), "writable mount is rw: {}", mount_opts(&mp));
+
+    let files: Vec<(String, Vec<u8>)> =
+        [0usize, 1, 4096, 131_073, 3 << 20].iter().enumerate().map(|(i, &n)| (format!("out-{i}.bin"), data(i, n))).collect();
+    for (name, d) in &files {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o640).open(mp.join(name)).unwrap();
+        // Several writes, as a writer streaming its output.
+        for chunk in d.chunks(100_000) {
+            f.write_all(chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+        drop(f); // close: acknowledged once durable on the engine's disk
+    }
+    let c = srv.client();
+    let pending = c.engine_stats().unwrap().persist_pending_files;
+    assert!(pending > 0, "the 500 ms store cannot have taken them all yet");
+    // Read back through FUSE and through the shared-memory client, before persisted.
+    for (name, d) in &files {
+        assert!(std::fs::read(mp.join(name)).unwrap() == *d, "{name} through FUSE");
+        assert!(c.read_file(&format!("/m/{name}")).unwrap() == *d, "{name} through the client");
+        let md = std::fs::metadata(mp.join(name)).unwrap();
+        assert_eq!(md.len(), d.len() as u64);
+        // SAFETY: getuid cannot fail.
+        assert_eq!((md.mode() & 0o777, md.uid()), (0o640, unsafe { libc::getuid() }), "{name} carries its writer's mode and uid");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&mp).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let mut want: Vec<String> = files.iter().map(|f| f.0.clone()).collect();
+    want.push("existing.txt".into());
+    want.sort();
+    assert_eq!(names, want);
+
+    // Refused with the documented errno: a random overwrite, an append to a
+    // non-empty file, a write that is not at the end.
+    let e = std::fs::OpenOptions::new().write(true).open(mp.join("existing.txt"));
+    assert_eq!(errno_of(e), libc::EOPNOTSUPP, "open for writing without O_TRUNC");
+    let f = std::fs::OpenOptions::new().write(true).create_new(true).open(mp.join("seq.bin")).unwrap();
+    f.write_all_at(b"abc", 0).unwrap();
+    assert_eq!(errno_of(f.write_all_at(b"x", 10)), libc::EOPNOTSUPP, "pwrite past the end");
+    assert_eq!(errno_of(f.write_all_at(b"x", 1)), libc::EOPNOTSUPP, "overwrite");
+    drop(f);
+    assert_eq!(std::fs::read(mp.join("seq.bin")).unwrap(), b"abc");
+    // Rewriting whole (O_TRUNC) is fine, also over a file from under storage.
+    std::fs::write(mp.join("existing.txt"), b"rewritten").unwrap();
+    assert_eq!(std::fs::read(mp.join("existing.txt")).unwrap(), b"rewritten");
+    // Directories: made in under storage at once; files go into them.
+    std::fs::create_dir(mp.join("newdir")).unwrap();
+    assert!(dir.path().join("ufs/newdir").is_dir());
+    std::fs::write(mp.join("newdir/inner.bin"), b"inner").unwrap();
+    assert_eq!(std::fs::read(mp.join("newdir/inner.bin")).unwrap(), b"inner");
+    assert_eq!(errno_of(std::fs::remove_dir(mp.join("newdir"))), libc::ENOTEMPTY);
+    std::fs::create_dir(mp.join("emptydir")).unwrap();
+    std::fs::remove_dir(mp.join("emptydir")).unwrap();
+    assert!(!dir.path().join("ufs/emptydir").exists());
+    assert_eq!(errno_of(std::fs::metadata(mp.join("emptydir"))), libc::ENOENT);
+    // Rename: a written file moves and is persisted under its new name.
+    std::fs::write(mp.join("part.tmp"), b"committed").unwrap();
+    std::fs::rename(mp.join("part.tmp"), mp.join("part.out")).unwrap();
+    assert_eq!(std::fs::read(mp.join("part.out")).unwrap(), b"committed");
+    assert_eq!(errno_of(std::fs::metadata(mp.join("part.tmp"))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::rename(mp.join("newdir"), mp.join("newdir2"))), libc::EOPNOTSUPP);
+
+    let out = run(&["sync", "--socket", &srv.socket, "/m"]);
+    assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
+    for (name, d) in &files {
+        assert!(std::fs::read(dir.path().join("ufs").join(name)).unwrap() == *d, "{name} byte-exact in under storage");
+    }
+    assert_eq!(std::fs::read(dir.path().join("ufs/existing.txt")).unwrap(), b"rewritten");
+    assert_eq!(std::fs::read(dir.path().join("ufs/newdir/inner.bin")).unwrap(), b"inner");
+    assert_eq!(std::fs::read(dir.path().join("ufs/part.out")).unwrap(), b"committed");
+    assert!(!dir.path().join("ufs/part.tmp").exists());
+    // A stored file is renamed in under storage.
+    std::fs::rename(mp.join("part.out"), mp.join("final.out")).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("ufs/final.out")).unwrap(), b"committed");
+    assert!(!dir.path().join("ufs/part.out").exists());
+    assert_eq!(std::fs::read(mp.join("final.out")).unwrap(), b"committed");
+    let s = c.engine_stats().unwrap();
+    assert_eq!((s.persist_pending_files, s.persist_pending_bytes), (0, 0));
+    // unlink removes it from the mount and from under storage.
+    std::fs::remove_file(mp.join("seq.bin")).unwrap();
+    assert!(!dir.path().join("ufs/seq.bin").exists());
+    assert_eq!(errno_of(std::fs::metadata(mp.join("seq.bin"))), libc::ENOENT);
+    for (name, d) in &files {
+        assert!(std::fs::read(mp.join(name)).unwrap() == *d, "{name} after persist");
+    }
+}
+
+#[test]
+fn fuse_close_then_kill_9_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), Some("async"), "3s");
+    let socket = srv.socket.clone();
+    let mp = dir.path().join("mnt");
+    let _m = mount(&socket, "/m", &mp);
+    let files: Vec<(String, Vec<u8>)> = (0..6).map(|i| (format!("k{i}.bin"), data(i + 40, 10_000 + i * 70_000))).collect();
+    for (name, d) in &files {
+        std::fs::write(mp.join(name), d).unwrap();
+    }
+    // Right after the last close returned.
+    srv.kill9();
+    assert!(!dir.path().join("ufs/k0.bin").exists(), "the 3 s store cannot have them yet");
+    let srv = serve(dir.path(), Some("async"), "10ms");
+    // The mount reconnects to the new engine.
+    for (name, d) in &files {
+        assert!(std::fs::read(mp.join(name)).unwrap() == *d, "{name} through FUSE after kill -9");
+        assert!(srv.client().read_file(&format!("/m/{name}")).unwrap() == *d, "{name} through the client after kill -9");
+    }
+    let out = run(&["sync", "--socket", &socket, "/m"]);
+    assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
+    for (name, d) in &files {
+        assert!(std::fs::read(dir.path().join("ufs").join(name)).unwrap() == *d, "{name} persisted after restart");
+    }
+}
+
+#[test]
+fn fuse_read_only_mount_still_refuses_writes_with_erofs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ufs")).unwrap();
+    std::fs::write(dir.path().join("ufs/a.txt"), b"a").unwrap();
+    let srv = serve(dir.path(), None, "0ms");
+    let mp = dir.path().join("mnt");
+    let _m = mount(&srv.socket, "/m", &mp);
+    assert!(mount_opts(&mp).split(',').any(|o| o == "ro"), "read-only mount is ro: {}", mount_opts(&mp));
+    assert_eq!(errno_of(std::fs::write(mp.join("new.txt"), b"x")), libc::EROFS);
+    assert_eq!(errno_of(std::fs::OpenOptions::new().write(true).open(mp.join("a.txt"))), libc::EROFS);
+    assert_eq!(errno_of(std::fs::remove_file(mp.join("a.txt"))), libc::EROFS);
+    assert_eq!(std::fs::read(mp.join("a.txt")).unwrap(), b"a");
+}
+
+#[test]
+fn fuse_through_mode_has_it_in_under_storage_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(dir.path(), Some("through"), "100ms");
+    let mp = dir.path().join("mnt");
+    let _m = mount(&srv.socket, "/m", &mp);
+    let d = data(9, 500_000);
+    std::fs::write(mp.join("t.bin"), &d).unwrap();
+    assert!(std::fs::read(dir.path().join("ufs/t.bin")).unwrap() == d, "in under storage when close returned");
+    assert!(std::fs::read(mp.join("t.bin")).unwrap() == d);
+}
+
+#[test]
+fn fuse_uri_mount_takes_the_write_option_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let ufs = dir.path().join("ufs");
+    std::fs::create_dir_all(&ufs).unwrap();
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir_all(&mp).unwrap();
+    let sock = dir.path().join("s.sock").to_string_lossy().into_owned();
+    let uri = format!("file://{}", ufs.display());
+    let cache = dir.path().join("cache");
+    let mut child = Command::new(BIN)
+        .args(["mount", &uri])
+        .arg(&mp)
+        .args(["--cache-dir", cache.to_str().unwrap(), "--capacity", "128M", "--socket", &sock, "--mount-opt", "write=async"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_for("the mount to appear", Duration::from_secs(30), || {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("stoker mount exited early: {st}");
+        }
+        is_mounted(&mp)
+    });
+    let _m = Mounted { child, mp: mp.clone() };
+    let d = data(21, 77_777);
+    std::fs::write(mp.join("via-uri.bin"), &d).unwrap();
+    assert!(std::fs::read(mp.join("via-uri.bin")).unwrap() == d);
+    let out = run(&["sync", "--socket", &sock, "/data"]);
+    assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(ufs.join("via-uri.bin")).unwrap() == d);
+}

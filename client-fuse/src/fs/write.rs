@@ -1,0 +1,325 @@
+//! Writes through the mount, on an engine mount with a write mode
+//! (`FsConfig::writable`): create, sequential write, flush/release (=
+//! close: the engine acknowledges once the file is durable), fsync,
+//! truncate to 0 (O_TRUNC, or truncate(2) to 0), unlink, utimens (accepted,
+//! ignored), mkdir, rmdir and rename of a file. Refused with EOPNOTSUPP: a
+//! write at any offset but the end of what was written, an open for
+//! writing of a non-empty file without O_TRUNC (a random overwrite or an
+//! append), truncation to another size, chmod/chown, rename of a directory,
+//! link (docs/SEMANTICS.md, "Writes").
+
+use super::{join, parent_of, Entry, Listing, Opened, StokerFs};
+use crate::backend::Backend;
+use crate::error::{FsError, Result};
+use parking_lot::Mutex;
+use std::ffi::OsStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use stoker_client::Kind;
+use stoker_proto::control::{Attr, DirEntry};
+
+/// One file open for writing.
+pub struct Writer {
+    path: Arc<str>,
+    ino: u64,
+    /// The engine's write handle; None once closed.
+    handle: Option<u64>,
+    written: u64,
+}
+
+fn unsupported(path: &str, why: &str) -> FsError {
+    FsError::backend(path, stoker_client::Error::new(libc::EOPNOTSUPP, format!("{path}: {why}")))
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+impl<B: Backend> StokerFs<B> {
+    fn check_writable(&self, op: &'static str, ino: u64, name: Option<&OsStr>) -> Result<()> {
+        if self.cfg.writable {
+            Ok(())
+        } else {
+            Err(self.refuse(op, ino, name))
+        }
+    }
+
+    /// Put `attr` for `path` into its directory's cached listing, or take it
+    /// out (None): a lookup after a write costs no new listing.
+    fn patch_listing(&self, path: &str, attr: Option<Attr>) {
+        let dir = parent_of(path);
+        let name = &path[dir.len() + usize::from(dir != "/")..];
+        let ino = self.inodes.ino_of(dir);
+        let mut g = self.listings.lock();
+        let Some(l) = g.get(&ino) else { return };
+        let mut entries: Vec<DirEntry> = l.entries.iter().filter(|e| e.name != name).cloned().collect();
+        if let Some(a) = attr {
+            let at = entries.partition_point(|e| e.name.as_str() < name);
+            entries.insert(at, DirEntry { name: name.to_string(), attr: a });
+        }
+        let before = l.entries.len() as u64;
+        let after = entries.len() as u64;
+        let patched = Listing {
+            dir_ino: l.dir_ino,
+            parent_ino: l.parent_ino,
+            dir_path: l.dir_path.clone(),
+            dir_attr: l.dir_attr.clone(),
+            entries,
+            fresh_until: l.fresh_until,
+        };
+        g.insert(ino, Arc::new(patched));
+        self.listing_entries.fetch_add(after, Ordering::Relaxed);
+        self.listing_entries.fetch_sub(before, Ordering::Relaxed);
+    }
+
+    fn new_writer(&self, path: Arc<str>, ino: u64, mode: u32, uid: u32, gid: u32) -> Result<u64> {
+        let handle = self.backend.create(&path, mode, uid, gid).map_err(|e| FsError::backend(&path, e))?;
+        self.owners.write().insert(path.to_string(), (mode & 0o7777, uid, gid));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.writers.lock().insert(fh, Arc::new(Mutex::new(Writer { path, ino, handle: Some(handle), written: 0 })));
+        Ok(fh)
+    }
+
+    /// Create `name` in `parent` and open it for writing (one kernel
+    /// reference, as a lookup). The file appears to readers at close.
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> Result<(Entry, u64)> {
+        self.check_writable("create", parent, Some(name))?;
+        let p = self.node(parent)?;
+        if p.attr.kind != Kind::Dir {
+            return Err(FsError::NotDir { path: p.path.to_string() });
+        }
+        let name = self.child_name(&p, name)?;
+        let path = join(&p.path, name);
+        let attr = Attr { kind: Kind::File, size: 0, mtime_ns: now_ns(), version: String::new() };
+        let ino = self.inodes.remember(&path, attr.clone(), self.deadline());
+        self.patch_listing(&path, Some(attr.clone()));
+        let fh = match self.new_writer(Arc::from(path.as_str()), ino, mode, uid, gid) {
+            Ok(fh) => fh,
+            Err(e) => {
+                self.inodes.forget(ino, 1);
+                return Err(e);
+            }
+        };
+        Ok((Entry { ino, attr }, fh))
+    }
+
+    /// Open an existing file for writing: only to rewrite it whole (O_TRUNC,
+    /// or a file that is empty).
+    pub(super) fn open_for_write(&self, ino: u64, flags: i32, uid: u32, gid: u32) -> Result<Opened> {
+        let e = self.getattr(ino)?;
+        let path = self.inodes.path(ino).ok_or(FsError::StaleInode(ino))?;
+        if e.attr.kind == Kind::Dir {
+            return Err(FsError::IsDir { path: path.to_string() });
+        }
+        if flags & libc::O_TRUNC == 0 && e.attr.size > 0 {
+            return Err(unsupported(&path, "files are written whole: open a non-empty file for writing with O_TRUNC"));
+        }
+        let mode = self.owners.read().get(&*path).map_or(0o644, |o| o.0);
+        let fh = self.new_writer(path, ino, mode, uid, gid)?;
+        let attr = Attr { kind: Kind::File, size: 0, mtime_ns: now_ns(), version: String::new() };
+        self.inodes.refresh(ino, attr, self.deadline());
+        Ok(Opened { fh, keep_cache: false })
+    }
+
+    fn writer(&self, fh: u64) -> Option<Arc<Mutex<Writer>>> {
+        self.writers.lock().get(&fh).cloned()
+    }
+
+    /// Append `data` at `off`, which must be where the file's writing is.
+    pub fn write(&self, ino: u64, fh: u64, off: u64, data: &[u8]) -> Result<u32> {
+        let Some(w) = self.writer(fh) else {
+            return Err(self.refuse_or_badf("write", ino, fh));
+        };
+        let mut w = w.lock();
+        let Some(h) = w.handle else {
+            return Err(FsError::BadHandle(fh));
+        };
+        if off != w.written {
+            return Err(unsupported(
+                &w.path,
+                &format!("writes must be sequential: this file is at {} bytes, the write is at {off}", w.written),
+            ));
+        }
+        self.backend.write_at(h, off, data).map_err(|e| FsError::backend(&w.path, e))?;
+        w.written += data.len() as u64;
+        let attr = Attr { kind: Kind::File, size: w.written, mtime_ns: now_ns(), version: String::new() };
+        self.inodes.refresh(w.ino, attr, self.deadline());
+        Ok(data.len() as u32)
+    }
+
+    fn refuse_or_badf(&self, op: &'static str, ino: u64, fh: u64) -> FsError {
+        if self.cfg.writable {
+            FsError::BadHandle(fh)
+        } else {
+            self.refuse(op, ino, None)
+        }
+    }
+
+    /// Close a writer: the engine answers once the file is durable (or in
+    /// under storage, `through`). Later calls on the handle see it closed.
+    fn close_writer(&self, w: &mut Writer) -> Result<()> {
+        let Some(h) = w.handle.take() else { return Ok(()) };
+        let attr = self.backend.close_write(h).map_err(|e| FsError::backend(&w.path, e))?;
+        self.inodes.refresh(w.ino, attr.clone(), self.deadline());
+        self.patch_listing(&w.path, Some(attr));
+        Ok(())
+    }
+
+    /// flush (every close(2) of a descriptor): closes a writer, so close(2)
+    /// returns once the file is durable, with the error if it is not.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        match self.writer(fh) {
+            Some(w) => self.close_writer(&mut w.lock()),
+            None => Ok(()),
+        }
+    }
+
+    /// The last reference to a handle went: a writer not closed by a flush
+    /// is closed now (its error has no one to go to but the log).
+    pub(super) fn release_writer(&self, fh: u64) {
+        let Some(w) = self.writers.lock().remove(&fh) else { return };
+        let mut w = w.lock();
+        if let Err(e) = self.close_writer(&mut w) {
+            tracing::warn!("closing {} at release: {e}", w.path);
+        }
+    }
+
+    /// fsync: a writer's bytes so far are made durable on the engine.
+    pub fn fsync(&self, fh: u64) -> Result<()> {
+        let Some(w) = self.writer(fh) else { return Ok(()) };
+        let w = w.lock();
+        match w.handle {
+            Some(h) => self.backend.fsync_write(h).map_err(|e| FsError::backend(&w.path, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// setattr: truncation to 0 (rewrites the file empty) or to its size,
+    /// and times (accepted, ignored: a written file's mtime is its close).
+    /// Everything else is EOPNOTSUPP.
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, size: Option<u64>, chmod_or_chown: bool, uid: u32, gid: u32) -> Result<Entry> {
+        self.check_writable("setattr (chmod/chown/truncate/utimes)", ino, None)?;
+        let path = self.inodes.path(ino).ok_or(FsError::StaleInode(ino))?;
+        if chmod_or_chown {
+            return Err(unsupported(&path, "chmod and chown are not supported"));
+        }
+        if let Some(size) = size {
+            let writer = fh.and_then(|fh| self.writer(fh));
+            match writer {
+                Some(w) => {
+                    let w = w.lock();
+                    if size != w.written {
+                        return Err(unsupported(&path, "a file being written can only be truncated to its size"));
+                    }
+                }
+                None => {
+                    let cur = self.getattr(ino)?;
+                    if cur.attr.kind == Kind::Dir {
+                        return Err(FsError::IsDir { path: path.to_string() });
+                    }
+                    if size != cur.attr.size {
+                        if size != 0 {
+                            return Err(unsupported(&path, "files can only be truncated to 0"));
+                        }
+                        // truncate(2) to 0: the file is rewritten empty.
+                        let mode = self.owners.read().get(&*path).map_or(0o644, |o| o.0);
+                        let fh = self.new_writer(path.clone(), ino, mode, uid, gid)?;
+                        let res = self.flush(fh);
+                        self.writers.lock().remove(&fh);
+                        res?;
+                    }
+                }
+            }
+        }
+        let n = self.node(ino)?;
+        Ok(Entry { ino, attr: n.attr })
+    }
+
+    /// Remove `name` from `parent` (and from under storage).
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.check_writable("unlink", parent, Some(name))?;
+        let p = self.node(parent)?;
+        let name = self.child_name(&p, name)?;
+        let path = join(&p.path, name);
+        self.backend.unlink(&path).map_err(|e| FsError::backend(&path, e))?;
+        self.owners.write().remove(&path);
+        self.patch_listing(&path, None);
+        Ok(())
+    }
+
+    /// Make directory `name` in `parent` (one kernel reference).
+    pub fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Entry> {
+        self.check_writable("mkdir", parent, Some(name))?;
+        let p = self.node(parent)?;
+        let name = self.child_name(&p, name)?;
+        let path = join(&p.path, name);
+        self.backend.mkdir(&path).map_err(|e| FsError::backend(&path, e))?;
+        let attr = Attr { kind: Kind::Dir, size: 0, mtime_ns: now_ns(), version: String::new() };
+        let ino = self.inodes.remember(&path, attr.clone(), self.deadline());
+        self.patch_listing(&path, Some(attr.clone()));
+        Ok(Entry { ino, attr })
+    }
+
+    /// Remove the empty directory `name` from `parent`.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.check_writable("rmdir", parent, Some(name))?;
+        let p = self.node(parent)?;
+        let name = self.child_name(&p, name)?;
+        let path = join(&p.path, name);
+        self.backend.rmdir(&path).map_err(|e| FsError::backend(&path, e))?;
+        self.patch_listing(&path, None);
+        Ok(())
+    }
+
+    /// Rename file `name` in `parent` to `newname` in `newparent` (plain
+    /// rename only: RENAME_NOREPLACE and RENAME_EXCHANGE are EINVAL).
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Result<()> {
+        self.check_writable("rename", parent, Some(name))?;
+        let p = self.node(parent)?;
+        let np = self.node(newparent)?;
+        let name = self.child_name(&p, name)?;
+        let newname = self.child_name(&np, newname)?;
+        let (from, to) = (join(&p.path, name), join(&np.path, newname));
+        if flags != 0 {
+            return Err(FsError::backend(&from, stoker_client::Error::new(libc::EINVAL, format!("{from}: rename flags {flags:#x} are not supported"))));
+        }
+        self.backend.rename(&from, &to).map_err(|e| FsError::backend(&from, e))?;
+        let attr = self.backend.stat(&to).map_err(|e| FsError::backend(&to, e))?;
+        {
+            let mut owners = self.owners.write();
+            if let Some(o) = owners.remove(&from) {
+                owners.insert(to.clone(), o);
+            }
+        }
+        self.patch_listing(&from, None);
+        self.patch_listing(&to, Some(attr.clone()));
+        self.inodes.rename(&from, &to);
+        let ino = self.inodes.ino_of(&to);
+        self.inodes.refresh(ino, attr, self.deadline());
+        Ok(())
+    }
+
+    /// A write-type operation this mount does not do, even when writable.
+    pub fn unsupported_write(&self, op: &'static str, ino: u64, name: Option<&OsStr>) -> FsError {
+        if !self.cfg.writable {
+            return self.refuse(op, ino, name);
+        }
+        let base = self.inodes.path(ino).map(|p| p.to_string()).unwrap_or_default();
+        let path = match name {
+            Some(n) => join(&base, &n.to_string_lossy()),
+            None => base,
+        };
+        unsupported(&path, &format!("{op} is not supported (docs/SEMANTICS.md, \"Writes\")"))
+    }
+
+    /// Mode, uid and gid of a file written through this mount (None: the
+    /// mount's defaults).
+    pub fn owner_of(&self, ino: u64) -> Option<(u32, u32, u32)> {
+        let owners = self.owners.read();
+        if owners.is_empty() {
+            return None;
+        }
+        let path = self.inodes.path(ino)?;
+        owners.get(&*path).copied()
+    }
+}
