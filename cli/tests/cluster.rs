@@ -71,6 +71,15 @@ impl Node {
         self.stats().cluster.map_or(0, |c| c.members.len())
     }
 
+    /// Wait until the blocks this node fetched are written to its store
+    /// (they land in the background after the reads that fetched them).
+    fn settle(&self) {
+        let c = self.client();
+        wait_for("writes to land", Duration::from_secs(30), || {
+            c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0 && s.inflight_requests == 0)
+        });
+    }
+
     /// Under-storage calls of kind `op` (stat, read, list) this node made.
     fn ufs_ops(&self, op: &str) -> f64 {
         metric_or(self.metrics, &format!("stoker_ufs_request_duration_seconds_count{{mount=\"m\",op=\"{op}\"}}"), Some(0.0))
@@ -246,12 +255,7 @@ fn a_load_on_one_node_fills_every_owner() {
     // Blocks reach each store in the background after the load returns
     // (reads meanwhile are served from the write queue): wait for the
     // writes to land before counting what each node keeps.
-    for n in &nodes {
-        let c = n.client();
-        wait_for("writes to land", Duration::from_secs(30), || {
-            c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0 && s.inflight_requests == 0)
-        });
-    }
+    nodes.iter().for_each(Node::settle);
     // Every owner holds a share: no node was left out, none holds it all.
     let blocks: Vec<u64> = nodes.iter().map(|n| n.stats().blocks).collect();
     assert!(blocks.iter().all(|&b| b > 0), "a node cached nothing: {blocks:?}");
@@ -267,12 +271,7 @@ fn a_load_on_one_node_fills_every_owner() {
     let after: u64 = nodes.iter().map(|n| n.stats().ufs_bytes_read).sum();
     assert_eq!(after, total, "reads after the load went to under storage");
     // peer_copy: b now holds every block, c (without it) only its share.
-    for n in &nodes[1..] {
-        let c = n.client();
-        wait_for("writes to land", Duration::from_secs(30), || {
-            c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0 && s.inflight_requests == 0)
-        });
-    }
+    nodes[1..].iter().for_each(Node::settle);
     let all = blocks.iter().sum::<u64>();
     assert_eq!(nodes[1].stats().blocks, all, "b kept no copy of the blocks it read from peers");
     assert_eq!(nodes[2].stats().blocks, blocks[2], "c kept blocks it does not own");
@@ -321,12 +320,7 @@ fn a_load_redoes_the_share_of_a_node_lost_midway() {
         let c = n.stats().cluster.unwrap();
         assert_eq!((c.asked.bytes, c.served.bytes), (0, 0), "bytes crossed the network during the load");
     }
-    for n in &nodes[..2] {
-        let c = n.client();
-        wait_for("writes to land", Duration::from_secs(30), || {
-            c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0 && s.inflight_requests == 0)
-        });
-    }
+    nodes[..2].iter().for_each(Node::settle);
     let before: u64 = nodes[..2].iter().map(|n| n.stats().ufs_bytes_read).sum();
     for n in &nodes[..2] {
         let c = n.client();
