@@ -118,6 +118,11 @@ fn a_full_disk_pauses_caching_and_reads_stay_correct() {
 
     let check_usage = |srv: &mut Server, c: &stoker_client::Client| {
         assert!(srv.child.try_wait().unwrap().is_none(), "the engine exited");
+        // `used_bytes` counts an append from the moment it is issued: compare
+        // once the appends on their way have landed (or failed).
+        wait_for("appends to land", Duration::from_secs(30), || {
+            c.engine_stats().unwrap().shards.iter().all(|s| s.pending_write_bytes == 0 && s.inflight_requests == 0)
+        });
         let s = c.engine_stats().unwrap();
         let (in_use, _, total) = fs_usage(&disk.dir);
         assert!(s.used_bytes <= in_use, "store counts {} bytes, the filesystem holds {in_use}", s.used_bytes);
