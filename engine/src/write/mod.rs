@@ -85,6 +85,25 @@ pub struct WriteCore {
     open_bytes: AtomicU64,
 }
 
+impl Open {
+    /// The record of this file as written so far; `open` while its writer
+    /// has not closed it (an fsync).
+    fn record(&self, mode: WriteMode, open: bool) -> Record {
+        Record {
+            id: self.id,
+            path: self.path.clone(),
+            size: self.written,
+            mtime_ns: now_ns(),
+            version: format!("w{:x}", self.id),
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            persist: mode.persists(),
+            open,
+        }
+    }
+}
+
 fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
@@ -273,18 +292,7 @@ impl WriteCore {
         let o = h.get(&handle).ok_or_else(|| refused(libc::EBADF, format!("no open write handle {handle}")))?;
         let mode = self.mode_of(&o.path).ok_or_else(|| refused(libc::EROFS, format!("{}: read-only", o.path)))?;
         o.file.sync_all().map_err(|e| io_err("syncing the local copy", e))?;
-        let r = Record {
-            id: o.id,
-            path: o.path.clone(),
-            size: o.written,
-            mtime_ns: now_ns(),
-            version: format!("w{:x}", o.id),
-            mode: o.mode,
-            uid: o.uid,
-            gid: o.gid,
-            persist: mode.persists(),
-            open: true,
-        };
+        let r = o.record(mode, true);
         record::write(&self.record_path(o.id), &r).map_err(|e| io_err("writing the record", e))
     }
 
@@ -305,18 +313,7 @@ impl WriteCore {
             self.discard(o);
             return Err(io_err(&msg, e));
         }
-        let r = Record {
-            id: o.id,
-            path: o.path.clone(),
-            size: o.written,
-            mtime_ns: now_ns(),
-            version: format!("w{:x}", o.id),
-            mode: o.mode,
-            uid: o.uid,
-            gid: o.gid,
-            persist: mode.persists(),
-            open: false,
-        };
+        let r = o.record(mode, false);
         if let Err(e) = record::write(&self.record_path(o.id), &r) {
             let msg = format!("{}: writing its record", o.path);
             self.discard(o);
