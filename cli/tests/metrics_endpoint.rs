@@ -317,56 +317,6 @@ fn a_taken_metrics_port_fails_serve_with_one_line() {
     assert!(err.contains("metrics endpoint") && err.contains(&addr), "error names the endpoint: {err}");
 }
 
-fn is_mounted(mp: &std::path::Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let want = mp.to_str().unwrap().replace(' ', "\\040");
-    text.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
-}
-
-/// A `stoker mount` child, SIGTERMed (and its mount cleared) when dropped.
-struct Mount {
-    child: std::process::Child,
-    mp: std::path::PathBuf,
-}
-
-impl Mount {
-    fn start(args: &[&str], mp: &std::path::Path) -> Mount {
-        std::fs::create_dir_all(mp).unwrap();
-        let mut child = stoker()
-            .arg("mount")
-            .args(args)
-            .arg(mp)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap();
-        wait_for("the mount to appear", Duration::from_secs(30), || {
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!("stoker mount exited early: {st}");
-            }
-            is_mounted(mp)
-        });
-        Mount { child, mp: mp.to_path_buf() }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        // SAFETY: signalling a child we own.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if is_mounted(&self.mp) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.mp).status();
-        }
-    }
-}
-
 fn fuse_ok() -> bool {
     let ok = std::path::Path::new("/dev/fuse").exists();
     if !ok {
@@ -393,7 +343,7 @@ fn mount_with_an_embedded_engine_exports_fuse_ops_and_engine_counters() {
         "--cache-dir", cache.to_str().unwrap(), "--capacity", "256M", "--block-size", "64K",
         "--socket", sock.to_str().unwrap(), "--metrics", &addr.to_string(), &uri,
     ];
-    let _m = Mount::start(&args, &mp);
+    let _m = FuseMount::start(&args, &mp);
 
     let s0 = scrape(addr);
     for (rel, data) in &tree {
@@ -433,7 +383,7 @@ fn mount_attached_to_an_engine_exports_its_fuse_ops_only() {
     );
     let addr = free_addr();
     let mp = dir.path().join("mnt");
-    let _m = Mount::start(&["--socket", &sock, "--metrics", &addr.to_string(), "/m"], &mp);
+    let _m = FuseMount::start(&["--socket", &sock, "--metrics", &addr.to_string(), "/m"], &mp);
     for (rel, data) in &tree {
         assert!(std::fs::read(mp.join(rel)).unwrap() == *data, "bytes differ for {rel}");
     }

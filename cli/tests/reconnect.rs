@@ -7,10 +7,9 @@
 
 mod common;
 
-use common::{make_tree, wait_for, Server};
+use common::{make_tree, wait_for, FuseMount, Server};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use stoker_client::{Client, Options, ReadReq};
@@ -236,33 +235,6 @@ fn an_engine_that_stays_away_is_an_error_after_the_timeout() {
 
 // ---- FUSE ----
 
-fn is_mounted(mp: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    text.lines().any(|l| l.split(' ').nth(1) == Some(mp.to_str().unwrap()))
-}
-
-/// A foreground `stoker mount --socket`; SIGTERM and lazy unmount on drop.
-struct Mount {
-    child: Child,
-    mp: std::path::PathBuf,
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        // SAFETY: signalling a child we own.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t0 = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none() && t0.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if is_mounted(&self.mp) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
-        }
-    }
-}
-
 /// Read `rel` through the mount with its cached pages dropped first, so the
 /// bytes come from the FUSE daemon (and so from the engine).
 fn read_uncached(mp: &Path, rel: &str) -> std::io::Result<Vec<u8>> {
@@ -287,20 +259,8 @@ fn fuse_mount_attached_with_socket_survives_engine_restarts() {
     let s = Setup::new(&sizes(36), &[]);
     let mut server = s.start();
     let mp = s.dir.path().join("mnt");
-    std::fs::create_dir_all(&mp).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_stoker"))
-        .args(["mount", "--socket", &s.socket(), "--request-timeout", "30s", "/m"])
-        .arg(&mp)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut mount = Mount { child, mp: mp.clone() };
-    wait_for("the mount to appear", Duration::from_secs(30), || {
-        assert!(mount.child.try_wait().unwrap().is_none(), "stoker mount exited early");
-        is_mounted(&mp)
-    });
+    let sock = s.socket();
+    let mut mount = FuseMount::start(&["--socket", &sock, "--request-timeout", "30s", "/m"], &mp);
     let rel = |p: &str| p.strip_prefix("/m/").unwrap().to_string();
     // Before any restart: the first third of the files.
     let third = s.tree.len() / 3;

@@ -7,17 +7,7 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_stoker");
-
-fn is_mounted(mp: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let want = mp.to_str().unwrap().replace(' ', "\\040");
-    text.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
-}
+use std::path::Path;
 
 fn mount_opts(mp: &Path) -> String {
     let text = std::fs::read_to_string("/proc/self/mounts").unwrap();
@@ -25,45 +15,9 @@ fn mount_opts(mp: &Path) -> String {
     text.lines().find(|l| l.split(' ').nth(1) == Some(want)).and_then(|l| l.split(' ').nth(3)).unwrap_or("").to_string()
 }
 
-/// A foreground `stoker mount` attached to an engine; unmounted on drop.
-struct Mounted {
-    child: Child,
-    mp: PathBuf,
-}
-
-fn mount(socket: &str, root: &str, mp: &Path) -> Mounted {
-    std::fs::create_dir_all(mp).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["mount", "--socket", socket, root])
-        .arg(mp)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_for("the mount to appear", Duration::from_secs(30), || {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("stoker mount exited early: {st}");
-        }
-        is_mounted(mp)
-    });
-    Mounted { child, mp: mp.to_path_buf() }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        // SAFETY: signalling a child we own.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t0 = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none() && t0.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if is_mounted(&self.mp) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
-        }
-    }
+/// `stoker mount --socket SOCKET ROOT MP`, attached to a running engine.
+fn mount(socket: &str, root: &str, mp: &Path) -> FuseMount {
+    FuseMount::start(&["--socket", socket, root], mp)
 }
 
 fn data(i: usize, len: usize) -> Vec<u8> {
@@ -247,22 +201,8 @@ fn fuse_uri_mount_takes_the_write_option_too() {
     let sock = dir.path().join("s.sock").to_string_lossy().into_owned();
     let uri = format!("file://{}", ufs.display());
     let cache = dir.path().join("cache");
-    let mut child = Command::new(BIN)
-        .args(["mount", &uri])
-        .arg(&mp)
-        .args(["--cache-dir", cache.to_str().unwrap(), "--capacity", "128M", "--socket", &sock, "--mount-opt", "write=async"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_for("the mount to appear", Duration::from_secs(30), || {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("stoker mount exited early: {st}");
-        }
-        is_mounted(&mp)
-    });
-    let _m = Mounted { child, mp: mp.clone() };
+    let cache = cache.to_str().unwrap();
+    let _m = FuseMount::start(&[&uri, "--cache-dir", cache, "--capacity", "128M", "--socket", &sock, "--mount-opt", "write=async"], &mp);
     let d = data(21, 77_777);
     std::fs::write(mp.join("via-uri.bin"), &d).unwrap();
     assert!(std::fs::read(mp.join("via-uri.bin")).unwrap() == d);

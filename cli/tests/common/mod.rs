@@ -131,3 +131,55 @@ pub fn metric_or(addr: std::net::SocketAddr, sample: &str, absent: Option<f64>) 
         None => absent.unwrap_or_else(|| panic!("no sample {sample} in:\n{body}")),
     }
 }
+
+/// Whether `mp` is a mount point now (/proc/self/mounts escapes spaces).
+pub fn is_mounted(mp: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let want = mp.to_str().unwrap().replace(' ', "\\040");
+    text.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// A foreground `stoker mount ARGS... MP`, up once `MP` is mounted;
+/// SIGTERMed (and its mount cleared) when dropped.
+pub struct FuseMount {
+    pub child: Child,
+    pub mp: PathBuf,
+}
+
+impl FuseMount {
+    pub fn start(args: &[&str], mp: &Path) -> FuseMount {
+        std::fs::create_dir_all(mp).unwrap();
+        let mut child = stoker()
+            .arg("mount")
+            .args(args)
+            .arg(mp)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        wait_for("the mount to appear", Duration::from_secs(30), || {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("stoker mount exited early: {st}");
+            }
+            is_mounted(mp)
+        });
+        FuseMount { child, mp: mp.to_path_buf() }
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        // SAFETY: signalling a child we own.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() && t0.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if is_mounted(&self.mp) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
+        }
+    }
+}
