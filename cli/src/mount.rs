@@ -297,7 +297,13 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
         let mount = root.trim_start_matches('/').split('/').next().unwrap_or("");
         client.engine_stats()?.mounts.iter().any(|m| m.write.is_some() && (mount.is_empty() || m.name == mount))
     };
-    let mut cfg = FsConfig { metadata_ttl: a.metadata_ttl, list_on_lookup: !a.no_list_on_lookup, writable, ..FsConfig::default() };
+    let mut cfg = FsConfig {
+        metadata_ttl: a.metadata_ttl,
+        list_on_lookup: !a.no_list_on_lookup,
+        writable,
+        shared: a.allow_other,
+        ..FsConfig::default()
+    };
     cfg.owner.blksize = knobs.max_read.clamp(4096, 16 << 20) as u32;
     let fs = Arc::new(StokerFs::new(client, &root, cfg).with_context(|| format!("cannot mount {root}"))?);
     let mopts = MountOptions {

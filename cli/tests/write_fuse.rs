@@ -210,3 +210,70 @@ fn fuse_uri_mount_takes_the_write_option_too() {
     assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read(ufs.join("via-uri.bin")).unwrap() == d);
 }
+
+/// Run `script` with sh as `uid`:`uid` (no supplementary groups).
+fn sh_as(uid: u32, script: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into(), "sh".into(), "-c".into(), script.into()])
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+#[test]
+fn allow_other_mount_keeps_writers_apart() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to act as two users");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ufs")).unwrap();
+    std::fs::write(dir.path().join("ufs/dataset.txt"), b"from under storage").unwrap();
+    // Other users must reach the mountpoint.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let srv = serve(dir.path(), Some("async"), "0ms");
+    let mp = dir.path().join("mnt");
+    let _m = FuseMount::start(&["--socket", &srv.socket, "/m", "--allow-other"], &mp);
+    let m = mp.display();
+    assert!(mount_opts(&mp).split(',').any(|o| o == "default_permissions"), "{}", mount_opts(&mp));
+
+    // Anyone creates in the mount's root (1777); files and directories carry
+    // their writer's uid, gid and mode.
+    let out = sh_as(1000, &format!("umask 022 && printf alice > {m}/a.txt && mkdir {m}/alice && printf x > {m}/alice/x && umask 077 && printf secret > {m}/private.txt"));
+    assert!(out.status.success(), "uid 1000 writes: {}", String::from_utf8_lossy(&out.stderr));
+    let st = std::fs::metadata(mp.join("a.txt")).unwrap();
+    assert_eq!((st.uid(), st.gid(), st.mode() & 0o7777), (1000, 1000, 0o644));
+    let st = std::fs::metadata(mp.join("alice")).unwrap();
+    assert_eq!((st.uid(), st.mode() & 0o7777), (1000, 0o755));
+    assert_eq!(std::fs::metadata(mp.join("private.txt")).unwrap().mode() & 0o7777, 0o600);
+    assert_eq!(std::fs::metadata(&mp).unwrap().mode() & 0o7777, 0o1777);
+
+    // Another user can neither overwrite, remove nor read what is not theirs,
+    // nor write into another's directory; their own file is fine.
+    for (what, script) in [
+        ("overwrite a.txt", format!("printf bob > {m}/a.txt")),
+        ("remove a.txt (sticky root)", format!("rm -f {m}/a.txt")),
+        ("read private.txt", format!("cat {m}/private.txt")),
+        ("create in alice/", format!("printf bob > {m}/alice/b")),
+        ("overwrite the dataset", format!("printf bob > {m}/dataset.txt")),
+        ("chmod a.txt", format!("chmod 666 {m}/a.txt")),
+    ] {
+        let out = sh_as(1001, &script);
+        assert!(!out.status.success(), "uid 1001 could {what}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("denied") || String::from_utf8_lossy(&out.stderr).contains("not permitted"),
+            "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = sh_as(1001, &format!("printf bob > {m}/b.txt && cat {m}/a.txt {m}/dataset.txt"));
+    assert!(out.status.success(), "uid 1001 own file: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"alicefrom under storage");
+    assert_eq!(std::fs::read(mp.join("a.txt")).unwrap(), b"alice");
+    assert_eq!(std::fs::metadata(mp.join("b.txt")).unwrap().uid(), 1001);
+
+    // The owner may chmod their file; then the other user may write it.
+    let out = sh_as(1000, &format!("chmod 666 {m}/a.txt"));
+    assert!(out.status.success(), "owner chmod: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::metadata(mp.join("a.txt")).unwrap().mode() & 0o7777, 0o666);
+    let out = sh_as(1001, &format!("printf bob > {m}/a.txt"));
+    assert!(out.status.success(), "write after chmod 666: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(mp.join("a.txt")).unwrap(), b"bob");
+}

@@ -47,6 +47,11 @@ pub struct FsConfig {
     /// fsync, truncate to 0 and unlink go to the engine (fs/write.rs).
     /// Off: every write-type call is refused with EROFS. Default off.
     pub writable: bool,
+    /// Other users may use the mount (`allow_other`; the kernel checks
+    /// permissions). On a writable mount, directories nobody created
+    /// through it are then mode 1777 (anyone creates files, only a file's
+    /// owner removes or renames it), as /tmp. Default off.
+    pub shared: bool,
 }
 
 impl Default for FsConfig {
@@ -57,6 +62,7 @@ impl Default for FsConfig {
             owner: Owner { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() }, blksize: 1 << 20 },
             list_on_lookup: true,
             writable: false,
+            shared: false,
         }
     }
 }

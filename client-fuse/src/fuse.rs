@@ -117,6 +117,9 @@ impl<B: Backend> FuseFs<B> {
             // Writable: owner-writable, and a file written here carries its
             // writer's mode, uid and gid.
             fa.perm |= 0o200;
+            if a.kind == stoker_client::Kind::Dir && self.fs.config().shared {
+                fa.perm = 0o1777;
+            }
             if let Some((mode, uid, gid)) = self.fs.owner_of(ino) {
                 fa.perm = mode as u16;
                 fa.uid = uid;
@@ -386,8 +389,8 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         reply: ReplyAttr,
     ) {
         let _t = timed("setattr");
-        let chmod_or_chown = mode.is_some() || uid.is_some() || gid.is_some();
-        match self.fs.setattr(ino.0, fh.map(|f| f.0), size, chmod_or_chown, req.uid(), req.gid()) {
+        let chown = uid.is_some() || gid.is_some();
+        match self.fs.setattr(ino.0, fh.map(|f| f.0), size, mode, chown, req.uid(), req.gid()) {
             Ok(e) => reply.attr(&self.ttl, &self.attr(e.ino, &e.attr)),
             Err(e) => reply.error(self.errno("setattr", e)),
         }
@@ -406,9 +409,9 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         reply.error(self.errno("mknod", self.fs.unsupported_write("mknod", parent.0, Some(name))));
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let _t = timed("mkdir");
-        match self.fs.mkdir(parent.0, name) {
+        match self.fs.mkdir(parent.0, name, mode & !umask & 0o7777, req.uid(), req.gid()) {
             Ok(e) => reply.entry(&self.ttl, &self.attr(e.ino, &e.attr), Generation(0)),
             Err(e) => reply.error(self.errno("mkdir", e)),
         }

@@ -2,11 +2,12 @@
 //! (`FsConfig::writable`): create, sequential write, flush/release (=
 //! close: the engine acknowledges once the file is durable), fsync,
 //! truncate to 0 (O_TRUNC, or truncate(2) to 0), unlink, utimens (accepted,
-//! ignored), mkdir, rmdir and rename of a file. Refused with EOPNOTSUPP: a
-//! write at any offset but the end of what was written, an open for
-//! writing of a non-empty file without O_TRUNC (a random overwrite or an
-//! append), truncation to another size, chmod/chown, rename of a directory,
-//! link (docs/SEMANTICS.md, "Writes").
+//! ignored), chmod of what was created here, mkdir, rmdir and rename of a
+//! file. Refused with EOPNOTSUPP: a write at any offset but the end of what
+//! was written, an open for writing of a non-empty file without O_TRUNC (a
+//! random overwrite or an append), truncation to another size, chown,
+//! chmod of what under storage holds, rename of a directory, link
+//! (docs/SEMANTICS.md, "Writes").
 
 use super::{join, parent_of, Entry, Listing, Opened, StokerFs};
 use crate::backend::Backend;
@@ -22,9 +23,13 @@ use stoker_proto::control::{Attr, DirEntry};
 pub struct Writer {
     path: Arc<str>,
     ino: u64,
-    /// The engine's write handle; None once closed.
+    /// The engine's write handle; None once closed (by a flush: a write
+    /// after it on the same open file reopens, see `reopen`).
     handle: Option<u64>,
     written: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
 }
 
 fn unsupported(path: &str, why: &str) -> FsError {
@@ -76,7 +81,7 @@ impl<B: Backend> StokerFs<B> {
         let handle = self.backend.create(&path, mode, uid, gid).map_err(|e| FsError::backend(&path, e))?;
         self.owners.write().insert(path.to_string(), (mode & 0o7777, uid, gid));
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.writers.lock().insert(fh, Arc::new(Mutex::new(Writer { path, ino, handle: Some(handle), written: 0 })));
+        self.writers.lock().insert(fh, Arc::new(Mutex::new(Writer { path, ino, handle: Some(handle), written: 0, mode, uid, gid })));
         Ok(fh)
     }
 
@@ -131,20 +136,49 @@ impl<B: Backend> StokerFs<B> {
             return Err(self.refuse_or_badf("write", ino, fh));
         };
         let mut w = w.lock();
-        let Some(h) = w.handle else {
-            return Err(FsError::BadHandle(fh));
-        };
         if off != w.written {
             return Err(unsupported(
                 &w.path,
                 &format!("writes must be sequential: this file is at {} bytes, the write is at {off}", w.written),
             ));
         }
+        let h = match w.handle {
+            Some(h) => h,
+            None => self.reopen(&mut w)?,
+        };
         self.backend.write_at(h, off, data).map_err(|e| FsError::backend(&w.path, e))?;
         w.written += data.len() as u64;
         let attr = Attr { kind: Kind::File, size: w.written, mtime_ns: now_ns(), version: String::new() };
         self.inodes.refresh(w.ino, attr, self.deadline());
         Ok(data.len() as u32)
+    }
+
+    /// A write on an open file a flush has closed: a close(2) of one of
+    /// several descriptors of it (`sh -c 'echo x > f'` dups the file onto
+    /// stdout and closes the original before writing). The file is written
+    /// anew under a new handle, starting with the bytes closed so far.
+    fn reopen(&self, w: &mut Writer) -> Result<u64> {
+        let h = self.backend.create(&w.path, w.mode, w.uid, w.gid).map_err(|e| FsError::backend(&w.path, e))?;
+        let mut buf = vec![0u8; (w.written as usize).min(1 << 20)];
+        let mut off = 0u64;
+        while off < w.written {
+            let want = ((w.written - off) as usize).min(buf.len());
+            let copied = self.backend.read_into(&w.path, off, &mut buf[..want]).and_then(|n| {
+                if n == 0 {
+                    return Err(stoker_client::Error::new(libc::EIO, format!("{}: changed while open for writing", w.path)));
+                }
+                self.backend.write_at(h, off, &buf[..n]).map(|()| n)
+            });
+            match copied {
+                Ok(n) => off += n as u64,
+                Err(e) => {
+                    let _ = self.backend.abort_write(h);
+                    return Err(FsError::backend(&w.path, e));
+                }
+            }
+        }
+        w.handle = Some(h);
+        Ok(h)
     }
 
     fn refuse_or_badf(&self, op: &'static str, ino: u64, fh: u64) -> FsError {
@@ -194,14 +228,26 @@ impl<B: Backend> StokerFs<B> {
         }
     }
 
-    /// setattr: truncation to 0 (rewrites the file empty) or to its size,
-    /// and times (accepted, ignored: a written file's mtime is its close).
-    /// Everything else is EOPNOTSUPP.
-    pub fn setattr(&self, ino: u64, fh: Option<u64>, size: Option<u64>, chmod_or_chown: bool, uid: u32, gid: u32) -> Result<Entry> {
+    /// setattr: truncation to 0 (rewrites the file empty) or to its size;
+    /// chmod of a file or directory created through this mount (its mode
+    /// lives here, for the mount's life: under storage keeps no modes);
+    /// times (accepted, ignored: a written file's mtime is its close).
+    /// chown (to anyone else), and chmod of what under storage holds, are
+    /// EOPNOTSUPP.
+    #[allow(clippy::too_many_arguments)]
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, size: Option<u64>, mode: Option<u32>, chown: bool, uid: u32, gid: u32) -> Result<Entry> {
         self.check_writable("setattr (chmod/chown/truncate/utimes)", ino, None)?;
         let path = self.inodes.path(ino).ok_or(FsError::StaleInode(ino))?;
-        if chmod_or_chown {
-            return Err(unsupported(&path, "chmod and chown are not supported"));
+        if chown {
+            return Err(unsupported(&path, "chown is not supported"));
+        }
+        if let Some(mode) = mode {
+            // With allow_other the kernel has checked that the caller owns it.
+            let mut owners = self.owners.write();
+            match owners.get_mut(&*path) {
+                Some(o) => o.0 = mode & 0o7777,
+                None => return Err(unsupported(&path, "chmod works on what was created through this mount only")),
+            }
         }
         if let Some(size) = size {
             let writer = fh.and_then(|fh| self.writer(fh));
@@ -248,12 +294,14 @@ impl<B: Backend> StokerFs<B> {
     }
 
     /// Make directory `name` in `parent` (one kernel reference).
-    pub fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Entry> {
+    /// The directory carries its creator's `mode`, `uid` and `gid` here.
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> Result<Entry> {
         self.check_writable("mkdir", parent, Some(name))?;
         let p = self.node(parent)?;
         let name = self.child_name(&p, name)?;
         let path = join(&p.path, name);
         self.backend.mkdir(&path).map_err(|e| FsError::backend(&path, e))?;
+        self.owners.write().insert(path.clone(), (mode & 0o7777, uid, gid));
         let attr = Attr { kind: Kind::Dir, size: 0, mtime_ns: now_ns(), version: String::new() };
         let ino = self.inodes.remember(&path, attr.clone(), self.deadline());
         self.patch_listing(&path, Some(attr.clone()));
@@ -267,6 +315,7 @@ impl<B: Backend> StokerFs<B> {
         let name = self.child_name(&p, name)?;
         let path = join(&p.path, name);
         self.backend.rmdir(&path).map_err(|e| FsError::backend(&path, e))?;
+        self.owners.write().remove(&path);
         self.patch_listing(&path, None);
         Ok(())
     }
