@@ -138,6 +138,15 @@ fn through_mode_close_returns_once_under_storage_has_it() {
     assert!(std::fs::read(dir.path().join("ufs/t.bin")).unwrap() == d, "in under storage when close returned");
     assert_eq!(c.engine_stats().unwrap().persist_pending_files, 0);
     assert!(c.read_file("/m/t.bin").unwrap() == d);
+
+    // fsync of a file being written: under storage has the bytes so far.
+    let h = c.create("/m/f.bin", 0o644, 0, 0).unwrap();
+    c.write_at(h, 0, &d[..150_000]).unwrap();
+    c.fsync_write(h).unwrap();
+    assert!(std::fs::read(dir.path().join("ufs/f.bin")).unwrap() == d[..150_000], "fsync stored the bytes so far");
+    c.write_at(h, 150_000, &d[150_000..]).unwrap();
+    c.close_write(h).unwrap();
+    assert!(std::fs::read(dir.path().join("ufs/f.bin")).unwrap() == d, "close stored the whole file");
     srv.stop();
 }
 

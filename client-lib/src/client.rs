@@ -165,11 +165,13 @@ impl Client {
 
     /// Append `data` to an open handle; `off` must be the bytes written so
     /// far (writes are sequential: any other offset is EOPNOTSUPP).
+    /// The bytes go raw after the request's frame, up to 1 MiB a request.
     pub fn write_at(&self, handle: u64, off: u64, data: &[u8]) -> Result<()> {
-        use stoker_proto::control::{b64_encode, WRITE_CHUNK_BYTES};
+        use stoker_proto::control::{write_request, WRITE_BYTES_MAX};
         let mut at = off;
-        for chunk in data.chunks(WRITE_CHUNK_BYTES) {
-            match self.control(Request::Write { handle, off: at, data: b64_encode(chunk) })? {
+        for chunk in data.chunks(WRITE_BYTES_MAX) {
+            let wire = write_request(handle, at, chunk);
+            match self.link.retrying(|s| s.control_raw(&wire))? {
                 Response::Done { .. } => at += chunk.len() as u64,
                 other => return Err(unexpected(other)),
             }

@@ -209,6 +209,17 @@ pub(crate) fn connect_control(socket: &str, opts: &Options) -> Result<UnixStream
 
 fn call(c: &mut UnixStream, req: &Request) -> Result<Response> {
     write_frame(&mut NoSigpipe(c), req).map_err(|e| transport_err("control socket", e))?;
+    answer(c)
+}
+
+/// Send a request already on its wire form (a frame, and a `Write`'s
+/// bytes) and read the answer.
+fn call_raw(c: &mut UnixStream, wire: &[u8]) -> Result<Response> {
+    NoSigpipe(c).write_all(wire).map_err(|e| transport_err("control socket", e))?;
+    answer(c)
+}
+
+fn answer(c: &mut UnixStream) -> Result<Response> {
     match read_frame::<_, Response>(c) {
         Ok(Some(Response::Error { errno, message })) => Err(Error::Engine { errno, message }),
         Ok(Some(r)) => Ok(r),
@@ -335,13 +346,22 @@ impl Session {
     /// One control call on an idle pooled connection (or a new one), so a
     /// slow stat never holds up other metadata calls.
     pub(crate) fn control(&self, req: &Request) -> Result<Response> {
+        self.control_with(|c| call(c, req))
+    }
+
+    /// A request already on its wire form ([`stoker_proto::control::write_request`]).
+    pub(crate) fn control_raw(&self, wire: &[u8]) -> Result<Response> {
+        self.control_with(|c| call_raw(c, wire))
+    }
+
+    fn control_with(&self, f: impl FnOnce(&mut UnixStream) -> Result<Response>) -> Result<Response> {
         self.check_alive()?;
         let idle = self.control_idle.lock().pop();
         let mut c = match idle {
             Some(c) => c,
             None => connect_control(&self.socket, &self.opts)?,
         };
-        let r = call(&mut c, req);
+        let r = f(&mut c);
         // A transport error leaves the stream mid-frame: never reuse it.
         let reusable = match &r {
             Ok(_) => true,

@@ -44,10 +44,11 @@ pub enum Request {
     /// on a mount with a write mode; answered with `Handle`. `mode`, `uid`
     /// and `gid` are the writer's (docs/SEMANTICS.md, "Writes").
     Create { path: String, mode: u32, uid: u32, gid: u32 },
-    /// Append `data` (base64, [`b64_encode`]) to an open handle at `off`,
-    /// which must be the bytes written so far (writes are sequential).
-    /// Answered with `Done { files: 0, blocks: 0 }`.
-    Write { handle: u64, off: u64, data: String },
+    /// Append `len` bytes to an open handle at `off`, which must be the
+    /// bytes written so far (writes are sequential). The bytes follow the
+    /// frame on the stream, raw ([`write_request`]); `len` is at most
+    /// [`WRITE_BYTES_MAX`]. Answered with `Done { files: 0, blocks: 0 }`.
+    Write { handle: u64, off: u64, len: u64 },
     /// Close a handle: answered once the file is durable on the engine's
     /// disk (`async`, `cache-only`) or in under storage (`through`), with
     /// its attributes (`Attr`). The file is visible to readers from then on.
@@ -343,59 +344,16 @@ pub fn checksum(data: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(data)
 }
 
-/// Raw bytes one `Write` request carries at most (its base64 and the rest
-/// of the frame stay under the engine's 64 KiB request limit).
-pub const WRITE_CHUNK_BYTES: usize = 32 << 10;
+/// Bytes one `Write` request carries at most (after its frame, raw).
+pub const WRITE_BYTES_MAX: usize = 1 << 20;
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding (the data of a `Write` request).
-pub fn b64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
+/// A `Write` request of `data` at `off` as it goes on the stream: its frame,
+/// then the bytes (one buffer: one send for the whole request).
+pub fn write_request(handle: u64, off: u64, data: &[u8]) -> Vec<u8> {
+    debug_assert!(data.len() <= WRITE_BYTES_MAX);
+    let mut out = encode(&Request::Write { handle, off, len: data.len() as u64 });
+    out.extend_from_slice(data);
     out
-}
-
-/// Decode [`b64_encode`]'s output; None if it is not base64.
-pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.as_bytes();
-    if !s.len().is_multiple_of(4) {
-        return None;
-    }
-    let val = |b: u8| -> Option<u32> {
-        Some(match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    for (i, q) in s.chunks(4).enumerate() {
-        let last = i == s.len() / 4 - 1;
-        let pad = if last { q.iter().rev().take_while(|b| **b == b'=').count() } else { 0 };
-        if pad > 2 {
-            return None;
-        }
-        let mut n = 0u32;
-        for (j, b) in q.iter().enumerate() {
-            n = (n << 6) | if j >= 4 - pad { 0 } else { val(*b)? };
-        }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Some(out)
 }
 
 /// Write one frame.
@@ -505,18 +463,12 @@ mod tests {
     }
 
     #[test]
-    fn base64_round_trip() {
-        assert_eq!(b64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(b64_encode(b"fo"), "Zm8=");
-        assert_eq!(b64_encode(b"f"), "Zg==");
-        for n in 0..70u32 {
-            let d: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
-            assert_eq!(b64_decode(&b64_encode(&d)).unwrap(), d);
-        }
-        assert!(b64_decode("Zm9").is_none());
-        assert!(b64_decode("Zm9v!mFy").is_none());
-        // A full frame of data stays under the engine's request limit.
-        let w = Request::Write { handle: u64::MAX, off: u64::MAX, data: b64_encode(&vec![0u8; WRITE_CHUNK_BYTES]) };
-        assert!(encode(&w).len() < 64 << 10);
+    fn a_write_request_is_its_frame_then_the_raw_bytes() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 37 + 11) as u8).collect();
+        let wire = write_request(7, 4096, &data);
+        let mut r = wire.as_slice();
+        let got: Request = read_frame(&mut r).unwrap().unwrap();
+        assert!(matches!(got, Request::Write { handle: 7, off: 4096, len: 70_000 }), "{got:?}");
+        assert_eq!(r, &data[..]);
     }
 }

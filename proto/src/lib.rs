@@ -17,7 +17,7 @@ pub mod ring;
 pub mod units;
 
 /// Protocol version exchanged in the handshake; bumped on any wire change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Default control socket when neither `--socket` nor `STOKER_SOCKET` is given.
 pub const DEFAULT_SOCKET: &str = "/tmp/stoker.sock";

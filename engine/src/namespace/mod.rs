@@ -594,7 +594,7 @@ impl Namespace {
     pub async fn read_versioned(&self, norm: &str, off: u64, len: u64) -> UfsResult<(Attr, Vec<u8>)> {
         if let Some(w) = self.written.get(norm) {
             // Gone (persisted and removed meanwhile): read under storage's copy.
-            match read_local(w.data, off, len).await {
+            match read_local(w.data, w.attr.size, off, len).await {
                 Err(UfsError::NotFound) => {}
                 r => return r.map(|data| (w.attr, data)),
             }
@@ -611,7 +611,7 @@ impl Namespace {
     /// Read a range of a file from under storage.
     pub async fn read(&self, norm: &str, off: u64, len: u64) -> UfsResult<Vec<u8>> {
         if let Some(w) = self.written.get(norm) {
-            match read_local(w.data, off, len).await {
+            match read_local(w.data, w.attr.size, off, len).await {
                 Err(UfsError::NotFound) => {}
                 r => return r,
             }
@@ -624,12 +624,12 @@ impl Namespace {
     }
 }
 
-/// Bytes `[off, off+len)` of a written file's local copy (short at its end).
-async fn read_local(path: std::path::PathBuf, off: u64, len: u64) -> UfsResult<Vec<u8>> {
+/// Bytes `[off, off+len)` of a written file's local copy of `size` bytes
+/// (short at its end; the record's trailer after them is not data).
+async fn read_local(path: std::path::PathBuf, size: u64, off: u64, len: u64) -> UfsResult<Vec<u8>> {
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
         let f = std::fs::File::open(&path)?;
-        let size = f.metadata()?.len();
         let n = len.min(size.saturating_sub(off)) as usize;
         let mut buf = vec![0u8; n];
         f.read_exact_at(&mut buf, off)?;

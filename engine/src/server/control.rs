@@ -106,7 +106,7 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
         return;
     }
     loop {
-        let (req, fds) = match limits::recv_request(&mut conn, ctx.io_timeout) {
+        let (req, fds, payload) = match limits::recv_request(&mut conn, ctx.io_timeout) {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(e) => {
@@ -195,7 +195,7 @@ fn connection(mut conn: UnixStream, ctx: Arc<ControlCtx>, _slot: Slot) {
             | Request::Mkdir { .. }
             | Request::Rename { .. }
             | Request::Rmdir { .. }
-            | Request::Sync { .. }) => crate::server::writes::handle(&ctx, r),
+            | Request::Sync { .. }) => crate::server::writes::handle(&ctx, r, &payload),
             r @ (Request::Pin { .. }
             | Request::Unpin { .. }
             | Request::Free { .. }

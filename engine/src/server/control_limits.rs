@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use stoker_proto::control::{write_frame, Request, Response};
+use stoker_proto::control::{write_frame, Request, Response, WRITE_BYTES_MAX};
 
 pub use crate::error::is_shortage;
 
@@ -38,7 +38,8 @@ pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub enum FrameError {
     /// Half a frame, then nothing for `--control-timeout`; or an answer not taken.
     Timeout,
-    /// A length prefix over [`REQUEST_BYTES_MAX`].
+    /// A length prefix over [`REQUEST_BYTES_MAX`], or write data over
+    /// `WRITE_BYTES_MAX`.
     TooLarge(usize),
     /// Not a request (bad JSON, unknown op), or the stream broke mid-frame.
     BadFrame(String),
@@ -100,11 +101,15 @@ fn io_drop(e: std::io::Error) -> FrameError {
     }
 }
 
-/// Read one request and the descriptors sent with its first bytes.
+/// One request read: the descriptors sent with its first bytes, and the
+/// raw bytes after its frame (a `Write`'s data; empty for the rest).
+pub type Received = (Request, Vec<OwnedFd>, Vec<u8>);
+
+/// Read one request, its descriptors and its raw bytes.
 /// `Ok(None)` is a clean end of stream between frames. Waiting for a frame
 /// to start is unbounded (a session's connection is idle for its life);
 /// once a byte came, the rest must follow within `timeout`.
-pub fn recv_request(conn: &mut UnixStream, timeout: Duration) -> Result<Option<(Request, Vec<OwnedFd>)>, FrameError> {
+pub fn recv_request(conn: &mut UnixStream, timeout: Duration) -> Result<Option<Received>, FrameError> {
     let mut fds = Vec::new();
     let mut len = [0u8; 4];
     let mut got = 0;
@@ -135,14 +140,27 @@ pub fn recv_request(conn: &mut UnixStream, timeout: Duration) -> Result<Option<(
     let mut body = vec![0u8; len];
     conn.read_exact(&mut body).map_err(io_drop)?;
     let req = stoker_proto::control::decode(&body).map_err(|e| FrameError::BadFrame(e.to_string()))?;
-    Ok(Some((req, fds)))
+    let payload = match req {
+        Request::Write { len, .. } => {
+            if len > WRITE_BYTES_MAX as u64 {
+                return Err(FrameError::TooLarge(len.min(usize::MAX as u64) as usize));
+            }
+            let mut data = vec![0u8; len as usize];
+            conn.read_exact(&mut data).map_err(io_drop)?;
+            data
+        }
+        _ => Vec::new(),
+    };
+    Ok(Some((req, fds, payload)))
 }
 
 /// The answer a dropped connection gets, when it can still take one.
 pub fn drop_answer(d: &FrameError) -> Response {
     let message = match d {
         FrameError::Timeout => "control connection timed out inside a frame".to_string(),
-        FrameError::TooLarge(n) => format!("control request of {n} bytes is over the limit of {REQUEST_BYTES_MAX}"),
+        FrameError::TooLarge(n) => {
+            format!("control request of {n} bytes is over the limit ({REQUEST_BYTES_MAX} bytes a frame, {WRITE_BYTES_MAX} of write data)")
+        }
         FrameError::BadFrame(m) => format!("bad request: {m}"),
     };
     Response::Error { errno: libc::EINVAL, message }
@@ -214,6 +232,28 @@ mod tests {
         let (mut a, mut b) = UnixStream::pair().unwrap();
         b.write_all(&u32::MAX.to_le_bytes()).unwrap();
         assert!(matches!(recv_request(&mut a, Duration::from_secs(5)), Err(FrameError::TooLarge(n)) if n == u32::MAX as usize));
+    }
+
+    #[test]
+    fn write_data_comes_with_its_frame_and_is_bounded() {
+        use stoker_proto::control::{encode, write_request};
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(&write_request(3, 0, b"hello")).unwrap();
+        b.write_all(&encode(&Request::Stat { path: "/m".into() })).unwrap();
+        let (req, _, data) = recv_request(&mut a, Duration::from_secs(5)).unwrap().unwrap();
+        assert!(matches!(req, Request::Write { handle: 3, off: 0, len: 5 }));
+        assert_eq!(data, b"hello");
+        // The next frame starts right after the data.
+        assert!(matches!(recv_request(&mut a, Duration::from_secs(5)).unwrap().unwrap().0, Request::Stat { .. }));
+        // More data than a write may carry: refused before reading it.
+        let big = WRITE_BYTES_MAX as u64 + 1;
+        b.write_all(&encode(&Request::Write { handle: 3, off: 0, len: big })).unwrap();
+        assert!(matches!(recv_request(&mut a, Duration::from_secs(5)), Err(FrameError::TooLarge(n)) if n as u64 == big));
+        // Data that stops short times out.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(&encode(&Request::Write { handle: 3, off: 0, len: 10 })).unwrap();
+        b.write_all(b"abc").unwrap();
+        assert!(matches!(recv_request(&mut a, Duration::from_millis(50)), Err(FrameError::Timeout)));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::namespace::NsError;
 use crate::server::ctx::ControlCtx;
-use stoker_proto::control::{b64_decode, Request, Response};
+use stoker_proto::control::{Request, Response};
 
 fn error(e: NsError) -> Response {
     Response::Error { errno: e.errno(), message: e.to_string() }
@@ -12,16 +12,14 @@ fn error(e: NsError) -> Response {
 
 const DONE: Response = Response::Done { files: 0, blocks: 0 };
 
-pub fn handle(ctx: &ControlCtx, req: Request) -> Response {
+/// `data` is the raw bytes that followed a `Write` frame.
+pub fn handle(ctx: &ControlCtx, req: Request, data: &[u8]) -> Response {
     let Some(w) = &ctx.writes else {
         return Response::Error { errno: libc::EROFS, message: "read-only: no mount of this engine has a write= mode".into() };
     };
     let res = match req {
         Request::Create { path, mode, uid, gid } => w.create(&path, mode, uid, gid).map(|handle| Response::Handle { handle }),
-        Request::Write { handle, off, data } => match b64_decode(&data) {
-            Some(bytes) => w.write(handle, off, &bytes).map(|()| DONE),
-            None => Err(NsError::Invalid("write: data is not base64".into())),
-        },
+        Request::Write { handle, off, .. } => w.write(handle, off, data).map(|()| DONE),
         Request::Close { handle } => w.close(handle).map(Response::Attr),
         Request::Fsync { handle } => w.fsync(handle).map(|()| DONE),
         Request::Abort { handle } => w.abort(handle).map(|()| DONE),

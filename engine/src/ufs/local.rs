@@ -61,7 +61,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> UfsResult<T> + Send + '
 impl Ufs for LocalDir {
     /// A temporary file beside the target, fsynced, renamed over it, and
     /// the directory fsynced: readers of the directory never see a part.
-    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path) -> BoxFut<'a, UfsResult<()>> {
+    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path, len: u64) -> BoxFut<'a, UfsResult<()>> {
         let to = self.resolve(rel);
         let src = src.to_path_buf();
         Box::pin(async move {
@@ -72,8 +72,12 @@ impl Ufs for LocalDir {
                 let name = to.file_name().ok_or(UfsError::NotFound)?.to_string_lossy().into_owned();
                 let tmp = dir.join(format!(".{name}.stoker-tmp"));
                 let res = (|| {
-                    std::fs::copy(&src, &tmp)?;
-                    std::fs::File::open(&tmp)?.sync_all()?;
+                    let mut from = std::io::Read::take(std::fs::File::open(&src)?, len);
+                    let mut out = std::fs::File::create(&tmp)?;
+                    if std::io::copy(&mut from, &mut out)? != len {
+                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the local copy is short"));
+                    }
+                    out.sync_all()?;
                     std::fs::rename(&tmp, &to)?;
                     std::fs::File::open(&dir)?.sync_all()
                 })();

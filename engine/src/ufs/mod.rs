@@ -75,12 +75,12 @@ pub trait Ufs: Send + Sync + 'static {
     fn read<'a>(&'a self, rel: &'a str, off: u64, len: u64) -> BoxFut<'a, UfsResult<Vec<u8>>>;
     fn list<'a>(&'a self, rel: &'a str, token: Option<String>, max: usize)
         -> BoxFut<'a, UfsResult<ListPage>>;
-    /// Store the whole of the local file `src` as `rel` (the write path's
-    /// persist, `write/`): visible only once complete (a local directory
+    /// Store the first `len` bytes of the local file `src` as `rel` (the
+    /// write path's persist, `write/`; short: an error): visible only once complete (a local directory
     /// writes a temporary file and renames it; object stores upload in
     /// parts). Default: this store cannot be written.
-    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path) -> BoxFut<'a, UfsResult<()>> {
-        let _ = (rel, src);
+    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path, len: u64) -> BoxFut<'a, UfsResult<()>> {
+        let _ = (rel, src, len);
         Box::pin(async move { Err(UfsError::Io { message: "this under storage cannot be written".into(), retryable: false }) })
     }
     /// Remove the file `rel` (NotFound if it is not there).

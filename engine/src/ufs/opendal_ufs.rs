@@ -402,20 +402,26 @@ impl OpendalUfs {
 impl Ufs for OpendalUfs {
     /// `Operator::writer`: 8 MiB parts, uploaded as a multipart upload by
     /// stores that have one once the object is larger than a part.
-    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path) -> BoxFut<'a, UfsResult<()>> {
+    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path, len: u64) -> BoxFut<'a, UfsResult<()>> {
         Box::pin(async move {
             let rel = check_rel(rel)?;
             const PART: usize = 8 << 20;
             let io = |e: std::io::Error| UfsError::Io { message: format!("reading the local copy: {e}"), retryable: false };
-            let mut f = tokio::fs::File::open(src).await.map_err(io)?;
+            use tokio::io::AsyncReadExt;
+            let mut f = tokio::fs::File::open(src).await.map_err(io)?.take(len);
             let mut w = self.op.writer_with(rel).chunk(PART).await.map_err(|e| self.map_err(e))?;
+            let mut sent = 0u64;
             loop {
-                use tokio::io::AsyncReadExt;
                 let mut buf = Vec::with_capacity(PART);
                 let n = (&mut f).take(PART as u64).read_to_end(&mut buf).await.map_err(io)?;
                 if n == 0 {
+                    if sent != len {
+                        let _ = w.abort().await;
+                        return Err(io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the local copy is short")));
+                    }
                     break;
                 }
+                sent += n as u64;
                 if let Err(e) = w.write(buf).await {
                     let _ = w.abort().await;
                     return Err(self.map_err(e));

@@ -53,11 +53,10 @@ impl Throttled {
 }
 
 impl Ufs for Throttled {
-    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path) -> BoxFut<'a, UfsResult<()>> {
+    fn write_file<'a>(&'a self, rel: &'a str, src: &'a std::path::Path, len: u64) -> BoxFut<'a, UfsResult<()>> {
         Box::pin(async move {
-            let bytes = std::fs::metadata(src).map(|m| m.len()).unwrap_or(0);
-            self.pay(bytes).await;
-            self.inner.write_file(rel, src).await
+            self.pay(len).await;
+            self.inner.write_file(rel, src, len).await
         })
     }
     fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFut<'a, UfsResult<()>> {

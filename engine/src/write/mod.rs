@@ -54,6 +54,9 @@ struct Open {
     uid: u32,
     gid: u32,
     touched: Instant,
+    /// An fsync wrote `ID.rec`: the close rewrites it (a trailer would be
+    /// older than it).
+    synced: bool,
 }
 
 /// One closed file not yet in under storage.
@@ -83,7 +86,13 @@ pub struct WriteCore {
     bytes_max: u64,
     /// Bytes of open handles (pending files' bytes are summed from `pending`).
     open_bytes: AtomicU64,
+    /// Empty data files whose directory entries are durable already, by
+    /// id, oldest first: a create takes one, so a close fsyncs one file.
+    spares: Mutex<std::collections::VecDeque<(u64, File)>>,
 }
+
+/// Spare data files made at once (one directory fsync for all).
+const SPARES_BATCH: usize = 16;
 
 impl Open {
     /// The record of this file as written so far; `open` while its writer
@@ -156,6 +165,7 @@ impl WriteCore {
             queue: tx,
             bytes_max,
             open_bytes: AtomicU64::new(0),
+            spares: Mutex::default(),
         });
         let mut resumed = 0;
         for r in recovered {
@@ -232,14 +242,28 @@ impl WriteCore {
         if handles.len() >= HANDLES_MAX {
             return Err(refused(libc::EMFILE, format!("{norm}: {HANDLES_MAX} files are open for writing already")));
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(self.data_path(id))
-            .map_err(|e| io_err("creating the local copy", e))?;
-        handles.insert(id, Open { path: norm, file, id, written: 0, mode: mode & 0o7777, uid, gid, touched: Instant::now() });
+        let (id, file) = self.spare().map_err(|e| io_err("creating the local copy", e))?;
+        handles.insert(id, Open { path: norm, file, id, written: 0, mode: mode & 0o7777, uid, gid, touched: Instant::now(), synced: false });
         Ok(id)
+    }
+
+    /// An empty data file whose directory entry is durable; a batch is
+    /// made (and the directory fsynced once) when none is left. Spares
+    /// left at a stop hold no record and are removed at the next start.
+    fn spare(&self) -> std::io::Result<(u64, File)> {
+        let mut spares = self.spares.lock();
+        if spares.is_empty() {
+            for _ in 0..SPARES_BATCH {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(self.data_path(id)) {
+                    Ok(f) => spares.push_back((id, f)),
+                    Err(e) if spares.is_empty() => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            crate::durable::fsync_dir(&self.dir)?;
+        }
+        Ok(spares.pop_front().expect("filled above"))
     }
 
     /// Drop handles whose writer went quiet (a client that died mid-file).
@@ -288,12 +312,40 @@ impl WriteCore {
 
     /// Make an open handle's bytes so far durable (a record marked open).
     pub fn fsync(&self, handle: u64) -> Result<(), NsError> {
-        let h = self.handles.lock();
-        let o = h.get(&handle).ok_or_else(|| refused(libc::EBADF, format!("no open write handle {handle}")))?;
+        let mut h = self.handles.lock();
+        let o = h.get_mut(&handle).ok_or_else(|| refused(libc::EBADF, format!("no open write handle {handle}")))?;
         let mode = self.mode_of(&o.path).ok_or_else(|| refused(libc::EROFS, format!("{}: read-only", o.path)))?;
         o.file.sync_all().map_err(|e| io_err("syncing the local copy", e))?;
         let r = o.record(mode, true);
-        record::write(&self.record_path(o.id), &r).map_err(|e| io_err("writing the record", e))
+        record::write(&self.record_path(o.id), &r).map_err(|e| io_err("writing the record", e))?;
+        o.synced = true;
+        if mode != WriteMode::Through {
+            return Ok(());
+        }
+        // `through`: under storage has the bytes so far when fsync returns
+        // (the close stores the whole file again).
+        let (path, data, len) = (o.path.clone(), self.data_path(o.id), o.written);
+        drop(h);
+        self.store_now(&path, &data, len)
+    }
+
+    /// Store the first `len` bytes of `data` as `path` in under storage
+    /// now: up to 3 attempts, each bounded by `SYNC_WAIT_MAX`.
+    fn store_now(&self, path: &str, data: &Path, len: u64) -> Result<(), NsError> {
+        let (ufs, rel) = self.ns.mount_of(path)?;
+        let mut last = String::new();
+        for attempt in 0..3u32 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200 << attempt));
+            }
+            let ufs = ufs.inner().clone();
+            match self.rt.block_on(async { tokio::time::timeout(SYNC_WAIT_MAX, ufs.write_file(rel, data, len)).await }) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("timed out after {SYNC_WAIT_MAX:?}"),
+            }
+        }
+        Err(NsError::Ufs { errno: libc::EIO, message: format!("{path}: under storage refused the bytes so far ({last}); they are durable here") })
     }
 
     /// Drop a handle and its bytes.
@@ -308,14 +360,9 @@ impl WriteCore {
     pub fn close(&self, handle: u64) -> Result<Attr, NsError> {
         let o = self.handles.lock().remove(&handle).ok_or_else(|| refused(libc::EBADF, format!("no open write handle {handle}")))?;
         let mode = self.mode_of(&o.path).ok_or_else(|| refused(libc::EROFS, format!("{}: read-only", o.path)))?;
-        if let Err(e) = o.file.sync_all() {
-            let msg = format!("{}: syncing the local copy", o.path);
-            self.discard(o);
-            return Err(io_err(&msg, e));
-        }
         let r = o.record(mode, false);
-        if let Err(e) = record::write(&self.record_path(o.id), &r) {
-            let msg = format!("{}: writing its record", o.path);
+        if let Err((what, e)) = self.make_durable(&o, &r) {
+            let msg = format!("{}: {what}", o.path);
             self.discard(o);
             return Err(io_err(&msg, e));
         }
@@ -339,6 +386,19 @@ impl WriteCore {
             }
         }
         Ok(attr)
+    }
+
+    /// Make a closed file's bytes and record `r` durable: the record as a
+    /// trailer and one fsync; or, after an fsync wrote `ID.rec`, the bytes
+    /// then the record rewritten in place.
+    fn make_durable(&self, o: &Open, r: &Record) -> Result<(), (&'static str, std::io::Error)> {
+        use std::os::unix::fs::FileExt;
+        if o.synced {
+            o.file.sync_all().map_err(|e| ("syncing the local copy", e))?;
+            return record::write(&self.record_path(o.id), r).map_err(|e| ("writing its record", e));
+        }
+        o.file.write_all_at(&record::trailer(r), o.written).map_err(|e| ("writing its record", e))?;
+        o.file.sync_data().map_err(|e| ("syncing the local copy", e))
     }
 
     /// Older written versions of `path` than `id` are replaced: drop those
@@ -492,9 +552,7 @@ impl WriteCore {
             Some(w) => {
                 let id = id_of_version(&w.attr.version)
                     .ok_or_else(|| NsError::Engine(format!("{f}: written file without an id")))?;
-                let mut r: Record = std::fs::read(self.record_path(id))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
+                let mut r: Record = record::read(&self.dir, id)
                     .ok_or_else(|| NsError::Engine(format!("{f}: its record is unreadable")))?;
                 r.path = t.clone();
                 record::write(&self.record_path(id), &r).map_err(|e| io_err("rewriting the record", e))?;

@@ -28,7 +28,7 @@ pub(super) async fn run(core: Arc<WriteCore>, mut rx: tokio::sync::mpsc::Unbound
 /// One attempt at persisting `id`, if it still waits and nothing else of
 /// its path is under way.
 async fn attempt(core: &Arc<WriteCore>, id: u64) {
-    let (path, version) = {
+    let (path, version, size) = {
         let mut p = core.pending.lock();
         let Some(f) = p.get(&id) else { return };
         if f.in_flight {
@@ -43,13 +43,13 @@ async fn attempt(core: &Arc<WriteCore>, id: u64) {
         }
         let f = p.get_mut(&id).expect("checked above");
         f.in_flight = true;
-        (path, f.version.clone())
+        (path, f.version.clone(), f.size)
     };
     let res = match core.ns.mount_of(&path) {
         Ok((ufs, rel)) => {
             let ufs = ufs.inner().clone();
             let data = core.data_path(id);
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, ufs.write_file(rel, &data)).await {
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, ufs.write_file(rel, &data, size)).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err(format!("timed out after {ATTEMPT_TIMEOUT:?}")),
             }
