@@ -191,6 +191,12 @@ pub fn serve(mut a: ServeArgs) -> Result<()> {
     if a.socket.socket.is_some() || file.serve.socket.is_none() {
         cfg.socket = a.socket.path();
     }
+    // Absolute: clients in other directories are told the shard sockets
+    // next to it.
+    cfg.socket = std::path::absolute(&cfg.socket)
+        .with_context(|| format!("socket {}", cfg.socket))?
+        .to_string_lossy()
+        .into_owned();
     if !a.mounts.is_empty() {
         cfg.mounts = a.mounts;
     }

@@ -154,6 +154,14 @@ fn main() {
         }
     };
     init_logging(&cli.log_level);
+    if matches!(cli.cmd, Cmd::Cat { .. } | Cmd::Ls { .. } | Cmd::Stat { .. }) {
+        // Output piped into `head` ends these quietly when the reader goes,
+        // as other tools do (Rust ignores SIGPIPE, and println! would
+        // panic). The rest keep ignoring it: their sockets report a gone
+        // peer as an error instead.
+        // SAFETY: restoring a signal's default disposition touches no memory.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let res = match cli.cmd {
         Cmd::Serve(a) => commands::serve(a),
         Cmd::Cat { path, socket } => commands::cat(&socket.path(), &path),

@@ -148,3 +148,27 @@ fn bad_input_gives_one_clear_line() {
     one_line_error(&run(&["serve", "--cache-dir", cache_s, "--socket", &sock, "--shards", "1", "--mount", &mount]), "--shards 2");
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn relative_cache_dir_and_socket_work() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ufs")).unwrap();
+    std::fs::write(dir.path().join("ufs/a.txt"), b"relative").unwrap();
+    let child = stoker()
+        .current_dir(dir.path())
+        .args(["serve", "--cache-dir", "cache", "--socket", "s.sock", "--capacity", "64M", "--segment-size", "16M"])
+        .args(["--mount", &format!("m=file://{}", dir.path().join("ufs").display())])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("s.sock").to_string_lossy().into_owned();
+    let mut srv = Server { child, socket, cache: dir.path().join("cache") };
+    wait_for("the engine on a relative socket", Duration::from_secs(30), || {
+        assert!(srv.child.try_wait().unwrap().is_none(), "stoker serve with a relative --cache-dir exited");
+        stoker_client::Client::connect(&srv.socket).is_ok()
+    });
+    assert_eq!(srv.client().read_file("/m/a.txt").unwrap(), b"relative");
+    assert!(dir.path().join("cache/stoker-v1").is_dir());
+    srv.stop();
+}

@@ -40,7 +40,7 @@ pub const HANDLES_MAX: usize = 4096;
 /// A handle not written to for this long is dropped (its writer is gone).
 pub const HANDLE_IDLE_MAX: Duration = Duration::from_secs(600);
 /// Persists under way at once.
-pub const PERSISTS_MAX: usize = 4;
+pub const PERSISTS_MAX: usize = 16;
 /// Longest wait of `sync` (and of a `through` close) for under storage.
 pub const SYNC_WAIT_MAX: Duration = Duration::from_secs(240);
 
