@@ -15,7 +15,7 @@ pub fn engine_config(file: &ConfigFile, cache_dir: Option<PathBuf>) -> Result<En
     let Some(dir) = cache_dir.or_else(|| s.cache_dir.clone()) else {
         bail!("no cache dir: pass --cache-dir DIR or set cache_dir in [serve]");
     };
-    // Absolute: the shards open their directories from their own threads.
+    // Absolute: glommio opens a relative directory against no directory (EBADF).
     let dir = std::path::absolute(&dir).with_context(|| format!("cache dir {}", dir.display()))?;
     let mut cfg = EngineConfig::new(dir);
     if let Some(v) = &s.capacity {
