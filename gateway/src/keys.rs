@@ -1,0 +1,53 @@
+//! Bucket and key to a namespace path: `/BUCKET/KEY`. A key is a relative
+//! path: no empty, `.` or `..` component (S3 allows them; a file system
+//! cannot hold them), at most 1,024 bytes. A key ending in `/` names a
+//! directory (the "folder" objects some clients make).
+
+use s3s::{s3_error, S3Result};
+
+/// Longest key S3 allows.
+pub const KEY_BYTES_MAX: usize = 1024;
+
+/// The path of bucket `bucket` (a mount).
+pub fn bucket_path(bucket: &str) -> S3Result<String> {
+    if bucket.is_empty() || bucket.contains('/') || bucket == "." || bucket == ".." {
+        return Err(s3_error!(InvalidBucketName, "bad bucket name {bucket:?}"));
+    }
+    Ok(format!("/{bucket}"))
+}
+
+/// The path of `key` in `bucket`, and whether the key names a directory
+/// (ends in `/`; the path has no trailing `/`).
+pub fn object_path(bucket: &str, key: &str) -> S3Result<(String, bool)> {
+    let b = bucket_path(bucket)?;
+    if key.len() > KEY_BYTES_MAX {
+        return Err(s3_error!(KeyTooLongError, "a key is at most {KEY_BYTES_MAX} bytes"));
+    }
+    let (rel, dir) = match key.strip_suffix('/') {
+        Some(r) => (r, true),
+        None => (key, false),
+    };
+    if rel.is_empty() || rel.contains('\0') || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(s3_error!(
+            InvalidArgument,
+            "key {key:?} cannot be a file name: no empty, '.' or '..' component (stoker keeps objects as files)"
+        ));
+    }
+    Ok((format!("{b}/{rel}"), dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_become_paths() {
+        assert_eq!(object_path("m", "a/b.txt").unwrap(), ("/m/a/b.txt".into(), false));
+        assert_eq!(object_path("m", "a/b/").unwrap(), ("/m/a/b".into(), true));
+        for bad in ["", "/a", "a//b", "a/./b", "../x", "a/..", "/"] {
+            assert!(object_path("m", bad).is_err(), "{bad:?}");
+        }
+        assert!(object_path("m", &"k".repeat(1025)).is_err());
+        assert!(bucket_path("a/b").is_err());
+    }
+}
