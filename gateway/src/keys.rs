@@ -51,3 +51,13 @@ mod tests {
         assert!(bucket_path("a/b").is_err());
     }
 }
+
+/// Bucket names are mount names, which S3's naming rules (3 to 63
+/// characters, ...) would refuse for short names like `m`.
+pub struct MountNames;
+
+impl s3s::validation::NameValidation for MountNames {
+    fn validate_bucket_name(&self, name: &str) -> bool {
+        !name.is_empty() && name.len() <= 255 && name != "." && name != ".." && !name.contains('/') && !name.chars().any(char::is_control)
+    }
+}

@@ -93,10 +93,14 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
+    /// Close: the object is durable and visible. Its attributes are those
+    /// a stat answers from now on (the close's own may carry another
+    /// version token), so the ETag handed back is the one later reads see.
     pub(crate) async fn close(mut self, path: &str) -> S3Result<Attr> {
         self.open = false;
         let h = self.handle;
-        match self.engine.call(move |c| c.close_write(h)).await? {
+        let p = path.to_string();
+        match self.engine.call(move |c| c.close_write(h).and_then(|_| c.stat(&p))).await? {
             Ok(a) => Ok(a),
             Err(e) => Err(from_engine(path, &e)),
         }
