@@ -2,7 +2,7 @@
 //! aws CLI and rclone (scripts/setup.sh installs them with STOKER_NEED_S3=1;
 //! without them these tests skip with a reason, unless STOKER_REQUIRE_S3 is
 //! set). Each test starts its own engine with a writable local-directory
-//! mount `m` and a read-only one `ro` (docs/GATEWAY.md).
+//! mount `work` and a read-only one `ro` (docs/GATEWAY.md).
 
 mod common;
 
@@ -51,7 +51,7 @@ struct Gw {
     port: u16,
 }
 
-/// An engine with the gateway on a free port: `m` (write=async) over
+/// An engine with the gateway on a free port: `work` (write=async) over
 /// `dir/ufs`, `ro` (read-only) over `dir/ro`, behind `latency`.
 fn serve(dir: &Path, latency: &str) -> Gw {
     for d in ["ufs", "ro"] {
@@ -61,11 +61,11 @@ fn serve(dir: &Path, latency: &str) -> Gw {
     std::fs::write(&creds, format!("# test keys\n{AK}:{SK}\n")).unwrap();
     let port = free_port();
     let sock = dir.join("s.sock").to_string_lossy().into_owned();
-    let m = format!("m=file://{}", dir.join("ufs").display());
+    let m = format!("work=file://{}", dir.join("ufs").display());
     let ro = format!("ro=file://{}", dir.join("ro").display());
     let s3 = format!("127.0.0.1:{port}");
     let args = [
-        "--shards", "1", "--capacity", "1G", "--segment-size", "64M", "--mount", &m, "--mount-opt", "m:write=async", "--mount", &ro,
+        "--shards", "1", "--capacity", "1G", "--segment-size", "64M", "--mount", &m, "--mount-opt", "work:write=async", "--mount", &ro,
         "--ufs-latency", latency, "--s3", &s3, "--s3-credentials", creds.to_str().unwrap(),
     ];
     let srv = Server::start(&dir.join("cache"), &sock, &args);
@@ -99,7 +99,10 @@ impl Gw {
                  return 'no error'\n",
             ep = self.endpoint()
         );
-        let out = aws_env(Command::new("python3").arg("-c").arg(format!("{prelude}{program}"))).output().unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(format!("{prelude}{program}"));
+        cmd.env("STOKER_BIN", env!("CARGO_BIN_EXE_stoker")).env("STOKER_SOCK", &self.srv.socket);
+        let out = aws_env(&mut cmd).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "python failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
         text
@@ -157,85 +160,88 @@ fn boto3_objects_ranges_conditions_listing_copy_delete_and_refusals() {
         r#"
 body = bytes(range(256)) * 4096 + b'tail'
 md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
-put = s3.put_object(Bucket='m', Key='dir/obj.bin', Body=body, ContentMD5=md5)
+put = s3.put_object(Bucket='work', Key='dir/obj.bin', Body=body, ContentMD5=md5)
 etag = put['ETag']
 assert len(etag.strip('"')) == 24, etag
-g = s3.get_object(Bucket='m', Key='dir/obj.bin')
+g = s3.get_object(Bucket='work', Key='dir/obj.bin')
 assert g['Body'].read() == body and g['ContentLength'] == len(body)
 # The ETag changes once, when the object is persisted (docs/GATEWAY.md):
-# with this instant store that happened by now.
-etag = g['ETag']
-r = s3.get_object(Bucket='m', Key='dir/obj.bin', Range='bytes=1000-1999')
+# wait for that, then it holds.
+import subprocess, os
+subprocess.run([os.environ['STOKER_BIN'], 'sync', '--socket', os.environ['STOKER_SOCK'], '/work'], check=True, capture_output=True)
+etag = s3.get_object(Bucket='work', Key='dir/obj.bin')['ETag']
+r = s3.get_object(Bucket='work', Key='dir/obj.bin', Range='bytes=1000-1999')
 assert r['Body'].read() == body[1000:2000] and r['ContentRange'] == 'bytes 1000-1999/%d' % len(body), r['ContentRange']
-assert s3.get_object(Bucket='m', Key='dir/obj.bin', Range='bytes=-4')['Body'].read() == b'tail'
-assert s3.get_object(Bucket='m', Key='dir/obj.bin', Range='bytes=1048570-')['Body'].read() == body[1048570:]
-assert code(lambda: s3.get_object(Bucket='m', Key='dir/obj.bin', Range='bytes=%d-' % len(body))) == 'InvalidRange'
-h = s3.head_object(Bucket='m', Key='dir/obj.bin')
+assert s3.get_object(Bucket='work', Key='dir/obj.bin', Range='bytes=-4')['Body'].read() == b'tail'
+assert s3.get_object(Bucket='work', Key='dir/obj.bin', Range='bytes=1048570-')['Body'].read() == body[1048570:]
+assert code(lambda: s3.get_object(Bucket='work', Key='dir/obj.bin', Range='bytes=%d-' % len(body))) == 'InvalidRange'
+h = s3.head_object(Bucket='work', Key='dir/obj.bin')
 assert h['ContentLength'] == len(body) and h['ETag'] == etag
 # Conditional requests.
-assert s3.get_object(Bucket='m', Key='dir/obj.bin', IfMatch=etag)['Body'].read() == body
-assert code(lambda: s3.get_object(Bucket='m', Key='dir/obj.bin', IfMatch='"0000"')) == 'PreconditionFailed'
-assert code(lambda: s3.get_object(Bucket='m', Key='dir/obj.bin', IfNoneMatch=etag)) == '304'
-assert code(lambda: s3.get_object(Bucket='m', Key='dir/obj.bin', IfModifiedSince=h['LastModified'])) == '304'
-assert code(lambda: s3.get_object(Bucket='m', Key='dir/obj.bin', IfUnmodifiedSince='2000-01-01T00:00:00Z')) == 'PreconditionFailed'
+assert s3.get_object(Bucket='work', Key='dir/obj.bin', IfMatch=etag)['Body'].read() == body
+assert code(lambda: s3.get_object(Bucket='work', Key='dir/obj.bin', IfMatch='"0000"')) == 'PreconditionFailed'
+assert code(lambda: s3.get_object(Bucket='work', Key='dir/obj.bin', IfNoneMatch=etag)) == '304'
+assert code(lambda: s3.get_object(Bucket='work', Key='dir/obj.bin', IfModifiedSince=h['LastModified'])) == '304'
+assert code(lambda: s3.get_object(Bucket='work', Key='dir/obj.bin', IfUnmodifiedSince='2000-01-01T00:00:00Z')) == 'PreconditionFailed'
 # Digests: a wrong Content-MD5 or checksum is refused and leaves nothing.
 bad_md5 = base64.b64encode(hashlib.md5(b'other').digest()).decode()
-assert code(lambda: s3.put_object(Bucket='m', Key='bad.bin', Body=b'payload', ContentMD5=bad_md5)) == 'BadDigest'
-assert code(lambda: s3.put_object(Bucket='m', Key='bad.bin', Body=b'payload', ChecksumCRC32='AAAAAA==')) == 'BadDigest'
-assert code(lambda: s3.head_object(Bucket='m', Key='bad.bin')) == '404'
+assert code(lambda: s3.put_object(Bucket='work', Key='bad.bin', Body=b'payload', ContentMD5=bad_md5)) == 'BadDigest'
+assert code(lambda: s3.put_object(Bucket='work', Key='bad.bin', Body=b'payload', ChecksumCRC32='AAAAAA==')) == 'BadDigest'
+assert code(lambda: s3.head_object(Bucket='work', Key='bad.bin')) == '404'
 for alg in ['CRC32', 'SHA1', 'SHA256']:
-    p = s3.put_object(Bucket='m', Key='sum-' + alg, Body=b'x' * 70000, ChecksumAlgorithm=alg)
+    p = s3.put_object(Bucket='work', Key='sum-' + alg, Body=b'x' * 70000, ChecksumAlgorithm=alg)
     assert ('Checksum' + alg) in p, p
-    assert s3.get_object(Bucket='m', Key='sum-' + alg)['Body'].read() == b'x' * 70000
+    assert s3.get_object(Bucket='work', Key='sum-' + alg)['Body'].read() == b'x' * 70000
 # Listing: delimiter, prefix, pages (v2 and v1).
-top = s3.list_objects_v2(Bucket='m', Prefix='many/', Delimiter='/')
+top = s3.list_objects_v2(Bucket='work', Prefix='many/', Delimiter='/')
 assert [p['Prefix'] for p in top['CommonPrefixes']] == ['many/d0/', 'many/d1/', 'many/d2/'], top
 assert [o['Key'] for o in top['Contents']] == ['many/top%d' % i for i in range(5)]
 keys, pages = [], 0
-for page in s3.get_paginator('list_objects_v2').paginate(Bucket='m', Prefix='many/d', PaginationConfig={'PageSize': 1000}):
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket='work', Prefix='many/d', PaginationConfig={'PageSize': 1000}):
     pages += 1
     keys += [o['Key'] for o in page.get('Contents', [])]
 want = sorted('many/d%d/k%05d' % (i % 3, i) for i in range(2100))
 assert keys == want and pages == 3, (len(keys), pages)
-after = s3.list_objects_v2(Bucket='m', Prefix='many/d1/', StartAfter='many/d1/k02000', MaxKeys=5)
+after = s3.list_objects_v2(Bucket='work', Prefix='many/d1/', StartAfter='many/d1/k02000', MaxKeys=5)
 assert [o['Key'] for o in after['Contents']] == [k for k in want if k.startswith('many/d1/') and k > 'many/d1/k02000'][:5]
-v1 = [o['Key'] for p in s3.get_paginator('list_objects').paginate(Bucket='m', Prefix='many/d2/') for o in p.get('Contents', [])]
+v1 = [o['Key'] for p in s3.get_paginator('list_objects').paginate(Bucket='work', Prefix='many/d2/') for o in p.get('Contents', [])]
 assert v1 == [k for k in want if k.startswith('many/d2/')]
 # Copy, delete, delete many.
-c = s3.copy_object(Bucket='m', Key='copy/obj.bin', CopySource={'Bucket': 'm', 'Key': 'dir/obj.bin'})
-assert s3.get_object(Bucket='m', Key='copy/obj.bin')['Body'].read() == body
+c = s3.copy_object(Bucket='work', Key='copy/obj.bin', CopySource={'Bucket': 'work', 'Key': 'dir/obj.bin'})
+assert s3.get_object(Bucket='work', Key='copy/obj.bin')['Body'].read() == body
 assert len(c['CopyObjectResult']['ETag'].strip('"')) == 24
-s3.delete_object(Bucket='m', Key='copy/obj.bin')
-assert code(lambda: s3.get_object(Bucket='m', Key='copy/obj.bin')) == 'NoSuchKey'
-s3.delete_object(Bucket='m', Key='never/was')
-d = s3.delete_objects(Bucket='m', Delete={'Objects': [{'Key': 'sum-CRC32'}, {'Key': 'sum-SHA1'}, {'Key': 'missing'}]})
+s3.delete_object(Bucket='work', Key='copy/obj.bin')
+assert code(lambda: s3.get_object(Bucket='work', Key='copy/obj.bin')) == 'NoSuchKey'
+s3.delete_object(Bucket='work', Key='never/was')
+d = s3.delete_objects(Bucket='work', Delete={'Objects': [{'Key': 'sum-CRC32'}, {'Key': 'sum-SHA1'}, {'Key': 'missing'}]})
 assert sorted(x['Key'] for x in d['Deleted']) == ['missing', 'sum-CRC32', 'sum-SHA1'], d
-assert [o['Key'] for o in s3.list_objects_v2(Bucket='m', Prefix='sum-')['Contents']] == ['sum-SHA256']
+assert [o['Key'] for o in s3.list_objects_v2(Bucket='work', Prefix='sum-')['Contents']] == ['sum-SHA256']
 # Buckets are mounts; a read-only mount refuses writes; a wrong secret is refused.
-assert sorted(b['Name'] for b in s3.list_buckets()['Buckets']) == ['m', 'ro']
+assert sorted(b['Name'] for b in s3.list_buckets()['Buckets']) == ['ro', 'work']
 assert s3.get_object(Bucket='ro', Key='old.txt')['Body'].read() == b'from before'
 assert code(lambda: s3.put_object(Bucket='ro', Key='new.txt', Body=b'no')) == 'AccessDenied'
 assert code(lambda: s3.get_object(Bucket='nosuch', Key='x')) == 'NoSuchBucket'
-assert code(lambda: s3.get_object(Bucket='m', Key='nokey')) == 'NoSuchKey'
-assert code(lambda: bad.get_object(Bucket='m', Key='dir/obj.bin')) == 'SignatureDoesNotMatch'
-assert code(lambda: bad.put_object(Bucket='m', Key='evil', Body=b'x')) == 'SignatureDoesNotMatch'
-assert code(lambda: s3.head_object(Bucket='m', Key='evil')) == '404'
+assert code(lambda: s3.get_object(Bucket='work', Key='nokey')) == 'NoSuchKey'
+assert code(lambda: bad.get_object(Bucket='work', Key='dir/obj.bin')) == 'SignatureDoesNotMatch'
+assert code(lambda: bad.put_object(Bucket='work', Key='evil', Body=b'x')) == 'SignatureDoesNotMatch'
+assert code(lambda: s3.head_object(Bucket='work', Key='evil')) == '404'
 # Virtual-host style: the bucket in the Host header (signed as sent).
 from botocore.awsrequest import AWSRequest
 from botocore.auth import S3SigV4Auth
 from botocore.credentials import Credentials
 import urllib.request
 port = ENDPOINT.rsplit(':', 1)[1]
-req = AWSRequest(method='GET', url=ENDPOINT + '/dir/obj.bin', headers={'Host': 'm.localhost:' + port})
+req = AWSRequest(method='GET', url=ENDPOINT + '/dir/obj.bin', headers={'Host': 'work.localhost:' + port})
 S3SigV4Auth(Credentials('gw-test-key', 'gw-test-secret'), 's3', 'us-east-1').add_auth(req)
 got = urllib.request.urlopen(urllib.request.Request(req.url, headers=dict(req.headers.items()))).read()
 assert got == body
 # Many small PUTs at once.
 def put(i):
-    s3.put_object(Bucket='m', Key='par/k%03d' % i, Body=b'v%d' % i)
+    s3.put_object(Bucket='work', Key='par/k%03d' % i, Body=b'v%d' % i)
 with concurrent.futures.ThreadPoolExecutor(16) as ex:
     list(ex.map(put, range(200)))
-assert s3.list_objects_v2(Bucket='m', Prefix='par/')['KeyCount'] == 200
+listed = [o['Key'] for o in s3.list_objects_v2(Bucket='work', Prefix='par/')['Contents']]
+assert listed == ['par/k%03d' % i for i in range(200)], [k for k in listed if not k.startswith('par/k')]
 print('all ok')
 "#,
     );
@@ -243,9 +249,9 @@ print('all ok')
     // What the gateway wrote is what the namespace and under storage hold.
     let c = gw.srv.client();
     let body: Vec<u8> = (0..4096).flat_map(|_| 0..=255u8).chain(*b"tail").collect();
-    assert!(c.read_file("/m/dir/obj.bin").unwrap() == body);
+    assert!(c.read_file("/work/dir/obj.bin").unwrap() == body);
     assert!(!dir.path().join("ufs/bad.bin").exists() && !dir.path().join("ufs/evil").exists());
-    let out = run(&["sync", "--socket", &gw.srv.socket, "/m"]);
+    let out = run(&["sync", "--socket", &gw.srv.socket, "/work"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read(dir.path().join("ufs/dir/obj.bin")).unwrap() == body);
     assert_eq!(std::fs::read(dir.path().join("ufs/par/k007")).unwrap(), b"v7");
@@ -263,20 +269,20 @@ fn aws_cli_multipart_100_mib_and_rclone_round_trip() {
     let d = data(7, 100 << 20);
     std::fs::write(&big, &d).unwrap();
     // Above 8 MiB the aws CLI uploads in 8 MiB parts.
-    let out = gw.aws(&["s3", "cp", big.to_str().unwrap(), "s3://m/big/big.bin"]);
+    let out = gw.aws(&["s3", "cp", big.to_str().unwrap(), "s3://work/big/big.bin"]);
     assert!(out.status.success(), "aws s3 cp up: {}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("cache/s3-uploads").read_dir().unwrap().next().is_none(), "staged parts are removed once complete");
     let back = dir.path().join("back.bin");
-    let out = gw.aws(&["s3", "cp", "s3://m/big/big.bin", back.to_str().unwrap()]);
+    let out = gw.aws(&["s3", "cp", "s3://work/big/big.bin", back.to_str().unwrap()]);
     assert!(out.status.success(), "aws s3 cp down: {}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read(&back).unwrap() == d, "100 MiB back byte-exact");
-    let out = gw.aws(&["s3", "ls", "s3://m/big/"]);
+    let out = gw.aws(&["s3", "ls", "s3://work/big/"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{} big.bin", 100 << 20)), "{}", String::from_utf8_lossy(&out.stdout));
-    let out = gw.aws(&["s3api", "list-multipart-uploads", "--bucket", "m"]);
+    let out = gw.aws(&["s3api", "list-multipart-uploads", "--bucket", "work"]);
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("UploadId"));
-    let out = gw.aws(&["s3", "rm", "s3://m/big/big.bin"]);
+    let out = gw.aws(&["s3", "rm", "s3://work/big/big.bin"]);
     assert!(out.status.success());
-    assert_eq!(gw.srv.client().stat("/m/big/big.bin").unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(gw.srv.client().stat("/work/big/big.bin").unwrap_err().errno(), libc::ENOENT);
 
     // rclone: copy a tree up, list it, check it, read one back, delete it.
     let src = dir.path().join("tree");
@@ -300,25 +306,25 @@ fn aws_cli_multipart_100_mib_and_rclone_round_trip() {
         out.stdout
     };
     let rclone_text = |args: &[&str]| String::from_utf8(rclone(args)).unwrap();
-    rclone(&["copy", src.to_str().unwrap(), "gw:m/rc"]);
+    rclone(&["copy", src.to_str().unwrap(), "gw:work/rc"]);
     for (rel, bytes) in &files {
-        assert!(gw.srv.client().read_file(&format!("/m/rc/{rel}")).unwrap() == *bytes, "{rel} through rclone");
+        assert!(gw.srv.client().read_file(&format!("/work/rc/{rel}")).unwrap() == *bytes, "{rel} through rclone");
     }
-    let listed = rclone_text(&["lsf", "-R", "--files-only", "gw:m/rc"]);
+    let listed = rclone_text(&["lsf", "-R", "--files-only", "gw:work/rc"]);
     let mut names: Vec<&str> = listed.lines().collect();
     names.sort();
     let mut want: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
     want.sort();
     assert_eq!(names, want);
-    rclone(&["check", src.to_str().unwrap(), "gw:m/rc"]);
-    assert!(rclone(&["cat", &format!("gw:m/rc/{}", files[3].0)]) == files[3].1);
+    rclone(&["check", src.to_str().unwrap(), "gw:work/rc"]);
+    assert!(rclone(&["cat", &format!("gw:work/rc/{}", files[3].0)]) == files[3].1);
     let got = dir.path().join("rc-back");
-    rclone(&["copy", "gw:m/rc", got.to_str().unwrap()]);
+    rclone(&["copy", "gw:work/rc", got.to_str().unwrap()]);
     for (rel, bytes) in &files {
         assert!(std::fs::read(got.join(rel)).unwrap() == *bytes, "{rel} back through rclone");
     }
-    rclone(&["delete", "gw:m/rc"]);
-    assert!(rclone_text(&["lsf", "-R", "--files-only", "gw:m/rc"]).trim().is_empty());
+    rclone(&["delete", "gw:work/rc"]);
+    assert!(rclone_text(&["lsf", "-R", "--files-only", "gw:work/rc"]).trim().is_empty());
 }
 
 #[test]
@@ -333,17 +339,17 @@ fn a_gateway_put_is_readable_before_persisted_and_survives_kill_9() {
     std::fs::write(&src, &d).unwrap();
     // Until it is persisted the object keeps the ETag its PUT answered.
     let program = format!(
-        "e = s3.put_object(Bucket='m', Key='out/part-0.bin', Body=open('{}', 'rb').read())['ETag']\n\
-         assert s3.head_object(Bucket='m', Key='out/part-0.bin')['ETag'] == e\n\
-         assert code(lambda: s3.get_object(Bucket='m', Key='out/part-0.bin', IfNoneMatch=e)) == '304'\n\
+        "e = s3.put_object(Bucket='work', Key='out/part-0.bin', Body=open('{}', 'rb').read())['ETag']\n\
+         assert s3.head_object(Bucket='work', Key='out/part-0.bin')['ETag'] == e\n\
+         assert code(lambda: s3.get_object(Bucket='work', Key='out/part-0.bin', IfNoneMatch=e)) == '304'\n\
          print('put ok')\n",
         src.display()
     );
     assert!(gw.python(&program).contains("put ok"));
     // Acknowledged: readable at once through the engine, not yet in the slow store.
     let c = gw.srv.client();
-    assert!(c.read_file("/m/out/part-0.bin").unwrap() == d, "readable through the client before persisted");
-    let out = run(&["cat", "--socket", &gw.srv.socket, "/m/out/part-0.bin"]);
+    assert!(c.read_file("/work/out/part-0.bin").unwrap() == d, "readable through the client before persisted");
+    let out = run(&["cat", "--socket", &gw.srv.socket, "/work/out/part-0.bin"]);
     assert!(out.status.success() && out.stdout == d, "stoker cat before persisted");
     assert!(c.engine_stats().unwrap().persist_pending_files >= 1);
     drop(c);
@@ -353,14 +359,14 @@ fn a_gateway_put_is_readable_before_persisted_and_survives_kill_9() {
 
     let gw = serve(dir.path(), "10ms");
     let c = gw.srv.client();
-    assert!(c.read_file("/m/out/part-0.bin").unwrap() == d, "after kill -9 and restart");
-    let out = gw.python("print(hashlib.sha256(s3.get_object(Bucket='m', Key='out/part-0.bin')['Body'].read()).hexdigest())\n");
+    assert!(c.read_file("/work/out/part-0.bin").unwrap() == d, "after kill -9 and restart");
+    let out = gw.python("print(hashlib.sha256(s3.get_object(Bucket='work', Key='out/part-0.bin')['Body'].read()).hexdigest())\n");
     let want: String = {
         let out = Command::new("sha256sum").arg(&src).output().unwrap();
         String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
     };
     assert_eq!(out.trim(), want, "through the gateway after restart");
-    let out = run(&["sync", "--socket", &gw.srv.socket, "/m/out"]);
+    let out = run(&["sync", "--socket", &gw.srv.socket, "/work/out"]);
     assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read(dir.path().join("ufs/out/part-0.bin")).unwrap() == d, "byte-exact in under storage");
     assert_eq!(c.engine_stats().unwrap().persist_pending_files, 0);
@@ -372,7 +378,7 @@ fn refused_gateway_starts_give_one_clear_line() {
     let cache = dir.path().join("cache");
     let sock = dir.path().join("s.sock").to_string_lossy().into_owned();
     std::fs::create_dir_all(dir.path().join("ufs")).unwrap();
-    let m = format!("m=file://{}", dir.path().join("ufs").display());
+    let m = format!("work=file://{}", dir.path().join("ufs").display());
     let one_line = |args: &[&str], want: &str| {
         let mut all = vec!["serve", "--cache-dir", cache.to_str().unwrap(), "--socket", &sock, "--shards", "1", "--mount", &m];
         all.extend_from_slice(args);

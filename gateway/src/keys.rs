@@ -61,3 +61,40 @@ impl s3s::validation::NameValidation for MountNames {
         !name.is_empty() && name.len() <= 255 && name != "." && name != ".." && !name.contains('/') && !name.chars().any(char::is_control)
     }
 }
+
+/// Virtual-host-style requests: `BUCKET.DOMAIN[:PORT]` names the bucket;
+/// any other host (`DOMAIN`, an IP address, another name of the machine)
+/// is path-style. (s3s's `SingleDomain` keeps the port and takes any other
+/// host for a bucket name.)
+pub struct Domain(pub String);
+
+impl s3s::host::S3Host for Domain {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<s3s::host::VirtualHost<'a>> {
+        let name = match host.rsplit_once(':') {
+            Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) && (!n.contains(':') || n.ends_with(']')) => n,
+            _ => host,
+        };
+        let bucket = name.strip_suffix(self.0.as_str()).and_then(|b| b.strip_suffix('.')).filter(|b| !b.is_empty());
+        Ok(match bucket {
+            Some(b) => s3s::host::VirtualHost::new(self.0.as_str()).with_bucket(b),
+            None => s3s::host::VirtualHost::new(name),
+        })
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+    use s3s::host::S3Host;
+
+    #[test]
+    fn hosts_name_buckets_or_not() {
+        let d = Domain("localhost".into());
+        assert_eq!(d.parse_host_header("data.localhost:9000").unwrap().bucket(), Some("data"));
+        assert_eq!(d.parse_host_header("a.b.localhost").unwrap().bucket(), Some("a.b"));
+        assert_eq!(d.parse_host_header("localhost:9000").unwrap().bucket(), None);
+        assert_eq!(d.parse_host_header("gpu-7.example.com:9000").unwrap().bucket(), None);
+        assert_eq!(d.parse_host_header("[::1]:9000").unwrap().domain(), "[::1]");
+        assert_eq!(d.parse_host_header("[::1]").unwrap().domain(), "[::1]");
+    }
+}

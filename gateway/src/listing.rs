@@ -40,6 +40,14 @@ fn url_encode(s: &str) -> String {
     out
 }
 
+/// A file a local-directory mount's persist is writing (`.NAME.stoker-tmp`,
+/// renamed to NAME once whole): the engine's listing of under storage can
+/// show it for a moment; it is never an object.
+fn is_persist_tmp(key: &str) -> bool {
+    let name = key.trim_end_matches('/').rsplit('/').next().unwrap_or(key);
+    name.starts_with('.') && name.ends_with(".stoker-tmp")
+}
+
 fn max_keys(m: Option<i32>) -> usize {
     m.map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS))
 }
@@ -75,7 +83,7 @@ impl Gateway {
                     None => continue,
                 }
             };
-            if !key.starts_with(prefix) {
+            if !key.starts_with(prefix) || is_persist_tmp(&key) {
                 continue;
             }
             out.push(Entry { dir: e.attr.kind == Kind::Dir, key, attr: e.attr });
@@ -161,6 +169,7 @@ mod tests {
         assert_eq!(key_of_token(&token_of("a/b c+ü")).unwrap(), "a/b c+ü");
         assert!(key_of_token("!!").is_err());
         assert_eq!(url_encode("a/b c+%"), "a/b%20c%2B%25");
+        assert!(is_persist_tmp("a/.k1.stoker-tmp") && !is_persist_tmp("a/k1.stoker-tmp") && !is_persist_tmp(".a/k"));
         assert_eq!(max_keys(None), 1000);
         assert_eq!(max_keys(Some(5000)), 1000);
         assert_eq!(max_keys(Some(-1)), 0);

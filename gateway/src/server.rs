@@ -55,7 +55,7 @@ impl Gateway {
             b.set_auth(auth);
         }
         b.set_validation(crate::keys::MountNames);
-        b.set_host(s3s::host::SingleDomain::new(&cfg.domain).map_err(|e| anyhow::anyhow!("bad --s3-domain {:?}: {e}", cfg.domain))?);
+        b.set_host(crate::keys::Domain(cfg.domain.clone()));
         let service = b.build();
         let thread = std::thread::Builder::new()
             .name("stoker-s3".into())
