@@ -196,6 +196,26 @@ mod tests {
     }
 
     #[test]
+    fn gateway_keys_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "ak:sk\n").unwrap();
+        let engine = engine_config(&ConfigFile::default(), Some(dir.path().into())).unwrap();
+        let text = format!("[serve]\ns3 = \"9000\"\ns3_credentials = {:?}\ns3_domain = \"s3.lab\"\n", keys.display().to_string());
+        let f = ConfigFile::parse(&text).unwrap();
+        let g = gateway_config(&f, &None, &None, &None, &engine).unwrap().unwrap();
+        assert_eq!(g.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!((g.credentials.len(), g.domain.as_str()), (1, "s3.lab"));
+        assert_eq!(g.staging_dir, dir.path().join("s3-uploads"));
+        // A flag wins over its key; no address, no gateway.
+        let g = gateway_config(&f, &Some("127.0.0.1:9100".parse().unwrap()), &None, &Some("x.lab".into()), &engine).unwrap().unwrap();
+        assert_eq!((g.listen.port(), g.domain.as_str()), (9100, "x.lab"));
+        assert!(gateway_config(&ConfigFile::default(), &None, &None, &None, &engine).unwrap().is_none());
+        let err = gateway_config(&ConfigFile::default(), &Some("0.0.0.0:9000".parse().unwrap()), &None, &None, &engine).unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+    }
+
+    #[test]
     fn cluster_tls_files_come_together() {
         let none = ConfigFile::default();
         assert_eq!(cluster_tls(&none, None, None, None).unwrap(), None);
