@@ -54,6 +54,11 @@ struct Gw {
 /// An engine with the gateway on a free port: `work` (write=async) over
 /// `dir/ufs`, `ro` (read-only) over `dir/ro`, behind `latency`.
 fn serve(dir: &Path, latency: &str) -> Gw {
+    serve_with(dir, latency, true)
+}
+
+/// `serve`, with or without `--s3-credentials`.
+fn serve_with(dir: &Path, latency: &str, authenticated: bool) -> Gw {
     for d in ["ufs", "ro"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
@@ -64,10 +69,13 @@ fn serve(dir: &Path, latency: &str) -> Gw {
     let m = format!("work=file://{}", dir.join("ufs").display());
     let ro = format!("ro=file://{}", dir.join("ro").display());
     let s3 = format!("127.0.0.1:{port}");
-    let args = [
+    let mut args = vec![
         "--shards", "1", "--capacity", "1G", "--segment-size", "64M", "--mount", &m, "--mount-opt", "work:write=async", "--mount", &ro,
-        "--ufs-latency", latency, "--s3", &s3, "--s3-credentials", creds.to_str().unwrap(),
+        "--ufs-latency", latency, "--s3", &s3,
     ];
+    if authenticated {
+        args.extend(["--s3-credentials", creds.to_str().unwrap()]);
+    }
     let srv = Server::start(&dir.join("cache"), &sock, &args);
     wait_for("the gateway to listen", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).is_ok());
     Gw { srv, port }
@@ -370,6 +378,28 @@ fn a_gateway_put_is_readable_before_persisted_and_survives_kill_9() {
     assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read(dir.path().join("ufs/out/part-0.bin")).unwrap() == d, "byte-exact in under storage");
     assert_eq!(c.engine_stats().unwrap().persist_pending_files, 0);
+}
+
+#[test]
+fn without_credentials_unsigned_requests_work_and_signed_ones_are_refused() {
+    if !require(&["boto3"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = serve_with(dir.path(), "0ms", false);
+    let out = gw.python(
+        r#"
+from botocore import UNSIGNED
+anon = boto3.client('s3', endpoint_url=ENDPOINT, region_name='us-east-1',
+    config=Config(signature_version=UNSIGNED, s3={'addressing_style': 'path'}, retries={'max_attempts': 1}))
+anon.put_object(Bucket='work', Key='open.txt', Body=b'no keys needed')
+assert anon.get_object(Bucket='work', Key='open.txt')['Body'].read() == b'no keys needed'
+assert code(lambda: s3.get_object(Bucket='work', Key='open.txt')) == 'NotImplemented'
+print('anon ok')
+"#,
+    );
+    assert!(out.contains("anon ok"), "{out}");
+    assert_eq!(gw.srv.client().read_file("/work/open.txt").unwrap(), b"no keys needed");
 }
 
 #[test]
