@@ -230,6 +230,8 @@ assert s3.get_object(Bucket='ro', Key='old.txt')['Body'].read() == b'from before
 assert code(lambda: s3.put_object(Bucket='ro', Key='new.txt', Body=b'no')) == 'AccessDenied'
 assert code(lambda: s3.get_object(Bucket='nosuch', Key='x')) == 'NoSuchBucket'
 assert code(lambda: s3.get_object(Bucket='work', Key='nokey')) == 'NoSuchKey'
+assert code(lambda: s3.put_object(Bucket='work', Key='dir/obj.bin/below', Body=b'x')) == 'InvalidArgument'
+assert code(lambda: s3.put_object(Bucket='work', Key='a//b', Body=b'x')) == 'InvalidArgument'
 assert code(lambda: bad.get_object(Bucket='work', Key='dir/obj.bin')) == 'SignatureDoesNotMatch'
 assert code(lambda: bad.put_object(Bucket='work', Key='evil', Body=b'x')) == 'SignatureDoesNotMatch'
 assert code(lambda: s3.head_object(Bucket='work', Key='evil')) == '404'
@@ -288,6 +290,9 @@ fn aws_cli_multipart_100_mib_and_rclone_round_trip() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{} big.bin", 100 << 20)), "{}", String::from_utf8_lossy(&out.stdout));
     let out = gw.aws(&["s3api", "list-multipart-uploads", "--bucket", "work"]);
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("UploadId"));
+    let out = run(&["sync", "--socket", &gw.srv.socket, "/work/big"]);
+    assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(dir.path().join("ufs/big/big.bin")).unwrap() == d, "byte-exact in under storage");
     let out = gw.aws(&["s3", "rm", "s3://work/big/big.bin"]);
     assert!(out.status.success());
     assert_eq!(gw.srv.client().stat("/work/big/big.bin").unwrap_err().errno(), libc::ENOENT);

@@ -16,7 +16,7 @@ use s3s::stream::{ByteStream, RemainingLength};
 use s3s::{s3_error, S3Request, S3Result, StdError};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use stoker_proto::control::Attr;
+use stoker_proto::control::{Attr, Kind};
 use tokio::sync::mpsc;
 
 /// Pieces of a GET read ahead of the client: with `PIECE_BYTES` each, the
@@ -126,11 +126,34 @@ fn content_range(start: u64, end: u64, size: u64) -> String {
 }
 
 impl Gateway {
+    /// InvalidArgument when a directory above `path` is a file: the engine
+    /// would take the write and its persist could never succeed. One stat
+    /// when the parent exists (the usual case), one more per missing level.
+    async fn check_parents(&self, bucket: &str, path: &str) -> S3Result<()> {
+        let mount = bucket.len() + 1;
+        let mut at = path;
+        while let Some(i) = at.rfind('/').filter(|&i| i > mount) {
+            at = &path[..i];
+            match self.stat(at).await? {
+                Some(a) if a.kind == Kind::Dir => return Ok(()),
+                Some(_) => {
+                    return Err(s3_error!(InvalidArgument, "{at} is an object: a key cannot be both an object and a prefix of others (objects are files)"))
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Start writing `path` in `bucket`.
     pub(crate) async fn create(&self, bucket: &str, path: &str) -> S3Result<Handle> {
+        self.check_parents(bucket, path).await?;
         let (p, uid, gid) = (path.to_string(), self.uid, self.gid);
         match self.engine.call(move |c| c.create(&p, 0o644, uid, gid)).await? {
             Ok(handle) => Ok(Handle { engine: self.engine.clone(), handle, open: true }),
+            Err(e) if matches!(e.errno(), libc::ENOTDIR | libc::EISDIR) && self.stat(&format!("/{bucket}")).await?.is_some() => {
+                Err(s3_error!(InvalidArgument, "{path}: a key cannot be both an object and a prefix of others (objects are files)"))
+            }
             Err(e) => Err(self.engine_error(bucket, path, &e).await),
         }
     }
