@@ -164,3 +164,55 @@ pub async fn receive(
     }
     Ok(Received { bytes: total, md5, checksum: got })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn blob(chunks: Vec<Vec<u8>>) -> StreamingBlob {
+        StreamingBlob::wrap(futures::stream::iter(chunks.into_iter().map(|c| Ok::<_, std::io::Error>(Bytes::from(c)))))
+    }
+
+    fn md5_b64(data: &[u8]) -> String {
+        base64_simd::STANDARD.encode_to_string(Md5::checksum(data))
+    }
+
+    #[tokio::test]
+    async fn pieces_land_in_order_and_digests_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(PIECE_BYTES * 2 + 12_345)).map(|i| (i * 7 % 251) as u8).collect();
+        // Odd chunk sizes that straddle piece boundaries.
+        let chunks: Vec<Vec<u8>> = data.chunks(333_333).map(|c| c.to_vec()).collect();
+        let crc = {
+            let mut h = ChecksumHasher { crc32: Some(s3s::crypto::Crc32::new()), ..Default::default() };
+            h.update(&data);
+            h.finalize().checksum_crc32
+        };
+        let want = Expected {
+            content_md5: Some(md5_b64(&data)),
+            checksum: Checksum { checksum_crc32: crc.clone(), ..Default::default() },
+            ..Default::default()
+        };
+        let path = dir.path().join("f");
+        let mut f = tokio::fs::File::create(&path).await.unwrap();
+        let got = receive(Some(blob(chunks.clone())), Target::File(&mut f), &want, 1 << 30, Duration::from_secs(5)).await.unwrap();
+        f.flush().await.unwrap();
+        assert_eq!(got.bytes, data.len() as u64);
+        assert_eq!(got.checksum.checksum_crc32, crc);
+        assert!(std::fs::read(&path).unwrap() == data);
+
+        let code = |r: S3Result<Received>| r.err().map(|e| e.code().clone());
+        let mut f = tokio::fs::File::create(dir.path().join("g")).await.unwrap();
+        let bad_md5 = Expected { content_md5: Some(md5_b64(b"other")), ..Default::default() };
+        let r = receive(Some(blob(chunks.clone())), Target::File(&mut f), &bad_md5, 1 << 30, Duration::from_secs(5)).await;
+        assert_eq!(code(r), Some(s3s::S3ErrorCode::BadDigest));
+        let bad_crc = Expected { checksum: Checksum { checksum_crc32: Some("AAAAAA==".into()), ..Default::default() }, ..Default::default() };
+        let r = receive(Some(blob(chunks.clone())), Target::File(&mut f), &bad_crc, 1 << 30, Duration::from_secs(5)).await;
+        assert_eq!(code(r), Some(s3s::S3ErrorCode::BadDigest));
+        let r = receive(Some(blob(chunks)), Target::File(&mut f), &Expected::default(), 1 << 20, Duration::from_secs(5)).await;
+        assert_eq!(code(r), Some(s3s::S3ErrorCode::EntityTooLarge));
+        assert_eq!(algorithm_of_header("x-amz-checksum-crc32c").as_deref(), Some("crc32c"));
+        assert_eq!(algorithm_of_header("x-amz-checksum-mode"), None);
+    }
+}
