@@ -350,15 +350,21 @@ fn a_gateway_put_is_readable_before_persisted_and_survives_kill_9() {
     let d = data(11, 3 << 20);
     let src = dir.path().join("obj.src");
     std::fs::write(&src, &d).unwrap();
-    // Until it is persisted the object keeps the ETag its PUT answered.
+    // Until it is persisted the object keeps the ETag its PUT answered. A
+    // multipart upload is left open with two parts staged.
     let program = format!(
-        "e = s3.put_object(Bucket='work', Key='out/part-0.bin', Body=open('{}', 'rb').read())['ETag']\n\
+        "u = s3.create_multipart_upload(Bucket='work', Key='out/multi.bin')['UploadId']\n\
+         s3.upload_part(Bucket='work', Key='out/multi.bin', UploadId=u, PartNumber=1, Body=b'a' * (5 << 20))\n\
+         s3.upload_part(Bucket='work', Key='out/multi.bin', UploadId=u, PartNumber=2, Body=b'b' * 1000)\n\
+         e = s3.put_object(Bucket='work', Key='out/part-0.bin', Body=open('{}', 'rb').read())['ETag']\n\
          assert s3.head_object(Bucket='work', Key='out/part-0.bin')['ETag'] == e\n\
          assert code(lambda: s3.get_object(Bucket='work', Key='out/part-0.bin', IfNoneMatch=e)) == '304'\n\
-         print('put ok')\n",
+         print('put ok', u)\n",
         src.display()
     );
-    assert!(gw.python(&program).contains("put ok"));
+    let out = gw.python(&program);
+    assert!(out.contains("put ok"), "{out}");
+    let upload = out.split_whitespace().last().unwrap().to_string();
     // Acknowledged: readable at once through the engine, not yet in the slow store.
     let c = gw.srv.client();
     assert!(c.read_file("/work/out/part-0.bin").unwrap() == d, "readable through the client before persisted");
@@ -379,9 +385,21 @@ fn a_gateway_put_is_readable_before_persisted_and_survives_kill_9() {
         String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
     };
     assert_eq!(out.trim(), want, "through the gateway after restart");
+    // The staged parts survived too: the upload completes after the restart.
+    let program = format!(
+        "u = '{upload}'\n\
+         parts = s3.list_parts(Bucket='work', Key='out/multi.bin', UploadId=u)['Parts']\n\
+         assert [(p['PartNumber'], p['Size']) for p in parts] == [(1, 5 << 20), (2, 1000)], parts\n\
+         s3.complete_multipart_upload(Bucket='work', Key='out/multi.bin', UploadId=u,\n    \
+             MultipartUpload={{'Parts': [{{'PartNumber': p['PartNumber'], 'ETag': p['ETag']}} for p in parts]}})\n\
+         assert s3.get_object(Bucket='work', Key='out/multi.bin')['Body'].read() == b'a' * (5 << 20) + b'b' * 1000\n\
+         print('multipart ok')\n"
+    );
+    assert!(gw.python(&program).contains("multipart ok"));
     let out = run(&["sync", "--socket", &gw.srv.socket, "/work/out"]);
     assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read(dir.path().join("ufs/out/part-0.bin")).unwrap() == d, "byte-exact in under storage");
+    assert_eq!(std::fs::metadata(dir.path().join("ufs/out/multi.bin")).unwrap().len(), (5 << 20) + 1000);
     assert_eq!(c.engine_stats().unwrap().persist_pending_files, 0);
 }
 
