@@ -227,6 +227,12 @@ assert [o['Key'] for o in s3.list_objects_v2(Bucket='work', Prefix='sum-')['Cont
 # Buckets are mounts; a read-only mount refuses writes; a wrong secret is refused.
 assert sorted(b['Name'] for b in s3.list_buckets()['Buckets']) == ['ro', 'work']
 assert s3.get_object(Bucket='ro', Key='old.txt')['Body'].read() == b'from before'
+# A copy from a mount whose name S3's rules refuse ('ro' is too short).
+c = s3.copy_object(Bucket='work', Key='from-ro.txt', CopySource={'Bucket': 'ro', 'Key': 'old.txt'})
+assert len(c['CopyObjectResult']['ETag'].strip('"')) == 24
+assert s3.get_object(Bucket='work', Key='from-ro.txt')['Body'].read() == b'from before'
+assert code(lambda: s3.copy_object(Bucket='ro', Key='x', CopySource={'Bucket': 'ro', 'Key': 'old.txt'})) == 'AccessDenied'
+assert code(lambda: bad.copy_object(Bucket='work', Key='y', CopySource={'Bucket': 'ro', 'Key': 'old.txt'})) == 'SignatureDoesNotMatch'
 assert code(lambda: s3.put_object(Bucket='ro', Key='new.txt', Body=b'no')) == 'AccessDenied'
 assert code(lambda: s3.get_object(Bucket='nosuch', Key='x')) == 'NoSuchBucket'
 assert code(lambda: s3.get_object(Bucket='work', Key='nokey')) == 'NoSuchKey'

@@ -13,11 +13,13 @@
 //! `engine` (blocking client calls off the async threads), `keys` (bucket
 //! and key to path), `list` (listing pages), `etag` (ETags and conditional
 //! requests), `body` (streaming a request body with its digests),
-//! `multipart` (staged uploads), `errors` (client errors as S3 errors).
+//! `multipart` (staged uploads), `copy_route` (copies from mounts whose
+//! names S3 would refuse), `errors` (client errors as S3 errors).
 //! docs/GATEWAY.md says what is supported.
 
 mod body;
 mod config;
+mod copy_route;
 mod engine;
 mod errors;
 mod etag;

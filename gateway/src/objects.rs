@@ -331,18 +331,33 @@ impl Gateway {
         let CopySource::Bucket { bucket: sb, key: sk, .. } = &i.copy_source else {
             return Err(s3_error!(NotImplemented, "copies from access points are not supported"));
         };
-        let (src, sdir) = object_path(sb, sk)?;
-        let (dst, ddir) = object_path(&i.bucket, &i.key)?;
-        if sdir || ddir {
-            return Err(s3_error!(InvalidArgument, "keys ending in '/' are directories: nothing to copy"));
-        }
-        let a = self.stat_file(sb, &src).await?;
         let cond = Conditions {
             if_match: i.copy_source_if_match,
             if_none_match: i.copy_source_if_none_match,
             if_modified_since: i.copy_source_if_modified_since,
             if_unmodified_since: i.copy_source_if_unmodified_since,
         };
+        let replace = i.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        self.copy_object_between(sb, sk, &i.bucket, &i.key, cond, replace).await
+    }
+
+    /// Copy `sb/sk` to `db/dk` if `cond` holds for the source; `replace`:
+    /// the request said `x-amz-metadata-directive: REPLACE`.
+    pub(crate) async fn copy_object_between(
+        &self,
+        sb: &str,
+        sk: &str,
+        db: &str,
+        dk: &str,
+        cond: Conditions,
+        replace: bool,
+    ) -> S3Result<CopyObjectOutput> {
+        let (src, sdir) = object_path(sb, sk)?;
+        let (dst, ddir) = object_path(db, dk)?;
+        if sdir || ddir {
+            return Err(s3_error!(InvalidArgument, "keys ending in '/' are directories: nothing to copy"));
+        }
+        let a = self.stat_file(sb, &src).await?;
         if let Err(e) = cond.check(&a) {
             // A copy answers 412 for each of its conditions.
             return Err(s3_error!(PreconditionFailed, "{}", e.message().unwrap_or("copy condition failed")));
@@ -358,7 +373,7 @@ impl Gateway {
         if src == dst {
             // Objects here carry no metadata: a copy onto itself that
             // replaces it (rclone's way of setting an mtime) changes nothing.
-            if i.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE) {
+            if replace {
                 return Ok(result(&a));
             }
             return Err(s3_error!(InvalidRequest, "copying an object onto itself without changing its metadata"));
@@ -366,7 +381,7 @@ impl Gateway {
         if a.size > self.bytes_max {
             return Err(s3_error!(InvalidRequest, "the source is larger than {} bytes", self.bytes_max));
         }
-        let h = self.create(&i.bucket, &dst).await?;
+        let h = self.create(db, &dst).await?;
         let (handle, size, s, d) = (h.handle, a.size, src.clone(), dst.clone());
         let copied = self
             .engine

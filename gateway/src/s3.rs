@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use stoker_proto::control::{Attr, Kind};
 
+#[derive(Clone)]
 pub struct Gateway {
     pub(crate) engine: Engine,
     pub(crate) staging: Arc<Staging>,

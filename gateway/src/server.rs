@@ -46,7 +46,13 @@ impl Gateway {
             .context("s3 gateway: starting its runtime")?;
         let (stop_tx, stop_rx) = oneshot::channel();
         let s3 = S3Impl::new(Engine::new(client), staging, &cfg);
+        let route = crate::copy_route::CopyRoute {
+            gw: s3.clone(),
+            domain: crate::keys::Domain(cfg.domain.clone()),
+            authenticated: !cfg.credentials.is_empty(),
+        };
         let mut b = S3ServiceBuilder::new(s3);
+        b.set_route(route);
         if !cfg.credentials.is_empty() {
             let mut auth = SimpleAuth::new();
             for (a, s) in &cfg.credentials {
