@@ -45,9 +45,13 @@ if [ "${STOKER_NEED_S3:-0}" = 1 ]; then
   fi
   # The gateway's tests (cli/tests/gateway.rs) drive it with boto3, the aws
   # CLI (both from PyPI) and rclone (Debian).
+  # awscli pins botocore: install it with boto3 so pip picks a pair that agrees.
   py_need=()
-  python3 -c "import boto3" >/dev/null 2>&1 || py_need+=(boto3)
-  command -v aws >/dev/null 2>&1 || py_need+=(awscli)
+  if ! command -v aws >/dev/null 2>&1; then
+    py_need+=(awscli boto3)
+  elif ! python3 -c "import boto3" >/dev/null 2>&1; then
+    py_need+=(boto3)
+  fi
   if [ ${#py_need[@]} -gt 0 ]; then
     echo "setup: installing ${py_need[*]} for the gateway tests" >&2
     python3 -m pip install -q --disable-pip-version-check "${py_need[@]}" >&2 \
