@@ -43,5 +43,28 @@ if [ "${STOKER_NEED_S3:-0}" = 1 ]; then
     python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5,<6' >&2 \
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages 'moto[server]>=5,<6' >&2
   fi
+  # The gateway's tests (cli/tests/gateway.rs) drive it with boto3, the aws
+  # CLI (both from PyPI) and rclone (Debian).
+  # awscli pins botocore: install it with boto3 so pip picks a pair that agrees.
+  py_need=()
+  if ! command -v aws >/dev/null 2>&1; then
+    py_need+=(awscli boto3)
+  elif ! python3 -c "import boto3" >/dev/null 2>&1; then
+    py_need+=(boto3)
+  fi
+  if [ ${#py_need[@]} -gt 0 ]; then
+    echo "setup: installing ${py_need[*]} for the gateway tests" >&2
+    python3 -m pip install -q --disable-pip-version-check "${py_need[@]}" >&2 \
+      || python3 -m pip install -q --disable-pip-version-check --break-system-packages "${py_need[@]}" >&2
+  fi
+  if ! command -v rclone >/dev/null 2>&1; then
+    echo "setup: installing rclone for the gateway tests" >&2
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rclone >/dev/null
+  fi
+  # pip puts scripts (aws) in the user's bin when it is not root.
+  export PATH="$PATH:$HOME/.local/bin"
   export STOKER_REQUIRE_S3=1
 fi

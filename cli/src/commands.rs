@@ -26,6 +26,14 @@ pub fn metrics_addr_arg(s: &str) -> Result<std::net::SocketAddr, String> {
     s.parse().map_err(|_| format!("bad address {s:?}: expected PORT (on 127.0.0.1) or IP:PORT, e.g. 127.0.0.1:9464"))
 }
 
+/// `--s3`: `HOST:PORT`, or a bare `PORT` on the loopback address.
+pub fn s3_addr_arg(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| format!("bad address {s:?}: expected PORT (on 127.0.0.1) or IP:PORT, e.g. 127.0.0.1:9000"))
+}
+
 fn group_arg(s: &str) -> Result<u32, String> {
     stoker_engine::peer::parse_group(s)
 }
@@ -158,6 +166,17 @@ pub struct ServeArgs {
     /// Most bytes one mount may keep cached, NAME=SIZE (repeatable), e.g. scratch=50G.
     #[arg(long = "quota", value_parser = quota_arg)]
     pub quotas: Vec<(String, u64)>,
+    /// Serve an S3-compatible gateway at ADDR (buckets are mounts), e.g.
+    /// 127.0.0.1:9000; a bare port is on 127.0.0.1 (docs/GATEWAY.md) [default: none].
+    #[arg(long = "s3", value_name = "ADDR", value_parser = s3_addr_arg)]
+    pub s3: Option<std::net::SocketAddr>,
+    /// The gateway's SigV4 credentials: one ACCESS_KEY:SECRET_KEY a line.
+    /// Without it the gateway is unauthenticated and binds loopback only.
+    #[arg(long, value_name = "FILE")]
+    pub s3_credentials: Option<PathBuf>,
+    /// Base domain of virtual-host-style gateway requests (BUCKET.DOMAIN) [default: localhost].
+    #[arg(long, value_name = "DOMAIN")]
+    pub s3_domain: Option<String>,
     #[command(flatten)]
     pub socket: crate::SocketArg,
 }
@@ -272,13 +291,28 @@ pub fn serve(mut a: ServeArgs) -> Result<()> {
         cfg.control_timeout = d;
     }
     cfg.cluster = cluster;
+    // Checked before the engine starts: a refused gateway starts nothing.
+    let s3 = crate::serve_config::gateway_config(&file, &a.s3, &a.s3_credentials, &a.s3_domain, &cfg)?;
     let mut engine = Engine::start(cfg)?;
     if let Some(addr) = engine.metrics_addr() {
         eprintln!("stoker: metrics on http://{addr}/metrics");
     }
+    let gateway = match s3.map(stoker_gateway::Gateway::start).transpose() {
+        Ok(g) => g,
+        Err(e) => {
+            engine.stop();
+            return Err(e);
+        }
+    };
+    if let Some(g) = &gateway {
+        eprintln!("stoker: s3 gateway on http://{}", g.local_addr());
+    }
     eprintln!("stoker: serving on {} (Ctrl-C to stop)", engine.socket());
     engine.wait_for_signal();
     eprintln!("stoker: stopping");
+    if let Some(g) = gateway {
+        g.stop();
+    }
     engine.stop();
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The `stoker` command. Each subcommand is a thin shell over a crate:
-//! serve -> engine, cat/ls/stat/load -> client-lib, mount -> client-fuse,
+//! serve -> engine (and gateway, `--s3`), cat/ls/stat/load -> client-lib, mount -> client-fuse,
 //! bench/demo -> bench, tune -> tuning. Errors print as one line and exit non-zero.
 
 mod bench_cmd;

@@ -75,6 +75,42 @@ pub fn engine_config(file: &ConfigFile, cache_dir: Option<PathBuf>) -> Result<En
     Ok(cfg)
 }
 
+/// The gateway's settings from `--s3`, `--s3-credentials` and
+/// `--s3-domain` (each over its `[serve]` key `s3`, `s3_credentials`,
+/// `s3_domain`); None without an address. The credentials file is read and
+/// the address checked here, before the engine starts.
+pub fn gateway_config(
+    file: &ConfigFile,
+    addr: &Option<std::net::SocketAddr>,
+    credentials: &Option<PathBuf>,
+    domain: &Option<String>,
+    engine: &EngineConfig,
+) -> Result<Option<stoker_gateway::GatewayConfig>> {
+    let s = &file.serve;
+    let addr = match (addr, &s.s3) {
+        (Some(a), _) => *a,
+        (None, Some(text)) => crate::commands::s3_addr_arg(text).map_err(anyhow::Error::msg).context("[serve] s3")?,
+        (None, None) => {
+            if credentials.is_some() || s.s3_credentials.is_some() || domain.is_some() {
+                bail!("--s3-credentials and --s3-domain need --s3 ADDR");
+            }
+            return Ok(None);
+        }
+    };
+    let staging = engine.cache_dir.join("s3-uploads");
+    let mut g = stoker_gateway::GatewayConfig::new(addr, engine.socket.clone(), staging);
+    if let Some(path) = credentials.as_ref().or(s.s3_credentials.as_ref()) {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--s3-credentials {}", path.display()))?;
+        g.credentials = stoker_gateway::parse_credentials(&text)
+            .map_err(|e| anyhow::anyhow!("--s3-credentials {}: {e}", path.display()))?;
+    }
+    if let Some(d) = domain.as_ref().or(s.s3_domain.as_ref()) {
+        g.domain = d.clone();
+    }
+    g.check().map_err(anyhow::Error::msg)?;
+    Ok(Some(g))
+}
+
 /// The `[serve]` cluster keys (`cluster`, `cluster_name`, `node_id`,
 /// `peer_listen`, `peer_advertise`, `cluster_token_file`) where the command
 /// line did not give the flag.
@@ -159,6 +195,26 @@ mod tests {
         let bad = ConfigFile::parse("[serve]\npeer_listen = \"nowhere\"\n").unwrap();
         let mut a = <Cmd as clap::Parser>::parse_from(["serve"]).a;
         assert!(cluster_keys(&bad, &mut a).unwrap_err().to_string().contains("peer_listen"));
+    }
+
+    #[test]
+    fn gateway_keys_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "ak:sk\n").unwrap();
+        let engine = engine_config(&ConfigFile::default(), Some(dir.path().into())).unwrap();
+        let text = format!("[serve]\ns3 = \"9000\"\ns3_credentials = {:?}\ns3_domain = \"s3.lab\"\n", keys.display().to_string());
+        let f = ConfigFile::parse(&text).unwrap();
+        let g = gateway_config(&f, &None, &None, &None, &engine).unwrap().unwrap();
+        assert_eq!(g.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!((g.credentials.len(), g.domain.as_str()), (1, "s3.lab"));
+        assert_eq!(g.staging_dir, dir.path().join("s3-uploads"));
+        // A flag wins over its key; no address, no gateway.
+        let g = gateway_config(&f, &Some("127.0.0.1:9100".parse().unwrap()), &None, &Some("x.lab".into()), &engine).unwrap().unwrap();
+        assert_eq!((g.listen.port(), g.domain.as_str()), (9100, "x.lab"));
+        assert!(gateway_config(&ConfigFile::default(), &None, &None, &None, &engine).unwrap().is_none());
+        let err = gateway_config(&ConfigFile::default(), &Some("0.0.0.0:9000".parse().unwrap()), &None, &None, &engine).unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
     }
 
     #[test]

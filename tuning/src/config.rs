@@ -86,6 +86,12 @@ pub struct ServeSection {
     pub peer_listen: Option<String>,
     pub peer_advertise: Option<String>,
     pub cluster_token_file: Option<PathBuf>,
+    /// `--s3 ADDR` (a bare port is on 127.0.0.1); parsed by the cli.
+    pub s3: Option<String>,
+    /// `--s3-credentials FILE`: one ACCESS_KEY:SECRET_KEY a line.
+    pub s3_credentials: Option<PathBuf>,
+    /// `--s3-domain DOMAIN`.
+    pub s3_domain: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
