@@ -139,6 +139,10 @@ fn through_mode_close_returns_once_under_storage_has_it() {
     assert_eq!(c.engine_stats().unwrap().persist_pending_files, 0);
     assert!(c.read_file("/m/t.bin").unwrap() == d);
 
+    // Nothing goes under a file.
+    let e = c.create("/m/t.bin/inner", 0o644, 0, 0).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOTDIR, "{e}");
+
     // fsync of a file being written: under storage has the bytes so far.
     let h = c.create("/m/f.bin", 0o644, 0, 0).unwrap();
     c.write_at(h, 0, &d[..150_000]).unwrap();

@@ -58,6 +58,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> UfsResult<T> + Send + '
         .unwrap_or_else(|e| Err(UfsError::Io { message: format!("worker failed: {e}"), retryable: false }))
 }
 
+/// Ends the temporary name a persist writes before renaming into place.
+const PERSIST_TMP_SUFFIX: &str = ".stoker-tmp";
+
+fn is_persist_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(PERSIST_TMP_SUFFIX)
+}
+
 impl Ufs for LocalDir {
     /// A temporary file beside the target, fsynced, renamed over it, and
     /// the directory fsynced: readers of the directory never see a part.
@@ -70,7 +77,7 @@ impl Ufs for LocalDir {
                 let dir = to.parent().ok_or(UfsError::NotFound)?.to_path_buf();
                 std::fs::create_dir_all(&dir).map_err(map_err)?;
                 let name = to.file_name().ok_or(UfsError::NotFound)?.to_string_lossy().into_owned();
-                let tmp = dir.join(format!(".{name}.stoker-tmp"));
+                let tmp = dir.join(format!(".{name}{PERSIST_TMP_SUFFIX}"));
                 let res = (|| {
                     let mut from = std::io::Read::take(std::fs::File::open(&src)?, len);
                     let mut out = std::fs::File::create(&tmp)?;
@@ -190,6 +197,8 @@ impl Ufs for LocalDir {
                     .map_err(map_err)?
                     .filter_map(|e| e.ok())
                     .filter_map(|e| e.file_name().into_string().ok())
+                    // A persist under way (`write_file`'s temporary) is not a file yet.
+                    .filter(|n| !is_persist_temporary(n))
                     .collect();
                 names.sort();
                 let start = match &token {
@@ -213,5 +222,27 @@ impl Ufs for LocalDir {
             })
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_leave_out_a_persist_under_way() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.bin"), b"a").unwrap();
+        std::fs::write(d.path().join(".b.bin.stoker-tmp"), b"half").unwrap();
+        std::fs::write(d.path().join(".hidden"), b"h").unwrap();
+        let u = LocalDir::new(d.path().to_path_buf());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let page = rt.block_on(u.list("", None, 100)).unwrap();
+        let names: Vec<&str> = page.entries.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [".hidden", "a.bin"]);
+        // A persist lands under its own name.
+        rt.block_on(u.write_file("c.bin", &d.path().join("a.bin"), 1)).unwrap();
+        assert_eq!(std::fs::read(d.path().join("c.bin")).unwrap(), b"a");
+        assert!(!d.path().join(".c.bin.stoker-tmp").exists());
     }
 }

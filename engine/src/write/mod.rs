@@ -237,6 +237,15 @@ impl WriteCore {
                 return Err(NsError::IsDir(format!("{norm}: is a directory")));
             }
         }
+        // A file under a file could never be persisted. What is known here
+        // (written files, cached attributes) is checked; no store call.
+        let mut dir = parent_of(&norm);
+        while dir.matches('/').count() > 1 {
+            if self.ns.cached_attr(dir).is_some_and(|a| a.kind == Kind::File) {
+                return Err(refused(libc::ENOTDIR, format!("{norm}: {dir} is a file")));
+            }
+            dir = parent_of(dir);
+        }
         self.reap_idle();
         let mut handles = self.handles.lock();
         if handles.len() >= HANDLES_MAX {
