@@ -37,6 +37,30 @@ pub struct Expected {
     pub trailers: Option<TrailingHeaders>,
 }
 
+/// The [`Expected`] of a PutObject or UploadPart input `$i` (the two name
+/// these fields alike), with the algorithm an `x-amz-trailer` named and
+/// the trailing headers that came.
+macro_rules! expected_of {
+    ($i:expr, $trailer:expr, $trailers:expr) => {{
+        let mut algorithms: Vec<String> = $i.checksum_algorithm.iter().map(|a| a.as_str().to_string()).collect();
+        algorithms.extend($trailer);
+        $crate::body::Expected {
+            content_md5: $i.content_md5,
+            checksum: s3s::dto::Checksum {
+                checksum_crc32: $i.checksum_crc32,
+                checksum_crc32c: $i.checksum_crc32c,
+                checksum_crc64nvme: $i.checksum_crc64nvme,
+                checksum_sha1: $i.checksum_sha1,
+                checksum_sha256: $i.checksum_sha256,
+                checksum_type: None,
+            },
+            algorithms,
+            trailers: $trailers,
+        }
+    }};
+}
+pub(crate) use expected_of;
+
 pub struct Received {
     pub bytes: u64,
     pub md5: [u8; 16],

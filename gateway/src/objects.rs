@@ -4,7 +4,7 @@
 //! reader at the close, whole (the engine acknowledges the close once the
 //! file is durable on its disk, or in under storage for `write=through`).
 
-use crate::body::{self, Expected, Target, PIECE_BYTES};
+use crate::body::{self, Target, PIECE_BYTES};
 use crate::engine::Engine;
 use crate::errors::from_engine;
 use crate::etag::{self, Conditions};
@@ -253,21 +253,7 @@ impl Gateway {
         if matches!(i.if_none_match, Some(ETagCondition::Any)) && self.stat(&path).await?.is_some() {
             return Err(s3_error!(PreconditionFailed, "If-None-Match: *: {} exists", i.key));
         }
-        let mut algorithms: Vec<String> = i.checksum_algorithm.iter().map(|a| a.as_str().to_string()).collect();
-        algorithms.extend(trailer);
-        let want = Expected {
-            content_md5: i.content_md5,
-            checksum: Checksum {
-                checksum_crc32: i.checksum_crc32,
-                checksum_crc32c: i.checksum_crc32c,
-                checksum_crc64nvme: i.checksum_crc64nvme,
-                checksum_sha1: i.checksum_sha1,
-                checksum_sha256: i.checksum_sha256,
-                checksum_type: None,
-            },
-            algorithms,
-            trailers,
-        };
+        let want = crate::body::expected_of!(i, trailer, trailers);
         let h = self.create(&i.bucket, &path).await?;
         let target = Target::Engine { engine: &self.engine, handle: h.handle, path: &path };
         let got = body::receive(i.body, target, &want, self.bytes_max, self.idle).await?;

@@ -2,7 +2,7 @@
 //! AbortMultipartUpload and ListMultipartUploads over `multipart::Staging`.
 //! Staging is plain file I/O, run on the blocking threads.
 
-use crate::body::{self, Expected, Target, PIECE_BYTES};
+use crate::body::{self, Target, PIECE_BYTES};
 use crate::errors::from_engine;
 use crate::etag;
 use crate::keys::object_path;
@@ -50,21 +50,7 @@ impl Gateway {
         let dir = self.upload_dir(&i.upload_id, &i.bucket, &i.key).await?;
         let tmp = Staging::part_tmp(&dir, i.part_number)?;
         let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| s3_error!(InternalError, "staging a part: {e}"))?;
-        let mut algorithms: Vec<String> = i.checksum_algorithm.iter().map(|a| a.as_str().to_string()).collect();
-        algorithms.extend(trailer);
-        let want = Expected {
-            content_md5: i.content_md5,
-            checksum: Checksum {
-                checksum_crc32: i.checksum_crc32,
-                checksum_crc32c: i.checksum_crc32c,
-                checksum_crc64nvme: i.checksum_crc64nvme,
-                checksum_sha1: i.checksum_sha1,
-                checksum_sha256: i.checksum_sha256,
-                checksum_type: None,
-            },
-            algorithms,
-            trailers,
-        };
+        let want = crate::body::expected_of!(i, trailer, trailers);
         let got = async {
             let got = body::receive(i.body, Target::File(&mut f), &want, self.bytes_max, self.idle).await?;
             f.sync_all().await.map_err(|e| s3_error!(InternalError, "staging a part: {e}"))?;
