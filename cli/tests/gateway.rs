@@ -376,7 +376,24 @@ fn a_gateway_put_is_readable_before_persisted_and_survives_kill_9() {
     assert!(c.read_file("/work/out/part-0.bin").unwrap() == d, "readable through the client before persisted");
     let out = run(&["cat", "--socket", &gw.srv.socket, "/work/out/part-0.bin"]);
     assert!(out.status.success() && out.stdout == d, "stoker cat before persisted");
+    // Through a FUSE mount and the Python client too, still before persisted.
+    let mp = dir.path().join("mnt");
+    let fuse = FuseMount::start(&["--socket", &gw.srv.socket, "/work"], &mp);
+    assert!(std::fs::read(mp.join("out/part-0.bin")).unwrap() == d, "readable through FUSE before persisted");
+    drop(fuse);
+    if let Some((_, py)) = python_with_binding() {
+        let script = format!(
+            "import hashlib, stoker\nprint(hashlib.sha256(stoker.Client('{}').read('/work/out/part-0.bin')).hexdigest())\n",
+            gw.srv.socket
+        );
+        let out = Command::new(py).args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "python client: {}", String::from_utf8_lossy(&out.stderr));
+        let want = Command::new("sha256sum").arg(&src).output().unwrap();
+        let want = String::from_utf8_lossy(&want.stdout).split_whitespace().next().unwrap().to_string();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "readable through the Python client before persisted");
+    }
     assert!(c.engine_stats().unwrap().persist_pending_files >= 1);
+    assert!(!dir.path().join("ufs/out/part-0.bin").exists(), "the 3 s store cannot have it yet");
     drop(c);
     let Gw { srv, .. } = gw;
     srv.kill9();

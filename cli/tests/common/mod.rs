@@ -183,3 +183,54 @@ impl Drop for FuseMount {
         }
     }
 }
+
+// The Python binding (client-py) in a venv, for the tests that read with it.
+
+fn run_ok(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A venv with the binding installed (`maturin develop`), shared by runs.
+fn venv(root: &Path) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let venv = target.join("pyenv");
+    let py = venv.join("bin/python");
+    // Tests run in parallel processes: one builds the venv at a time.
+    use std::os::fd::AsRawFd;
+    let lock = std::fs::File::create(target.join("pyenv.lock")).unwrap();
+    // SAFETY: flock on a descriptor we own; released when `lock` closes.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    if !py.exists() {
+        run_ok(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv");
+    }
+    if !venv.join("bin/maturin").exists() {
+        run_ok(Command::new(&py).args(["-m", "pip", "install", "-q", "maturin>=1.5,<2"]), "pip install maturin");
+    }
+    run_ok(
+        Command::new(venv.join("bin/maturin"))
+            .args(["develop", "-q", "-m"])
+            .arg(root.join("client-py/Cargo.toml"))
+            .env("VIRTUAL_ENV", &venv)
+            .env("PATH", format!("{}:{}", venv.join("bin").display(), std::env::var("PATH").unwrap_or_default())),
+        "maturin develop",
+    );
+    py
+}
+
+/// The repository root and a venv's python with the binding built, or None
+/// (said once) when STOKER_SKIP_PYTHON is set.
+pub fn python_with_binding() -> Option<(PathBuf, PathBuf)> {
+    if std::env::var_os("STOKER_SKIP_PYTHON").is_some() {
+        eprintln!("STOKER_SKIP_PYTHON set: skipped");
+        return None;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let py = venv(&root);
+    Some((root, py))
+}
