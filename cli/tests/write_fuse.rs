@@ -8,6 +8,7 @@ use common::*;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 fn mount_opts(mp: &Path) -> String {
     let text = std::fs::read_to_string("/proc/self/mounts").unwrap();
@@ -276,4 +277,32 @@ fn allow_other_mount_keeps_writers_apart() {
     let out = sh_as(1001, &format!("printf bob > {m}/a.txt"));
     assert!(out.status.success(), "write after chmod 666: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(mp.join("a.txt")).unwrap(), b"bob");
+}
+
+#[test]
+fn a_file_written_elsewhere_shows_in_a_mount_that_listed_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ufs/d")).unwrap();
+    std::fs::write(dir.path().join("ufs/d/a.txt"), b"a").unwrap();
+    let srv = serve(dir.path(), Some("async"), "0ms");
+    let (reader, writer) = (dir.path().join("reader"), dir.path().join("writer"));
+    let _r = mount(&srv.socket, "/m", &reader);
+    let _w = mount(&srv.socket, "/m", &writer);
+    let names = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&reader.join("d")), ["a.txt"]);
+    // Written through the other mount and the library: the reader opens
+    // and lists them once its listing is older than its 1 s TTL on a
+    // writable mount (before this, a listing was trusted for an hour).
+    std::fs::write(writer.join("d/new.txt"), b"from the other mount").unwrap();
+    srv.client().write_file("/m/top.txt", b"from the library").unwrap();
+    wait_for("new.txt through the reader", Duration::from_secs(10), || reader.join("d/new.txt").exists());
+    wait_for("top.txt through the reader", Duration::from_secs(10), || reader.join("top.txt").exists());
+    assert_eq!(std::fs::read(reader.join("d/new.txt")).unwrap(), b"from the other mount");
+    assert_eq!(std::fs::read(reader.join("top.txt")).unwrap(), b"from the library");
+    assert_eq!(names(&reader.join("d")), ["a.txt", "new.txt"]);
+    assert_eq!(errno_of(std::fs::read(reader.join("d/never.txt"))), libc::ENOENT);
 }

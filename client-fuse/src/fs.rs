@@ -218,6 +218,9 @@ fn parent_of(path: &str) -> &str {
     }
 }
 
+/// The longest a writable mount trusts a directory listing.
+pub const WRITABLE_LISTING_TTL: Duration = Duration::from_secs(1);
+
 impl<B: Backend> StokerFs<B> {
     /// Serve namespace path `root` (`/NAME`, or `/` for every mount) as the
     /// root of the filesystem. Fails if `root` is missing or not a directory.
@@ -260,6 +263,14 @@ impl<B: Backend> StokerFs<B> {
         Instant::now() + self.cfg.metadata_ttl
     }
 
+    /// How long a directory listing is trusted: the metadata TTL, but at
+    /// most [`WRITABLE_LISTING_TTL`] on a writable mount, whose directories
+    /// other writers (another mount, the gateway, the library) add to.
+    fn listing_deadline(&self) -> Instant {
+        let ttl = if self.cfg.writable { self.cfg.metadata_ttl.min(WRITABLE_LISTING_TTL) } else { self.cfg.metadata_ttl };
+        Instant::now() + ttl
+    }
+
     fn node(&self, ino: u64) -> Result<NodeView> {
         self.inodes.get(ino).ok_or(FsError::StaleInode(ino))
     }
@@ -299,6 +310,9 @@ impl<B: Backend> StokerFs<B> {
             None => None,
         };
         let attr = match listing {
+            // A name another writer added shows once the listing is
+            // refreshed (`listing_deadline`). Asking the engine on every miss
+            // would cost each create a store stat of a name not there yet.
             Some(l) => l.find(name).cloned().ok_or_else(|| FsError::NotFound { path: path.clone() })?,
             None => self.stat(&path)?,
         };
@@ -368,7 +382,7 @@ impl<B: Backend> StokerFs<B> {
             dir_path: n.path.clone(),
             dir_attr: n.attr,
             entries,
-            fresh_until: self.deadline(),
+            fresh_until: self.listing_deadline(),
         });
         let added = listing.entries.len() as u64;
         let mut g = self.listings.lock();

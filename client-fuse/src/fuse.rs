@@ -288,7 +288,9 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _t = timed("opendir");
         match self.fs.opendir(ino.0) {
-            // KEEP_CACHE + CACHE_DIR: the kernel may cache this listing.
+            // KEEP_CACHE + CACHE_DIR: the kernel may cache this listing. Not
+            // on a writable mount: other writers add to its directories.
+            Ok(fh) if self.fs.config().writable => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
             Err(e) => reply.error(self.errno("opendir", e)),
         }
