@@ -11,6 +11,7 @@
 # Usage: bench/scripts/gateway.sh [WORK_DIR]   (release build; s3s-fs:
 #   cargo install s3s-fs@0.14.1 --locked --features binary; aws CLI)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 W=${1:-/work/gwb}
 B=${STOKER:-/var/tmp/stoker-target/release/stoker}
 FILES=${FILES:-20000}
@@ -28,21 +29,9 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 [ -d "$W/small" ] || $B bench gen "$W/small" --files "$FILES" --mean-size 110K >/dev/null
-mkdir -p "$W/large"
-for i in $(seq 1 "$COUNT"); do
-  f="$W/large/big-$i.bin"
-  [ "$(stat -c %s "$f" 2>/dev/null || echo 0)" = $((SIZE_MIB << 20)) ] && continue
-  python3 - "$f" "$SIZE_MIB" "$i" <<'PY'
-import random, sys
-r = random.Random(int(sys.argv[3]))
-with open(sys.argv[1], 'wb') as f:
-    for _ in range(int(sys.argv[2])):
-        f.write(r.randbytes(1 << 20))
-PY
-done
+gen_large "$W/large" "$COUNT" "$SIZE_MIB"
 small_bytes=$(du -sb "$W/small" | cut -f1)
 large_bytes=$((COUNT * (SIZE_MIB << 20)))
-secs() { python3 -c "import time; print(time.monotonic())"; }
 rate() { python3 -c "import sys; t=float(sys.argv[2])-float(sys.argv[1]); n=int(sys.argv[3]); b=int(sys.argv[4]); print(f'{t:.1f} s, {n/t:.0f} files/s, {b/t/2**20:.0f} MiB/s')" "$@"; }
 
 rm -rf "$W/s3root" "$W/cache" "$W/out" && mkdir -p "$W/s3root/direct" "$W/s3root/under"

@@ -9,32 +9,21 @@
 # next, so the disk needs about three times COUNT x SIZE free.
 # Usage: bench/scripts/write_large.sh [WORK_DIR]   (release build, root, /dev/fuse)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 W=${1:-/work/wl}
 B=${STOKER:-/var/tmp/stoker-target/release/stoker}
 COUNT=${COUNT:-4}
 SIZE_MIB=${SIZE_MIB:-1024}
 LAT=${LAT:-20ms}
-mkdir -p "$W/src"
 cleanup() {
   umount -l "$W/mnt" 2>/dev/null || true
   pkill -f "serve --cache-dir $W/cache" 2>/dev/null || true
 }
 trap cleanup EXIT
 cleanup
-for i in $(seq 1 "$COUNT"); do
-  f="$W/src/big-$i.bin"
-  [ "$(stat -c %s "$f" 2>/dev/null || echo 0)" = $((SIZE_MIB << 20)) ] && continue
-  python3 - "$f" "$SIZE_MIB" "$i" <<'PY'
-import random, sys
-r = random.Random(int(sys.argv[3]))
-with open(sys.argv[1], 'wb') as f:
-    for _ in range(int(sys.argv[2])):
-        f.write(r.randbytes(1 << 20))
-PY
-done
+gen_large "$W/src" "$COUNT" "$SIZE_MIB"
 bytes=$((COUNT * (SIZE_MIB << 20)))
 echo "dataset: $COUNT files of $SIZE_MIB MiB"
-secs() { python3 -c "import time; print(time.monotonic())"; }
 rate() { python3 -c "import sys; t=float(sys.argv[2])-float(sys.argv[1]); print(f'{t:.1f} s, {$bytes/t/2**20:.0f} MiB/s')" "$1" "$2"; }
 warm() { cat "$W"/src/* >/dev/null; }
 

@@ -40,6 +40,20 @@ pub fn last_modified(a: &Attr) -> Timestamp {
     Timestamp::from(mtime(a))
 }
 
+/// The [`Conditions`] of a GetObject or HeadObject input (the two name
+/// the headers alike).
+macro_rules! conditions_of {
+    ($i:expr) => {
+        $crate::etag::Conditions {
+            if_match: $i.if_match,
+            if_none_match: $i.if_none_match,
+            if_modified_since: $i.if_modified_since,
+            if_unmodified_since: $i.if_unmodified_since,
+        }
+    };
+}
+pub(crate) use conditions_of;
+
 /// The conditional headers of a GET or HEAD (RFC 9110 §13.2.2 order).
 #[derive(Default)]
 pub struct Conditions {

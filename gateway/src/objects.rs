@@ -158,19 +158,21 @@ impl Gateway {
         }
     }
 
-    pub(crate) async fn get(&self, i: GetObjectInput) -> S3Result<GetObjectOutput> {
-        let (path, dir) = object_path(&i.bucket, &i.key)?;
+    /// The file object `key` of `bucket` names, and its attributes, once
+    /// the request's conditional headers hold for it.
+    async fn object_under(&self, bucket: &str, key: &str, cond: Conditions) -> S3Result<(String, Attr)> {
+        let (path, dir) = object_path(bucket, key)?;
         if dir {
             return Err(s3_error!(NoSuchKey, "{path} is a directory"));
         }
-        let a = self.stat_file(&i.bucket, &path).await?;
-        let cond = Conditions {
-            if_match: i.if_match,
-            if_none_match: i.if_none_match,
-            if_modified_since: i.if_modified_since,
-            if_unmodified_since: i.if_unmodified_since,
-        };
+        let a = self.stat_file(bucket, &path).await?;
         cond.check(&a)?;
+        Ok((path, a))
+    }
+
+    pub(crate) async fn get(&self, i: GetObjectInput) -> S3Result<GetObjectOutput> {
+        let cond = etag::conditions_of!(i);
+        let (path, a) = self.object_under(&i.bucket, &i.key, cond).await?;
         if i.part_number.is_some_and(|n| n != 1) {
             return Err(s3_error!(InvalidArgument, "partNumber: an object here is one part"));
         }
@@ -195,18 +197,8 @@ impl Gateway {
     }
 
     pub(crate) async fn head(&self, i: HeadObjectInput) -> S3Result<HeadObjectOutput> {
-        let (path, dir) = object_path(&i.bucket, &i.key)?;
-        if dir {
-            return Err(s3_error!(NoSuchKey, "{path} is a directory"));
-        }
-        let a = self.stat_file(&i.bucket, &path).await?;
-        let cond = Conditions {
-            if_match: i.if_match,
-            if_none_match: i.if_none_match,
-            if_modified_since: i.if_modified_since,
-            if_unmodified_since: i.if_unmodified_since,
-        };
-        cond.check(&a)?;
+        let cond = etag::conditions_of!(i);
+        let (_, a) = self.object_under(&i.bucket, &i.key, cond).await?;
         Ok(HeadObjectOutput {
             content_length: Some(a.size as i64),
             accept_ranges: Some("bytes".into()),
