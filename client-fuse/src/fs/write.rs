@@ -281,12 +281,18 @@ impl<B: Backend> StokerFs<B> {
         Ok(Entry { ino, attr: n.attr })
     }
 
-    /// Remove `name` from `parent` (and from under storage).
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
-        self.check_writable("unlink", parent, Some(name))?;
+    /// The path of `name` in directory `parent`, for a write-type `op`
+    /// (EROFS on a read-only mount).
+    fn writable_child(&self, op: &'static str, parent: u64, name: &OsStr) -> Result<String> {
+        self.check_writable(op, parent, Some(name))?;
         let p = self.node(parent)?;
         let name = self.child_name(&p, name)?;
-        let path = join(&p.path, name);
+        Ok(join(&p.path, name))
+    }
+
+    /// Remove `name` from `parent` (and from under storage).
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let path = self.writable_child("unlink", parent, name)?;
         self.backend.unlink(&path).map_err(|e| FsError::backend(&path, e))?;
         self.owners.write().remove(&path);
         self.patch_listing(&path, None);
@@ -296,10 +302,7 @@ impl<B: Backend> StokerFs<B> {
     /// Make directory `name` in `parent` (one kernel reference).
     /// The directory carries its creator's `mode`, `uid` and `gid` here.
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> Result<Entry> {
-        self.check_writable("mkdir", parent, Some(name))?;
-        let p = self.node(parent)?;
-        let name = self.child_name(&p, name)?;
-        let path = join(&p.path, name);
+        let path = self.writable_child("mkdir", parent, name)?;
         self.backend.mkdir(&path).map_err(|e| FsError::backend(&path, e))?;
         self.owners.write().insert(path.clone(), (mode & 0o7777, uid, gid));
         let attr = Attr { kind: Kind::Dir, size: 0, mtime_ns: now_ns(), version: String::new() };
@@ -310,10 +313,7 @@ impl<B: Backend> StokerFs<B> {
 
     /// Remove the empty directory `name` from `parent`.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
-        self.check_writable("rmdir", parent, Some(name))?;
-        let p = self.node(parent)?;
-        let name = self.child_name(&p, name)?;
-        let path = join(&p.path, name);
+        let path = self.writable_child("rmdir", parent, name)?;
         self.backend.rmdir(&path).map_err(|e| FsError::backend(&path, e))?;
         self.owners.write().remove(&path);
         self.patch_listing(&path, None);

@@ -247,11 +247,13 @@ impl WriteCore {
             dir = parent_of(dir);
         }
         self.reap_idle();
+        // Taken before the handles' lock: making a batch fsyncs a directory.
+        let (id, file) = self.spare().map_err(|e| io_err("creating the local copy", e))?;
         let mut handles = self.handles.lock();
         if handles.len() >= HANDLES_MAX {
+            self.spares.lock().push_front((id, file));
             return Err(refused(libc::EMFILE, format!("{norm}: {HANDLES_MAX} files are open for writing already")));
         }
-        let (id, file) = self.spare().map_err(|e| io_err("creating the local copy", e))?;
         handles.insert(id, Open { path: norm, file, id, written: 0, mode: mode & 0o7777, uid, gid, touched: Instant::now(), synced: false });
         Ok(id)
     }
@@ -262,15 +264,18 @@ impl WriteCore {
     fn spare(&self) -> std::io::Result<(u64, File)> {
         let mut spares = self.spares.lock();
         if spares.is_empty() {
+            let mut made = Vec::with_capacity(SPARES_BATCH);
             for _ in 0..SPARES_BATCH {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(self.data_path(id)) {
-                    Ok(f) => spares.push_back((id, f)),
-                    Err(e) if spares.is_empty() => return Err(e),
+                    Ok(f) => made.push((id, f)),
+                    Err(e) if made.is_empty() => return Err(e),
                     Err(_) => break,
                 }
             }
+            // Only spares whose entries are durable are handed out.
             crate::durable::fsync_dir(&self.dir)?;
+            spares.extend(made);
         }
         Ok(spares.pop_front().expect("filled above"))
     }
