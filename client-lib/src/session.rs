@@ -481,7 +481,7 @@ impl Session {
             let dst = unsafe {
                 std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add((self.layout.data_offset + lease.off + at) as usize), cap as usize)
             };
-            if let Some((n, size)) = d.read(shard as u32, path, block, off, off - block * bs, len, dst) {
+            if let Some((n, size)) = d.read(shard as u32, path, block, off - block * bs, len, dst) {
                 let req_id = self.next_req.fetch_add(1, Ordering::Relaxed);
                 to.deliver(CqEntry { req_id, result: n as i64, data_off: lease.off + at, object_size: size });
                 return Ok(req_id);

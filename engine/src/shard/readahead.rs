@@ -2,7 +2,8 @@
 //!
 //! Blocks of one object live on different shards, so the shards share one
 //! table of streams (by path). A read of block N right after block N-1 (or
-//! of block 0) is sequential: the window of blocks fetched ahead starts at
+//! of block 0, or of the block just past those fetched ahead, when a direct
+//! reader took the ones between from the cache) is sequential: the window of blocks fetched ahead starts at
 //! one and doubles on every new block up to the mount's limit, like the
 //! kernel's page-cache read-ahead. Any other jump resets the window, so a
 //! random reader of a large object fetches nothing extra.
@@ -72,6 +73,12 @@ impl ReadAhead {
                 s.window = 1;
             }
             s.window > 0
+        } else if s.window > 0 && block > s.last && block <= s.ahead_to + 1 {
+            // The reader went on past blocks fetched ahead, which it read
+            // from the cache without the engine (direct reads): still the
+            // same stream.
+            s.window = (s.window * 2).clamp(1, max);
+            true
         } else {
             s.window = 0;
             s.ahead_to = block;
@@ -153,6 +160,18 @@ mod tests {
 
     fn v(r: Range<u64>) -> Vec<u64> {
         r.collect()
+    }
+
+    #[test]
+    fn a_stream_that_read_ahead_blocks_directly_goes_on() {
+        let ra = ReadAhead::default();
+        assert_eq!(v(ra.on_read("/m/d", 0, 100, 8)), [1]);
+        // Block 1 was read from the cache directly; block 2 is the next the
+        // engine sees: the stream goes on, with a larger window.
+        assert_eq!(v(ra.on_read("/m/d", 2, 100, 8)), [3, 4]);
+        assert_eq!(v(ra.on_read("/m/d", 5, 100, 8)), [6, 7, 8, 9]);
+        // Past what was fetched ahead is a jump.
+        assert_eq!(v(ra.on_read("/m/d", 12, 100, 8)), Vec::<u64>::new());
     }
 
     #[test]
