@@ -1,30 +1,32 @@
 //! The device ceiling: what the disk under a directory does with O_DIRECT
-//! reads through io_uring (glommio's `DmaFile`), sequential 1 MiB and random
-//! 4 KiB / 128 KiB reads at a sweep of queue depths. Every workload result can
-//! then be stated as a fraction of the ceiling that fits it.
+//! reads through io_uring, sequential 1 MiB and random 4 KiB / 128 KiB reads
+//! at a sweep of queue depths. Every workload result can then be stated as a
+//! fraction of the ceiling that fits it.
 //!
 //! It reads one scratch file it writes itself (and removes afterwards); it
-//! never writes to anything else. Locked memory stays within the common
-//! 8 MiB memlock limit: glommio's registered buffer pool is 512 KiB and larger
-//! reads take heap buffers, which O_DIRECT accepts as well.
+//! never writes to anything else. Reads land in huge-page buffers
+//! (`stoker_client::hugebuf`), the best the device does: on a virtio disk
+//! reads into 4 KiB pages cost a descriptor per page and reached less than
+//! half of it (docs/BENCHMARKS.md "Huge-page read buffers"). Nothing is
+//! registered with the ring, so no locked memory is needed.
 
 use crate::report::{cpu_secs, Report};
 use anyhow::{Context, Result};
-use glommio::io::DmaFile;
-use glommio::{LocalExecutorBuilder, Placement};
+use io_uring::{opcode, types, IoUring};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use stoker_client::hugebuf::HugeBuf;
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
-use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Name of the scratch file the ceiling reads, in `CeilingSpec::dir`.
 pub const SCRATCH_FILE: &str = "stoker-ceiling.dat";
-/// Bound on queue depth: glommio's ring has room for this many reads.
+/// Bound on queue depth (the ring's size and the buffers kept: 128 MiB at 1 MiB reads).
 pub const QUEUE_DEPTH_MAX: usize = 128;
 
 #[derive(Clone, Debug)]
@@ -121,43 +123,61 @@ fn write_scratch(path: &std::path::Path, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// One point: `queue_depth` tasks keep a read each in flight until the time
-/// or op bound is reached.
-async fn point(file: Rc<DmaFile>, spec: &CeilingSpec, pattern: Pattern, block: u64, queue_depth: usize) -> Result<Report> {
+/// One point: `queue_depth` reads kept in flight on one ring until the
+/// time or op bound is reached.
+fn point(file: &std::fs::File, spec: &CeilingSpec, pattern: Pattern, block: u64, queue_depth: usize) -> Result<Report> {
     let blocks = (spec.file_bytes / block).max(1);
-    let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")));
-    let (started, bytes, next) = (Rc::new(Cell::new(0u64)), Rc::new(Cell::new(0u64)), Rc::new(Cell::new(0u64)));
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut ring = IoUring::new(queue_depth.next_power_of_two() as u32).context("creating an io_uring")?;
+    let mut bufs = HugeBuf::new();
+    let base = bufs.get(queue_depth * block as usize).as_mut_ptr();
+    let mut rng = SmallRng::seed_from_u64(queue_depth as u64);
+    let (mut next, mut started, mut inflight, mut bytes) = (0u64, 0u64, 0usize, 0u64);
+    let mut since = vec![Instant::now(); queue_depth];
     let deadline = Instant::now() + spec.duration_per_point;
     let (cpu0, t0) = (cpu_secs(), Instant::now());
-    let mut tasks = Vec::new();
-    for t in 0..queue_depth {
-        let (file, hist, started, bytes, next) = (file.clone(), hist.clone(), started.clone(), bytes.clone(), next.clone());
-        let ops_max = spec.ops_per_point_max;
-        tasks.push(glommio::spawn_local(async move {
-            let mut rng = SmallRng::seed_from_u64(t as u64 + 1);
-            while started.get() < ops_max && Instant::now() < deadline {
-                started.set(started.get() + 1);
-                let idx = match pattern {
-                    Pattern::Seq => {
-                        let i = next.get();
-                        next.set((i + 1) % blocks);
-                        i
-                    }
-                    Pattern::Random => rng.gen_range(0..blocks),
-                };
-                let t = Instant::now();
-                let got = file.read_at_aligned(idx * block, block as usize).await.map_err(std::io::Error::from)?;
-                let _ = hist.borrow_mut().record((t.elapsed().as_micros() as u64).max(1));
-                bytes.set(bytes.get() + got.len() as u64);
+    let fd = types::Fd(file.as_raw_fd());
+    let mut submit = |ring: &mut IoUring, slot: usize, since: &mut [Instant]| -> Result<()> {
+        let idx = match pattern {
+            Pattern::Seq => {
+                let i = next;
+                next = (i + 1) % blocks;
+                i
             }
-            Ok::<(), std::io::Error>(())
-        }));
+            Pattern::Random => rng.gen_range(0..blocks),
+        };
+        // SAFETY: slot < queue_depth, so [slot * block, + block) is inside
+        // `bufs`, which outlives every read (all are reaped before return)
+        // and is not touched while this read is in flight.
+        let dst = unsafe { base.add(slot * block as usize) };
+        let sqe = opcode::Read::new(fd, dst, block as u32).offset(idx * block).build().user_data(slot as u64);
+        since[slot] = Instant::now();
+        // SAFETY: the entry's buffer stays valid until its completion (above).
+        unsafe { ring.submission().push(&sqe) }.map_err(|_| anyhow::anyhow!("io_uring submission queue full"))?;
+        Ok(())
+    };
+    for slot in 0..queue_depth {
+        if started < spec.ops_per_point_max {
+            submit(&mut ring, slot, &mut since)?;
+            (started, inflight) = (started + 1, inflight + 1);
+        }
     }
-    for t in tasks {
-        t.await.context("O_DIRECT read")?;
+    while inflight > 0 {
+        ring.submit_and_wait(1).context("io_uring submit")?;
+        let done: Vec<(usize, i32)> = ring.completion().map(|c| (c.user_data() as usize, c.result())).collect();
+        for (slot, res) in done {
+            inflight -= 1;
+            anyhow::ensure!(res >= 0, "O_DIRECT read: {}", std::io::Error::from_raw_os_error(-res));
+            let _ = hist.record((since[slot].elapsed().as_micros() as u64).max(1));
+            bytes += res as u64;
+            if started < spec.ops_per_point_max && Instant::now() < deadline {
+                submit(&mut ring, slot, &mut since)?;
+                (started, inflight) = (started + 1, inflight + 1);
+            }
+        }
     }
     let secs = t0.elapsed().as_secs_f64().max(1e-9);
-    let h = hist.borrow();
+    let h = &hist;
     let ops = h.len();
     let kind = match pattern {
         Pattern::Seq => "seq",
@@ -170,12 +190,12 @@ async fn point(file: Rc<DmaFile>, spec: &CeilingSpec, pattern: Pattern, block: u
         pass: format!("{kind} {size} qd{queue_depth}"),
         files: ops,
         ops,
-        bytes: bytes.get(),
+        bytes,
         errors: 0,
         secs,
         files_per_s: ops as f64 / secs,
         ops_per_s: ops as f64 / secs,
-        mib_per_s: bytes.get() as f64 / (1 << 20) as f64 / secs,
+        mib_per_s: bytes as f64 / (1 << 20) as f64 / secs,
         p50_us: h.value_at_quantile(0.5),
         p90_us: h.value_at_quantile(0.9),
         p99_us: h.value_at_quantile(0.99),
@@ -195,41 +215,25 @@ pub fn measure(spec: &CeilingSpec, progress: &(dyn Fn(&Report) + Sync)) -> Resul
     std::fs::create_dir_all(&spec.dir).with_context(|| format!("creating {}", spec.dir.display()))?;
     let path = spec.dir.join(SCRATCH_FILE);
     write_scratch(&path, spec.file_bytes)?;
-    // The executor needs 'static data: it gets clones and sends each point
-    // back over a channel, so progress is reported as the sweep goes.
-    let (tx, rx) = std::sync::mpsc::channel::<Report>();
-    let (spec2, path2) = (spec.clone(), path.clone());
-    let handle = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("stoker-ceiling")
-        .io_memory(512 << 10)
-        .spawn(move || async move {
-            // A non-empty file first: glommio's poll-ring probe reads the
-            // first DmaFile opened on a thread (docs/FORMAT.md, glommio note).
-            let file = Rc::new(DmaFile::open(&path2).await.map_err(std::io::Error::from).context("opening scratch file")?);
-            for (pattern, block) in [(Pattern::Seq, 1u64 << 20), (Pattern::Random, 128 << 10), (Pattern::Random, 4 << 10)] {
-                for &qd in &spec2.queue_depths {
-                    let r = point(file.clone(), &spec2, pattern, block, qd).await?;
-                    if tx.send(r).is_err() {
-                        break;
-                    }
-                }
-            }
-            let _ = file.close_rc().await;
-            Ok::<_, anyhow::Error>(())
-        });
-    let mut points = Vec::new();
-    let result = match handle {
-        Ok(h) => {
-            for r in rx {
+    let sweep = || -> Result<Vec<Report>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .with_context(|| format!("opening {} with O_DIRECT", path.display()))?;
+        let mut points = Vec::new();
+        for (pattern, block) in [(Pattern::Seq, 1u64 << 20), (Pattern::Random, 128 << 10), (Pattern::Random, 4 << 10)] {
+            for &qd in &spec.queue_depths {
+                let r = point(&file, spec, pattern, block, qd)?;
                 progress(&r);
                 points.push(r);
             }
-            h.join().map_err(|e| anyhow::anyhow!("ceiling executor: {e}")).and_then(|r| r)
         }
-        Err(e) => Err(anyhow::anyhow!("starting the io_uring executor: {e}")),
+        Ok(points)
     };
+    let result = sweep();
     let _ = std::fs::remove_file(&path);
-    result?;
+    let points = result?;
     let mut c = Ceiling::default();
     for p in &points {
         if p.pass.starts_with("seq") && p.mib_per_s > c.seq_mib_per_s {

@@ -14,6 +14,7 @@
 //! through the engine as before, which also republishes the entry.
 
 use crate::session::connect_control;
+use crate::hugebuf::HugeBuf;
 use crate::options::Options;
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
@@ -60,84 +61,9 @@ struct Segs {
     head_bytes: usize,
 }
 
-/// An O_DIRECT read buffer, one per thread: an anonymous mapping aligned
-/// to 2 MiB and advised for transparent huge pages. A read into
-/// physically contiguous memory is one segment per 2 MiB rather than one
-/// per 4 KiB page; on a virtio disk (max_segments 254) a 1 MiB O_DIRECT
-/// read into 4 KiB pages is split in two and every page costs a
-/// descriptor: random 128 KiB reads ran at 1.1 GiB/s into 4 KiB pages
-/// against 2.6 GiB/s into huge pages (docs/BENCHMARKS.md "Huge-page read
-/// buffers"). Without huge pages (THP off, memory fragmented) the mapping
-/// is plain pages and everything still works.
-struct Aligned {
-    ptr: *mut u8,
-    cap: usize,
-}
-
-/// Huge page size the buffers are aligned and sized to.
-const HUGE: usize = 2 << 20;
-
-impl Aligned {
-    /// The first `len` bytes, growing first if needed.
-    fn get(&mut self, len: usize) -> &mut [u8] {
-        if len > self.cap {
-            self.release();
-            let cap = len.div_ceil(HUGE) * HUGE;
-            self.ptr = map_huge(cap);
-            self.cap = cap;
-        }
-        // SAFETY: ptr holds cap >= len bytes owned by this buffer (contents
-        // are only read after a read filled them).
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, len) }
-    }
-
-    fn release(&mut self) {
-        if self.cap > 0 {
-            // SAFETY: mapped by map_huge with exactly this length.
-            unsafe { libc::munmap(self.ptr.cast(), self.cap) };
-            self.cap = 0;
-        }
-    }
-}
-
-/// `cap` bytes (a multiple of [`HUGE`]) of anonymous memory at a 2 MiB
-/// boundary, advised for huge pages.
-fn map_huge(cap: usize) -> *mut u8 {
-    let over = cap + HUGE;
-    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
-    let raw = unsafe {
-        libc::mmap(std::ptr::null_mut(), over, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-    };
-    if raw == libc::MAP_FAILED {
-        std::alloc::handle_alloc_error(std::alloc::Layout::from_size_align(cap, HUGE).expect("valid layout"));
-    }
-    let base = raw as usize;
-    let start = base.next_multiple_of(HUGE);
-    // SAFETY: both pieces trimmed lie inside the mapping made above and
-    // outside [start, start + cap), which is what is kept.
-    unsafe {
-        if start > base {
-            libc::munmap(raw, start - base);
-        }
-        let tail = base + over - (start + cap);
-        if tail > 0 {
-            libc::munmap((start + cap) as *mut libc::c_void, tail);
-        }
-        // Advice only: refused (THP off) means 4 KiB pages, still correct.
-        libc::madvise(start as *mut libc::c_void, cap, libc::MADV_HUGEPAGE);
-    }
-    start as *mut u8
-}
-
-impl Drop for Aligned {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
 thread_local! {
-    static HEAD: RefCell<Aligned> = const { RefCell::new(Aligned { ptr: std::ptr::null_mut(), cap: 0 }) };
-    static BODY: RefCell<Aligned> = const { RefCell::new(Aligned { ptr: std::ptr::null_mut(), cap: 0 }) };
+    static HEAD: RefCell<HugeBuf> = const { RefCell::new(HugeBuf::new()) };
+    static BODY: RefCell<HugeBuf> = const { RefCell::new(HugeBuf::new()) };
 }
 
 /// Send `req` on `c` and read the answer with any descriptors it carries.
@@ -352,25 +278,5 @@ impl Direct {
         let n = placed?;
         self.feedback.count_hit(shard, slot, n, device);
         Some((n, hit.object_size))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn read_buffers_are_huge_page_aligned_and_grow() {
-        let mut a = Aligned { ptr: std::ptr::null_mut(), cap: 0 };
-        let b = a.get(110_000);
-        assert_eq!((b.as_ptr() as usize % HUGE, b.len()), (0, 110_000));
-        b.fill(7);
-        assert_eq!(a.cap, HUGE);
-        let b = a.get(HUGE + 1);
-        assert_eq!((b.as_ptr() as usize % HUGE, b.len()), (0, HUGE + 1));
-        b[HUGE] = 1;
-        assert_eq!(a.cap, 2 * HUGE);
-        assert_eq!(a.get(10).len(), 10, "a smaller read keeps the buffer");
-        assert_eq!(a.cap, 2 * HUGE);
     }
 }

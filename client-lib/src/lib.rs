@@ -22,7 +22,8 @@
 //! Modules: `client` (the public calls), `options`, `error`; below them
 //! `session` (one attached session: control pool, area, rings, completion
 //! thread), `op` and `batch` (reads as operations on the area), `plan`
-//! (epoch prefetch), `direct` (direct reads of cached blocks), `alloc` (the
+//! (epoch prefetch), `direct` (direct reads of cached blocks), `hugebuf`
+//! (huge-page O_DIRECT read buffers, public for the bench), `alloc` (the
 //! area's slot allocator) and `reconnect` (replacing a lost session).
 
 mod alloc;
@@ -30,6 +31,7 @@ mod batch;
 mod client;
 mod direct;
 mod error;
+pub mod hugebuf;
 mod op;
 mod options;
 mod plan;
