@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// Segment file size [default: 256M].
     #[arg(long, value_parser = size_arg)]
     pub segment_size: Option<u64>,
+    /// Bytes of fetched blocks waiting to be written, per shard: past it a
+    /// read is served without caching its block (a load waits for room
+    /// instead) [default: 256M].
+    #[arg(long, value_parser = size_arg)]
+    pub write_queue: Option<u64>,
     /// Inject this latency into every under-storage request (demos, tests), e.g. 20ms [default: 0ms].
     #[arg(long, value_parser = duration_arg)]
     pub ufs_latency: Option<Duration>,
@@ -247,6 +252,9 @@ pub fn serve(mut a: ServeArgs) -> Result<()> {
     }
     if let Some(v) = a.readahead_blocks {
         cfg.readahead_blocks = v;
+    }
+    if let Some(v) = a.write_queue {
+        cfg.write_queue_bytes_max = v;
     }
     if let Some(v) = a.ufs_latency {
         cfg.ufs_latency = v;

@@ -223,3 +223,24 @@ fn killed_load_resumes_with_skip_cached() {
     assert!(out.status.success(), "{err}");
     assert_eq!(loaded_skipped(&err), (0, 8), "{err}");
 }
+
+#[test]
+fn a_load_through_a_full_write_queue_still_caches_every_block() {
+    // A write queue of one block per shard: a fast under storage outruns
+    // the disk at once. Reads then serve without caching; a load waits for
+    // room instead, so when it returns every block is on disk.
+    let sizes = [300_000usize; 48];
+    let s = setup(&sizes, &["--write-queue", "1M"]);
+    let out = run(&["load", "/m", "--parallel", "16", "--socket", &s.sock]);
+    assert!(out.status.success(), "load failed: {}", stderr_of(&out));
+    let c = s.srv.client();
+    let st = c.engine_stats().unwrap();
+    assert_eq!(st.blocks, sizes.len() as u64, "every block cached once the load returned");
+    assert!(st.shards.iter().all(|x| x.pending_write_bytes == 0), "nothing still waiting to be written");
+    assert_eq!(cached_fraction(&s.sock, "/m"), 1.0);
+    let misses = st.misses;
+    for (rel, d) in &s.files {
+        assert_eq!(&c.read_file(&format!("/m/{rel}")).unwrap(), d, "{rel}");
+    }
+    assert_eq!(c.engine_stats().unwrap().misses, misses, "reads after the load are all hits");
+}

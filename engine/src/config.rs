@@ -260,6 +260,12 @@ impl EngineConfig {
         if self.block_bytes < 4096 || self.block_bytes > (4 << 20) || !self.block_bytes.is_power_of_two() {
             return bad(format!("block size must be a power of two in 4KiB..=4MiB, got {}", self.block_bytes));
         }
+        if self.write_queue_bytes_max < self.block_bytes || self.write_queue_bytes_max > (64 << 30) {
+            return bad(format!(
+                "--write-queue must be at least the block size ({}) and at most 64G, got {}",
+                self.block_bytes, self.write_queue_bytes_max
+            ));
+        }
         let per_shard = self.capacity_bytes / self.shards as u64;
         // A shard needs room for a few segments, and a segment for a few blocks.
         let min_per_shard = 4 * (self.block_bytes + 8192);

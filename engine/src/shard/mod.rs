@@ -130,6 +130,9 @@ struct Shard {
     /// Fetched blocks until their background write lands: a read in that
     /// window is served from here instead of fetching the block again.
     unwritten: Rc<RefCell<Unwritten>>,
+    /// Told (all at once) whenever a background write finishes: loads
+    /// waiting for room in the write queue or for their block to land.
+    written: Rc<RefCell<Vec<oneshot::Sender<()>>>>,
     write_queue_bytes_max: u64,
     policies: Arc<Policies>,
     /// (expiry time, key hash) of blocks under a TTL, soonest first.
@@ -201,6 +204,7 @@ async fn run(
         inflight: RefCell::default(),
         write_queue_bytes: Rc::new(Cell::new(0)),
         unwritten: Rc::default(),
+        written: Rc::default(),
         write_queue_bytes_max: setup.write_queue_bytes_max,
         policies: setup.policies,
         expiry: RefCell::default(),

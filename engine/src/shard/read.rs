@@ -57,6 +57,9 @@ impl Shard {
         }
         if let Some(f) = fetched {
             crate::metrics::record_read(false, t0);
+            if req.flags & FLAG_NO_DATA != 0 {
+                self.settle_fetched(&path, req.block, &f, epoch).await;
+            }
             return Ok(self.place(area, req, bs, &f.data, f.attr.size));
         }
         let key = self.ns.block_key(&path, &attr.version, req.block);
@@ -75,7 +78,18 @@ impl Shard {
             return Err(is_dir(&path));
         }
         crate::metrics::record_read(false, t0);
+        if req.flags & FLAG_NO_DATA != 0 {
+            self.settle_fetched(&path, req.block, &f, epoch).await;
+        }
         Ok(self.place(area, req, bs, &f.data, f.attr.size))
+    }
+
+    /// A load waits until the block it fetched is on disk (`settle`).
+    async fn settle_fetched(&self, path: &str, block: u64, f: &Fetch, epoch: u64) {
+        if f.attr.kind == Kind::File && !f.data.is_empty() {
+            let key = self.ns.block_key(path, &f.attr.version, block);
+            self.settle(path, block, &key, &f.data, (epoch, f.attr.clone())).await;
+        }
     }
 
     /// A prefetch (`stoker load`) of a block another cluster member owns:

@@ -15,8 +15,8 @@ use stoker_proto::key::BlockKey;
 impl Shard {
     /// Append a fetched block to the store in the background; with
     /// `publish` (the epoch read before its attributes, and them), tell
-    /// direct readers where it landed.
-    pub(super) fn cache_in_background(&self, path: &str, block: u64, key: BlockKey, data: Rc<Vec<u8>>, publish: Option<(u64, Attr)>) {
+    /// direct readers where it landed. Returns whether it was queued.
+    pub(super) fn cache_in_background(&self, path: &str, block: u64, key: BlockKey, data: Rc<Vec<u8>>, publish: Option<(u64, Attr)>) -> bool {
         let len = data.len() as u64;
         let queued = &self.write_queue_bytes;
         if queued.get() + len > self.write_queue_bytes_max || !self.store.accepts_writes() {
@@ -24,13 +24,14 @@ impl Shard {
             // full disk): serve without caching rather than queue without bound.
             self.counters.write_dropped.fetch_add(1, Relaxed);
             publish_store(&self.store, &self.counters);
-            return;
+            return false;
         }
         queued.set(queued.get() + len);
         self.counters.pending_write_bytes.store(queued.get(), Relaxed);
         self.unwritten.borrow_mut().insert(key.bytes.clone(), data.clone());
         let (store, counters, queued) = (self.store.clone(), self.counters.clone(), queued.clone());
         let unwritten = self.unwritten.clone();
+        let written = self.written.clone();
         let quotas = self.quotas.clone();
         let mount = crate::policy::quota::mount_of(path).to_string();
         let publisher = self.direct.clone().zip(publish).map(|(p, (epoch, attr))| (p, epoch, attr, path.to_string()));
@@ -68,8 +69,42 @@ impl Shard {
             queued.set(queued.get() - len);
             counters.pending_write_bytes.store(queued.get(), Relaxed);
             publish_store(&store, &counters);
+            for w in written.take() {
+                let _ = w.send(());
+            }
         })
         .detach();
+        true
+    }
+
+    /// A load (a no-data request, `stoker load`) is answered once its block
+    /// is on disk: a block the write queue had no room for is queued again
+    /// when a write finishes, rather than dropped, so a finished load means
+    /// a cached tree and the loader goes at the disk's pace. Returns at once
+    /// while caching is paused (a full disk) or the block was freed meanwhile.
+    pub(super) async fn settle(&self, path: &str, block: u64, key: &BlockKey, data: &Rc<Vec<u8>>, publish: (u64, Attr)) {
+        let mut queued = self.store.contains(key.hash) || self.unwritten.borrow().contains_key(&key.bytes);
+        loop {
+            if queued && !self.unwritten.borrow().contains_key(&key.bytes) {
+                return; // written (or freed, or failed: caching then pauses)
+            }
+            if !queued {
+                if !self.store.accepts_writes() || data.is_empty() {
+                    return;
+                }
+                if self.write_queue_bytes.get() + data.len() as u64 <= self.write_queue_bytes_max {
+                    queued = self.cache_in_background(path, block, key.clone(), data.clone(), Some(publish.clone()));
+                    continue;
+                }
+            }
+            let (tx, rx) = futures::channel::oneshot::channel();
+            self.written.borrow_mut().push(tx);
+            if self.write_queue_bytes.get() == 0 {
+                // Nothing in flight to finish: nothing would ever wake us.
+                return;
+            }
+            let _ = rx.await;
+        }
     }
     pub(super) fn publish(&self) {
         self.counters.mem_bytes.store(self.mem.used_bytes(), Relaxed);
