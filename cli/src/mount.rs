@@ -101,7 +101,7 @@ pub struct MountArgs {
     /// Largest single read the kernel sends (capped by the kernel, usually at 1 MiB) [default: 1M].
     #[arg(long, value_parser = size_arg)]
     pub max_read: Option<u64>,
-    /// Kernel readahead per open file (needs root to raise above 128 KiB) [default: 1M].
+    /// Kernel readahead per open file (needs root to raise above 128 KiB) [default: 8M].
     #[arg(long, value_parser = size_arg)]
     pub readahead: Option<u64>,
     /// Have the kernel send a FUSE open and release for every file opened
@@ -208,7 +208,7 @@ fn fuse_knobs(a: &MountArgs) -> Result<FuseKnobs> {
     Ok(FuseKnobs {
         threads: a.threads.or(m.threads).unwrap_or(16),
         max_read: a.max_read.or(size(&m.max_read, "max_read")?).unwrap_or(1 << 20),
-        readahead: a.readahead.or(size(&m.readahead, "readahead")?).unwrap_or(1 << 20),
+        readahead: a.readahead.or(size(&m.readahead, "readahead")?).unwrap_or(8 << 20),
     })
 }
 

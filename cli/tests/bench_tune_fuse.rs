@@ -39,14 +39,14 @@ fn tune_sweeps_fuse_knobs_and_mount_accepts_the_config() {
     for key in ["\nthreads = ", "\nreadahead = \"", "files/s (chosen)", "# mount defaults: "] {
         assert!(mount.contains(key), "{key:?} missing from [mount]:\n{text}");
     }
-    for v in ["4 -> ", "8 -> ", "32 -> ", "128K -> ", "4M -> "] {
+    for v in ["4 -> ", "8 -> ", "32 -> ", "1M -> ", "4M -> "] {
         assert!(mount.contains(v) && !mount.contains(&format!("{v}FAILED")), "{v}: {text}");
     }
     let f = stoker_tuning::ConfigFile::parse(&text).unwrap();
     let threads = f.mount.threads.expect("threads set");
     assert!([4, 8, 16, 32].contains(&threads), "{threads}");
     let ra = f.mount.readahead.as_ref().expect("readahead set").bytes_in("mount", "readahead").unwrap();
-    assert!([128 << 10, 1 << 20, 4 << 20].contains(&ra), "{ra}");
+    assert!([1 << 20, 4 << 20, 8 << 20].contains(&ra), "{ra}");
 
     // The state file lists the FUSE trials: the baseline mount plus 3 + 2 candidates.
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(work.join("tune-state.json")).unwrap()).unwrap();

@@ -24,7 +24,7 @@ pub struct MountOptions {
     /// Largest read the kernel sends (`max_read`). Default 1 MiB; the kernel
     /// caps it at its `max_pages` limit (1 MiB on most kernels).
     pub max_read_bytes: u32,
-    /// Kernel readahead per file. Default 1 MiB (the kernel's FUSE default is 128 KiB).
+    /// Kernel readahead per file. Default 8 MiB (the kernel's FUSE default is 128 KiB).
     pub readahead_bytes: u32,
     /// Background requests (readahead) in flight. Default 64.
     pub max_background: u16,
@@ -51,7 +51,7 @@ impl Default for MountOptions {
         MountOptions {
             threads: 16,
             max_read_bytes: 1 << 20,
-            readahead_bytes: 1 << 20,
+            readahead_bytes: 8 << 20,
             max_background: 64,
             auto_unmount: fusermount_path().is_some(),
             allow_other: false,

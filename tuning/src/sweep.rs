@@ -84,7 +84,7 @@ impl FuseSettings {
     pub fn defaults() -> FuseSettings {
         FuseSettings {
             threads: 16,
-            readahead_bytes: 1 << 20,
+            readahead_bytes: 8 << 20,
         }
     }
 }
@@ -276,7 +276,7 @@ fn knobs(cores: usize) -> Vec<Knob> {
         Knob {
             name: "readahead",
             what: "kernel readahead per open file on the mount (`stoker mount --readahead`)",
-            candidates: vec![128 << 10, 1 << 20, 4 << 20],
+            candidates: vec![1 << 20, 4 << 20, 8 << 20],
             get: |s| s.fuse.unwrap_or(FuseSettings::defaults()).readahead_bytes,
             set: |s, v| {
                 s.fuse
@@ -1077,7 +1077,7 @@ fn render(
         o += "# threads: not swept (--knobs); the mount's default, uncomment to change\n# threads = 16\n";
     }
     if !swept_fuse.contains(&"readahead") {
-        o += "# readahead: not swept (--knobs); the mount's default, uncomment to change\n# readahead = \"1M\"\n";
+        o += "# readahead: not swept (--knobs); the mount's default, uncomment to change\n# readahead = \"8M\"\n";
     }
     o += "# max_read: not swept; the mount's default (the kernel caps it, usually at 1M)\n# max_read = \"1M\"\n";
     o
