@@ -374,3 +374,26 @@ fn a_restarted_engine_offers_direct_reads_from_the_first_read() {
         assert_eq!(c.engine_stats().unwrap().misses, misses, "{p}: still cached");
     }
 }
+
+#[test]
+fn asynchronous_reads_are_answered_directly_and_past_the_end_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, tree) = serve(dir.path(), &[110_000, 5], &[]);
+    let c = server.client();
+    warm(&c, &tree);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let before = direct_hits(&c);
+    for (i, (p, _)) in tree.iter().enumerate() {
+        let tx = tx.clone();
+        // From byte 10: all but the start of the first file, nothing of the second.
+        c.read_async(p, 10, 200_000, Box::new(move |r| tx.send((i, r.map(|b| b.to_vec()))).unwrap()));
+    }
+    let mut got: Vec<(usize, Vec<u8>)> = (0..tree.len()).map(|_| {
+        let (i, r) = rx.recv_timeout(Duration::from_secs(30)).expect("an answer");
+        (i, r.unwrap())
+    }).collect();
+    got.sort();
+    assert!(got[0].1 == tree[0].1[10..], "bytes of the first file");
+    assert!(got[1].1.is_empty(), "past the end: empty");
+    assert_eq!(direct_hits(&c) - before, 2, "both answered directly");
+}

@@ -66,6 +66,17 @@ thread_local! {
     static BODY: RefCell<HugeBuf> = const { RefCell::new(HugeBuf::new()) };
 }
 
+/// The range a direct read wants of one block: `[off, off + len)` from the
+/// block's start, at most `max` bytes of it, and with `whole` only if the
+/// block is the whole object (a whole-file read).
+#[derive(Clone, Copy)]
+pub(crate) struct Want {
+    pub off: u64,
+    pub len: u64,
+    pub max: u64,
+    pub whole: bool,
+}
+
 /// Send `req` on `c` and read the answer with any descriptors it carries.
 fn call_fds(c: &UnixStream, req: &Request, fds_max: usize) -> Option<(Response, Vec<std::os::fd::OwnedFd>)> {
     write_frame(&mut crate::session::NoSigpipe(c), req).ok()?;
@@ -190,14 +201,27 @@ impl Direct {
     /// `shard`) into `dst` from the segment file, if the table knows it and
     /// every check passes: (bytes placed, object size).
     pub(crate) fn read(&self, shard: u32, path: &str, block: u64, off: u64, len: u64, dst: &mut [u8]) -> Option<(u64, u64)> {
+        let want = Want { off, len, max: dst.len() as u64, whole: false };
+        self.read_with(shard, path, block, want, &mut |b| dst[..b.len()].copy_from_slice(b))
+    }
+
+    /// As [`read`](Self::read), handing the verified bytes to `sink` (exactly
+    /// once, straight from the read buffer; empty past the object's end)
+    /// instead of copying them into a slot. None (and `sink` not called)
+    /// when it is not a direct hit.
+    pub(crate) fn read_with(&self, shard: u32, path: &str, block: u64, want: Want, sink: &mut dyn FnMut(&[u8])) -> Option<(u64, u64)> {
+        let Want { off, len, max, whole } = want;
         let (slot, hit) = self.table.lookup(shard, tag(path, block), now_ns())?;
         let (block_len, data_at) = (hit.block_len as u64, hit.data_at as u64);
         if hit.record_len > MAX_RECORD_LEN || data_at + block_len > hit.record_len || hit.offset % 4096 != 0 {
             return None;
         }
+        if whole && (block != 0 || hit.object_size != block_len) {
+            return None;
+        }
         let start = off.min(block_len);
         let end = off.saturating_add(len).min(block_len);
-        if (end - start) as usize > dst.len() {
+        if end - start > max {
             return None;
         }
         let file = self.segment(shard, hit.seg_id)?;
@@ -229,20 +253,22 @@ impl Direct {
                 && BlockKey::names(view.key(hbuf), path, block);
             ok.then_some(view)
         };
-        let copy_out = |hbuf: &[u8], view: &RecordView, range: &[u8], dst: &mut [u8]| -> Option<u64> {
+        let copy_out = |hbuf: &[u8], view: &RecordView, range: &[u8], sink: &mut dyn FnMut(&[u8])| -> Option<u64> {
             check_sub_blocks(hbuf, view, first as usize, range).ok()?;
             let at = (start - first * SUB_BLOCK as u64) as usize;
             let n = (end - start) as usize;
-            dst[..n].copy_from_slice(&range[at..at + n]);
+            sink(&range[at..at + n]);
             Some(n as u64)
         };
-        let read_body = |hbuf: &[u8], view: &RecordView, dst: &mut [u8]| -> Option<u64> {
+        // try_borrow: a sink that reads again on this thread (a callback
+        // issuing the next read) is simply not a direct hit there.
+        let read_body = |hbuf: &[u8], view: &RecordView, sink: &mut dyn FnMut(&[u8])| -> Option<u64> {
             BODY.with(|body| {
-                let mut body = body.borrow_mut();
+                let mut body = body.try_borrow_mut().ok()?;
                 let bbuf = body.get((disk_to - disk_from) as usize);
                 read(bbuf, disk_from).ok()?;
                 let range = bbuf.get((data_from - disk_from) as usize..(data_to - disk_from) as usize)?;
-                copy_out(hbuf, view, range, dst)
+                copy_out(hbuf, view, range, sink)
             })
         };
         let mut device = 0;
@@ -251,10 +277,10 @@ impl Direct {
             (false, Some(h)) if subs_end > first => {
                 let view = check(&h)?;
                 device = disk_to - disk_from;
-                read_body(&h, &view, dst)
+                read_body(&h, &view, sink)
             }
             _ => HEAD.with(|head| {
-                let mut head = head.borrow_mut();
+                let mut head = head.try_borrow_mut().ok()?;
                 let head_len = if joined { disk_to.max(head_to) } else { head_to };
                 let hbuf = head.get(head_len as usize);
                 read(hbuf, 0).ok()?;
@@ -265,14 +291,15 @@ impl Direct {
                     self.keep_head(shard, hit.seg_id, hit.offset, &hbuf[..view.header.head_len()]);
                 }
                 if subs_end == first {
+                    sink(&[]); // nothing of the block at or past `off`
                     return Some(0);
                 }
                 if joined {
                     let range = hbuf.get(data_from as usize..data_to as usize)?;
-                    return copy_out(hbuf, &view, range, dst);
+                    return copy_out(hbuf, &view, range, sink);
                 }
                 device += disk_to - disk_from;
-                read_body(hbuf, &view, dst)
+                read_body(hbuf, &view, sink)
             }),
         };
         let n = placed?;

@@ -466,6 +466,23 @@ impl Session {
         self.shared.slots.lock().largest()
     }
 
+    /// Serve `[off, off + len)` of `path` straight from the segment file into
+    /// `sink`, with no slot and no ring entry, when it lies inside one block
+    /// the direct-read table knows (`whole`: only if that block is the whole
+    /// object; then `off` is 0 and `len` the block size). None, with `sink`
+    /// not called, when it is not a direct hit.
+    pub(crate) fn direct_with(&self, path: &str, off: u64, len: u64, whole: bool, sink: &mut dyn FnMut(&[u8])) -> Option<(u64, u64)> {
+        let d = self.direct.as_ref()?;
+        let bs = self.welcome.block_bytes_for(path);
+        let (block, off_in) = (off / bs, off % bs);
+        let len = if whole { bs } else { len };
+        if len == 0 || off_in.checked_add(len)? > bs {
+            return None;
+        }
+        let shard = shard_for(path, block, self.shards.len()) as u32;
+        d.read_with(shard, path, block, crate::direct::Want { off: off_in, len, max: len, whole }, sink)
+    }
+
     /// Write `path` at `at` inside `lease` and post one piece (inside one
     /// block) whose bytes land at the same place. Returns the request id.
     #[allow(clippy::too_many_arguments)] // one ring entry's fields, said once
