@@ -7,7 +7,7 @@
 //! never writes to anything else. Reads land in huge-page buffers
 //! (`stoker_client::hugebuf`), the best the device does: on a virtio disk
 //! reads into 4 KiB pages cost a descriptor per page and reached less than
-//! half of it (docs/BENCHMARKS.md "Huge-page read buffers"). Nothing is
+//! half of it (docs/BENCHMARKS.md, read path, huge-page buffers). Nothing is
 //! registered with the ring, so no locked memory is needed.
 
 use crate::report::{cpu_secs, Report};

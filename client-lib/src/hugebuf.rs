@@ -4,7 +4,7 @@
 //! page; on a virtio disk (max_segments 254) a 1 MiB O_DIRECT read into
 //! 4 KiB pages is split in two and every page costs a descriptor: random
 //! 128 KiB reads ran at 1.1 GiB/s into 4 KiB pages against 2.6 GiB/s into
-//! huge pages (docs/BENCHMARKS.md "Huge-page read buffers"). Without huge
+//! huge pages (docs/BENCHMARKS.md, read path, huge-page buffers). Without huge
 //! pages (THP off, memory fragmented) the mapping is plain pages and
 //! everything still works.
 
