@@ -39,6 +39,9 @@ pub fn engine_config(file: &ConfigFile, cache_dir: Option<PathBuf>) -> Result<En
     if let Some(v) = &s.segment_size {
         cfg.segment_bytes = v.bytes("segment_size")?;
     }
+    if let Some(v) = &s.write_queue {
+        cfg.write_queue_bytes_max = v.bytes("write_queue")?;
+    }
     if let Some(v) = &s.ufs_latency {
         cfg.ufs_latency = duration("ufs_latency", v)?.unwrap_or_default();
     }
@@ -158,7 +161,7 @@ mod tests {
         let f = ConfigFile::parse(
             "[serve]\ncontrol_connections = 9\ncontrol_timeout = \"3s\"\neviction = \"lru\"\nmemory_cache = \"1M\"\n\
              direct_entries = 0\nmetrics = \"9464\"\nsocket_group = \"0\"\ncluster_tls_cert = \"n.pem\"\ncluster_tls_key = \"n.key\"\n\
-             cluster_tls_ca = \"ca.pem\"\n[serve.quotas]\nscratch = \"2G\"\n",
+             cluster_tls_ca = \"ca.pem\"\nwrite_queue = \"8M\"\n[serve.quotas]\nscratch = \"2G\"\n",
         )
         .unwrap();
         let c = engine_config(&f, Some("/tmp/c".into())).unwrap();
@@ -167,6 +170,7 @@ mod tests {
         assert_eq!(c.eviction, stoker_engine::store::Eviction::Lru);
         assert_eq!((c.memory_cache_bytes, c.direct_entries), (1 << 20, 0));
         assert_eq!(c.quotas, vec![("scratch".to_string(), 2 << 30)]);
+        assert_eq!(c.write_queue_bytes_max, 8 << 20);
         let tls = cluster_tls(&f, None, None, None).unwrap().unwrap();
         assert_eq!((tls.cert, tls.key, tls.ca), ("n.pem".into(), "n.key".into(), "ca.pem".into()));
         let bad = engine_config(&ConfigFile::parse("[serve]\neviction = \"mru\"\n").unwrap(), Some("/tmp/c".into()));

@@ -55,6 +55,8 @@ pub struct ServeSection {
     /// Blocks fetched ahead of a sequential reader of a large file (0 = off).
     pub readahead_blocks: Option<u64>,
     pub segment_size: Option<Size>,
+    /// Bytes of fetched blocks waiting to be written, per shard.
+    pub write_queue: Option<Size>,
     pub ufs_latency: Option<String>,
     pub ufs_bandwidth: Option<Size>,
     pub ufs_timeout: Option<String>,
