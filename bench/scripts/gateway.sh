@@ -47,20 +47,20 @@ GW="aws --endpoint-url http://127.0.0.1:$GWPORT s3"
 S3="aws --endpoint-url http://127.0.0.1:$S3PORT s3"
 cat "$W"/small/*/* >/dev/null
 
-t0=$(secs); $S3 cp --recursive --quiet "$W/small" s3://direct/small; t1=$(secs)
-echo "PUT small, direct to s3s-fs: $(rate "$t0" "$t1" "$FILES" "$small_bytes")"
-t0=$(secs); $GW cp --recursive --quiet "$W/small" s3://w/small; t1=$(secs)
-echo "PUT small, stoker gateway (answered = durable and readable): $(rate "$t0" "$t1" "$FILES" "$small_bytes")"
-$B sync --socket "$W/s.sock" /w >/dev/null; t2=$(secs)
-echo "PUT small, stoker gateway until persisted (stoker sync): $(rate "$t0" "$t2" "$FILES" "$small_bytes")"
-
+# PUT one tree straight to s3s-fs, then through the gateway (answered, and
+# until persisted). Usage: put NAME FILES BYTES
+put() {
+  local t0 t1 t2
+  t0=$(secs); $S3 cp --recursive --quiet "$W/$1" "s3://direct/$1"; t1=$(secs)
+  echo "PUT $1, direct to s3s-fs: $(rate "$t0" "$t1" "$2" "$3")"
+  t0=$(secs); $GW cp --recursive --quiet "$W/$1" "s3://w/$1"; t1=$(secs)
+  echo "PUT $1, stoker gateway (answered = durable and readable): $(rate "$t0" "$t1" "$2" "$3")"
+  $B sync --socket "$W/s.sock" /w >/dev/null; t2=$(secs)
+  echo "PUT $1, stoker gateway until persisted (stoker sync): $(rate "$t0" "$t2" "$2" "$3")"
+}
+put small "$FILES" "$small_bytes"
 cat "$W"/large/* >/dev/null
-t0=$(secs); $S3 cp --recursive --quiet "$W/large" s3://direct/large; t1=$(secs)
-echo "PUT large, direct to s3s-fs: $(rate "$t0" "$t1" "$COUNT" "$large_bytes")"
-t0=$(secs); $GW cp --recursive --quiet "$W/large" s3://w/large; t1=$(secs)
-echo "PUT large, stoker gateway: $(rate "$t0" "$t1" "$COUNT" "$large_bytes")"
-$B sync --socket "$W/s.sock" /w >/dev/null; t2=$(secs)
-echo "PUT large, stoker gateway until persisted: $(rate "$t0" "$t2" "$COUNT" "$large_bytes")"
+put large "$COUNT" "$large_bytes"
 rm -rf "$W/s3root/direct/large"
 
 # GET: the small files, cached in stoker (read once to be sure), vs s3s-fs.

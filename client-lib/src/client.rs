@@ -356,7 +356,10 @@ impl Client {
                 d(Ok(b))
             }
         });
-        let Some(done) = done.filter(|_| direct.is_none()) else { return };
+        if direct.is_some() {
+            return;
+        }
+        let done = done.expect("a read that was not a direct hit never called its sink");
         // The callback holds the link weakly: a dropped client issues nothing again.
         let link = Arc::downgrade(&self.link);
         let p = path.clone();

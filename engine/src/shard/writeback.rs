@@ -97,12 +97,11 @@ impl Shard {
                     continue;
                 }
             }
+            if self.write_queue_bytes.get() == 0 {
+                return; // nothing in flight to finish: nothing would wake us
+            }
             let (tx, rx) = futures::channel::oneshot::channel();
             self.written.borrow_mut().push(tx);
-            if self.write_queue_bytes.get() == 0 {
-                // Nothing in flight to finish: nothing would ever wake us.
-                return;
-            }
             let _ = rx.await;
         }
     }
