@@ -19,6 +19,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod inode;
+pub mod prefetch;
 pub mod session;
 
 #[cfg(test)]
