@@ -20,14 +20,6 @@ use stoker_engine::{parse_duration, parse_size, Engine, MountSpec};
 use stoker_fuse::session::{find_mount, set_bdi_readahead, unmount};
 use stoker_fuse::{FsConfig, MountOptions, StokerFs};
 
-fn lookup_prefetch_arg(s: &str) -> Result<u64, String> {
-    let max = stoker_fuse::prefetch::BYTES_MAX;
-    match size_arg(s)? {
-        v if v > max => Err(format!("at most {} MiB (the bytes held for lookups in all)", max >> 20)),
-        v => Ok(v),
-    }
-}
-
 fn size_arg(s: &str) -> Result<u64, String> {
     parse_size(s)
 }
@@ -95,11 +87,6 @@ pub struct MountArgs {
     /// the listing of its directory. For very large directories read sparsely.
     #[arg(long)]
     pub no_list_on_lookup: bool,
-    /// A lookup of a cached file of at most this size reads its bytes right
-    /// after answering, so the READ that follows an open finds them in
-    /// memory (0 = off; off on writable mounts; docs/SEMANTICS.md).
-    #[arg(long, value_parser = lookup_prefetch_arg, default_value = "1M")]
-    pub lookup_prefetch: u64,
     /// Longest wait for one answer from the engine before the read fails with EIO.
     #[arg(long, value_parser = duration_arg, default_value = "60s")]
     pub request_timeout: Duration,
@@ -314,7 +301,6 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
         metadata_ttl: a.metadata_ttl,
         list_on_lookup: !a.no_list_on_lookup,
         writable,
-        lookup_prefetch: a.lookup_prefetch,
         shared: a.allow_other,
         ..FsConfig::default()
     };
@@ -377,9 +363,6 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
         reads = c.reads.load(ld),
         bytes_read = c.bytes_read.load(ld),
         lookups = c.lookups.load(ld),
-        lookup_copies = fs.prefetch.counters.started.load(ld),
-        reads_from_lookup_copies = fs.prefetch.counters.reads_served.load(ld),
-        lookup_copies_wasted = fs.prefetch.counters.wasted.load(ld),
         opens = c.opens.load(ld),
         errors = c.errors.load(ld),
         refused_writes = c.refused_writes.load(ld),

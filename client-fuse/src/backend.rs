@@ -11,14 +11,6 @@ pub trait Backend: Send + Sync + 'static {
     fn list(&self, path: &str) -> stoker_client::Result<Vec<DirEntry>>;
     /// Read into `buf` at `off`; returns the bytes read (short at EOF).
     fn read_into(&self, path: &str, off: u64, buf: &mut [u8]) -> stoker_client::Result<usize>;
-    /// Hand `len` bytes at `off` to `sink` only if they can be read at once
-    /// from the local cache (a direct hit), never fetching them and never
-    /// waiting on the engine. Returns whether `sink` got them. By default
-    /// nothing is a direct hit.
-    fn read_cached(&self, path: &str, off: u64, len: usize, sink: &mut dyn FnMut(&[u8])) -> bool {
-        let _ = (path, off, len, sink);
-        false
-    }
     /// (capacity bytes, used bytes) of the cache, for statfs.
     fn usage(&self) -> stoker_client::Result<(u64, u64)>;
     /// Start writing a new file (the write path; by default the backend is
@@ -120,9 +112,6 @@ impl Backend for stoker_client::Client {
     fn read_async(&self, path: &str, off: u64, len: usize, done: stoker_client::ReadDone) {
         stoker_client::Client::read_async(self, path, off, len as u64, done)
     }
-    fn read_cached(&self, path: &str, off: u64, len: usize, sink: &mut dyn FnMut(&[u8])) -> bool {
-        stoker_client::Client::read_cached(self, path, off, len as u64, sink).is_some()
-    }
 }
 
 impl<B: Backend> Backend for std::sync::Arc<B> {
@@ -171,8 +160,5 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
 
     fn read_async(&self, path: &str, off: u64, len: usize, done: stoker_client::ReadDone) {
         (**self).read_async(path, off, len, done)
-    }
-    fn read_cached(&self, path: &str, off: u64, len: usize, sink: &mut dyn FnMut(&[u8])) -> bool {
-        (**self).read_cached(path, off, len, sink)
     }
 }

@@ -16,7 +16,6 @@ use crate::attr::Owner;
 use crate::backend::Backend;
 use crate::error::{FsError, Result};
 use crate::inode::{InodeTable, NodeView, ROOT_INO};
-use crate::prefetch::{Prefetcher, Ticket};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -53,11 +52,6 @@ pub struct FsConfig {
     /// through it are then mode 1777 (anyone creates files, only a file's
     /// owner removes or renames it), as /tmp. Default off.
     pub shared: bool,
-    /// A lookup of a cached regular file of at most this many bytes reads
-    /// its bytes right after answering, so the READ the kernel sends next
-    /// finds them (`prefetch.rs`). 0 = off; off on writable mounts.
-    /// Default 1 MiB.
-    pub lookup_prefetch: u64,
 }
 
 impl Default for FsConfig {
@@ -69,7 +63,6 @@ impl Default for FsConfig {
             list_on_lookup: true,
             writable: false,
             shared: false,
-            lookup_prefetch: 1 << 20,
         }
     }
 }
@@ -206,7 +199,6 @@ pub struct StokerFs<B: Backend> {
     next_fh: AtomicU64,
     warned: Mutex<HashSet<&'static str>>,
     pub counters: FsCounters,
-    pub prefetch: Prefetcher,
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -244,6 +236,7 @@ impl<B: Backend> StokerFs<B> {
         let inodes = InodeTable::new(root, attr, Instant::now() + cfg.metadata_ttl);
         Ok(StokerFs {
             backend,
+            cfg,
             inodes,
             listings: Mutex::new(HashMap::new()),
             listing_entries: AtomicU64::new(0),
@@ -255,8 +248,6 @@ impl<B: Backend> StokerFs<B> {
             next_fh: AtomicU64::new(1),
             warned: Mutex::new(HashSet::new()),
             counters: FsCounters::default(),
-            prefetch: Prefetcher::new(if cfg.writable { 0 } else { cfg.lookup_prefetch }),
-            cfg,
         })
     }
 
@@ -329,31 +320,10 @@ impl<B: Backend> StokerFs<B> {
         Ok(Entry { ino, attr })
     }
 
-    /// Before a lookup's answer goes out: claim a copy of the file it found
-    /// when that is a small regular file (`prefetch.rs`).
-    pub fn prefetch_begin(&self, e: &Entry) -> Option<Ticket> {
-        if !self.prefetch.enabled() || e.attr.kind != Kind::File {
-            return None;
-        }
-        self.prefetch.begin(e.ino, e.attr.size)
-    }
-
-    /// After the answer: read the copy if its bytes are a direct hit, and
-    /// answer the READs that came for it meanwhile.
-    pub fn prefetch_fill(&self, t: Ticket) {
-        let path = self.inodes.file_of(t.ino).map(|(path, _, _)| path);
-        let size = t.size;
-        self.prefetch.fill(t, |buf| match path {
-            Some(path) => self.backend.read_cached(&path, 0, size as usize, &mut |b| buf.extend_from_slice(b)),
-            None => false,
-        });
-    }
-
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
         if self.inodes.get(ino).is_none() {
-            self.prefetch.forget(ino);
             if let Some(l) = self.listings.lock().remove(&ino) {
                 self.listing_entries.fetch_sub(l.entries.len() as u64, Ordering::Relaxed);
             }
@@ -540,25 +510,9 @@ impl<B: Backend> StokerFs<B> {
         let want = (size as u64).min(f.size - off) as usize;
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         let fs = self.clone();
-        let (path, size) = (f.path, f.size);
-        // From the copy a lookup read, if there is one (now, or from the
-        // thread reading it); else from the backend.
-        let answer: crate::prefetch::Waiter = Box::new(move |copy| match copy {
-            Some(b) => {
-                fs.counters.bytes_read.fetch_add(b.len() as u64, Ordering::Relaxed);
-                done(Ok(b))
-            }
-            None => fs.read_backend(path, off, want, done),
-        });
-        if let Err(answer) = self.prefetch.read(ino, size, off, want, answer) {
-            answer(None)
-        }
-    }
-
-    fn read_backend(self: &Arc<Self>, path: Arc<str>, off: u64, want: usize, done: impl FnOnce(Result<&[u8]>) + Send + 'static) {
-        let (fs, p) = (self.clone(), path.clone());
+        let path = f.path.clone();
         self.backend.read_async(
-            &path,
+            &f.path,
             off,
             want,
             Box::new(move |r| match r {
@@ -566,7 +520,7 @@ impl<B: Backend> StokerFs<B> {
                     fs.counters.bytes_read.fetch_add(b.len() as u64, Ordering::Relaxed);
                     done(Ok(b))
                 }
-                Err(e) => done(Err(FsError::backend(&p, e))),
+                Err(e) => done(Err(FsError::backend(&path, e))),
             }),
         );
     }

@@ -174,19 +174,9 @@ impl<B: Backend> Filesystem for FuseFs<B> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let t = timed("lookup");
+        let _t = timed("lookup");
         match self.fs.lookup(parent.0, name) {
-            Ok(e) => {
-                // The copy is claimed before the answer, so a READ sent right
-                // after it finds the claim, and read after it, while the
-                // kernel takes the answer back to the caller.
-                let copy = self.fs.prefetch_begin(&e);
-                reply.entry(&self.ttl, &self.attr(e.ino, &e.attr), Generation(0));
-                drop(t);
-                if let Some(c) = copy {
-                    self.fs.prefetch_fill(c);
-                }
-            }
+            Ok(e) => reply.entry(&self.ttl, &self.attr(e.ino, &e.attr), Generation(0)),
             Err(e) => reply.error(self.errno("lookup", e)),
         }
     }

@@ -19,7 +19,6 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod inode;
-pub mod prefetch;
 pub mod session;
 
 #[cfg(test)]

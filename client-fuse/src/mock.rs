@@ -4,7 +4,7 @@
 use crate::backend::Backend;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use stoker_client::{Error, Kind, Result};
 use stoker_proto::control::{Attr, DirEntry};
 
@@ -17,10 +17,6 @@ pub struct MockBackend {
     pub reads: AtomicU64,
     /// errno every read fails with, 0 for none.
     pub read_errno: AtomicU64,
-    /// Every file is a direct hit (`read_cached` answers); off by default.
-    pub cached: AtomicBool,
-    /// `read_cached` calls that handed bytes over.
-    pub cached_reads: AtomicU64,
 }
 
 fn dir() -> Attr {
@@ -97,21 +93,6 @@ impl Backend for MockBackend {
         let n = buf.len().min(bytes.len() - start);
         buf[..n].copy_from_slice(&bytes[start..start + n]);
         Ok(n)
-    }
-
-    fn read_cached(&self, path: &str, off: u64, len: usize, sink: &mut dyn FnMut(&[u8])) -> bool {
-        if !self.cached.load(Ordering::Relaxed) {
-            return false;
-        }
-        let t = self.tree.lock();
-        let Some((a, bytes)) = t.get(path).filter(|(a, _)| a.kind == Kind::File) else {
-            return false;
-        };
-        let start = (off as usize).min(bytes.len());
-        let end = start.saturating_add(len).min(bytes.len()).min(a.size as usize);
-        self.cached_reads.fetch_add(1, Ordering::Relaxed);
-        sink(&bytes[start..end]);
-        true
     }
 
     fn usage(&self) -> Result<(u64, u64)> {

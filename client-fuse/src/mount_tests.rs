@@ -121,52 +121,6 @@ fn no_open_reads_send_no_open_release_or_flush() {
     assert_eq!(m.mock.reads.load(Relaxed), reads, "second pass from the page cache");
 }
 
-/// Cached files read through the kernel after their lookup are answered
-/// from the copy the lookup read: no backend read at all, right bytes, and
-/// nothing held once every file was read to its end.
-#[test]
-fn reads_after_a_lookup_are_answered_from_its_copy() {
-    if !can_mount() {
-        return;
-    }
-    let files = sample_files();
-    let m = mount_mock(&refs(&files), true, Duration::from_secs(3600));
-    m.mock.cached.store(true, Relaxed);
-    read_all(&m, &files);
-    let p = &m.fs.prefetch.counters;
-    let nonempty = files.iter().filter(|(_, v)| !v.is_empty()).count() as u64;
-    assert_eq!(p.started.load(Relaxed), nonempty, "one copy per non-empty file");
-    assert_eq!(m.mock.cached_reads.load(Relaxed), nonempty);
-    assert_eq!(m.mock.reads.load(Relaxed), 0, "every read answered from a copy");
-    assert!(p.reads_served.load(Relaxed) >= nonempty);
-    assert_eq!(p.wasted.load(Relaxed), 0);
-    assert_eq!(m.fs.prefetch.held(), (0, 0), "every copy was read to its end");
-    let total: u64 = files.iter().map(|(_, v)| v.len() as u64).sum();
-    assert_eq!(m.fs.counters.bytes_read.load(Relaxed), total);
-}
-
-/// Lookups with no read after them (a stat walk) stop the copies: far fewer
-/// than one per file, and never more held than the bound.
-#[test]
-fn a_stat_walk_turns_lookup_copies_off() {
-    if !can_mount() {
-        return;
-    }
-    let files: Vec<(String, Vec<u8>)> = (0..400).map(|i| (format!("/m/s/f{i:03}"), vec![i as u8; 1000])).collect();
-    let m = mount_mock(&refs(&files), true, Duration::from_secs(3600));
-    m.mock.cached.store(true, Relaxed);
-    for (p, _) in &files {
-        assert_eq!(std::fs::metadata(m.mp.join(p.strip_prefix("/m/").unwrap())).unwrap().len(), 1000);
-    }
-    let started = m.fs.prefetch.counters.started.load(Relaxed);
-    assert!(started < 100, "{started} copies for 400 stats");
-    assert!(m.fs.prefetch.counters.wasted.load(Relaxed) > 0);
-    assert!(m.fs.prefetch.held().0 <= crate::prefetch::SLOTS_MAX);
-    assert_eq!(m.mock.reads.load(Relaxed), 0);
-    // The bytes are still right when reads come after all.
-    read_all(&m, &files[..50]);
-}
-
 #[test]
 fn fuse_open_mode_opens_and_releases_each_file() {
     if !can_mount() {

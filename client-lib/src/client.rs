@@ -305,22 +305,6 @@ impl Client {
         Some(out)
     }
 
-    /// Hand `[off, off + len)` of `path` to `sink` (once) only when it is a
-    /// direct hit: cached, inside one block, read straight from its segment
-    /// file and verified. Nothing is fetched, nothing waits on the engine
-    /// (not even for a reconnect): None, with `sink` not called, otherwise.
-    /// Returns the bytes handed over (short at the end of the object).
-    pub fn read_cached(&self, path: &str, off: u64, len: u64, sink: &mut dyn FnMut(&[u8])) -> Option<u64> {
-        if check_path(path).is_err() {
-            return None;
-        }
-        let s = self.link.current();
-        if s.pid != std::process::id() || s.is_dead() {
-            return None;
-        }
-        s.direct_with(path, off, len, false, sink).map(|(n, _)| n)
-    }
-
     /// Read into `buf` at `off`; returns the bytes read (short at EOF).
     pub fn read_into(&self, path: &str, off: u64, buf: &mut [u8]) -> Result<usize> {
         self.read_at(path, off, buf).map(|(n, _)| n)
