@@ -10,8 +10,6 @@ mod common;
 
 use common::{make_tree, python_with_binding as python, Server};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 #[test]
