@@ -27,6 +27,23 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Processes holding /dev/fuse open, and every fusermount3 with its state
+/// and wait channel (for a failure message).
+fn fuse_holders() -> String {
+    let mut out = Vec::new();
+    for pid in std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()) {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.flatten().filter(|f| std::fs::read_link(f.path()).is_ok_and(|l| l == Path::new("/dev/fuse"))).count()).unwrap_or(0);
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit(") ").next().map(|r| r.chars().next().unwrap_or('?')));
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        if fds > 0 || cmd.contains("fusermount") {
+            out.push(format!("pid {pid} ({}) state {:?} wchan {wchan} /dev/fuse fds {fds}", cmd.trim(), state));
+        }
+    }
+    format!("holders: [{}]", out.join("; "))
+}
+
 fn is_mounted(mp: &Path) -> bool {
     let text = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let want = mp.to_str().unwrap().replace(' ', "\\040");
@@ -493,7 +510,14 @@ fn fuse_killed_mount_never_hangs_callers() {
         child.kill().unwrap();
         child.wait().unwrap();
         if auto && stoker_fuse::session::fusermount_path().is_some() {
-            wait_until("fusermount3 to unmount the dead mount", Duration::from_secs(60), || !is_mounted(&mp));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while is_mounted(&mp) {
+                // fusermount3 unmounts only once opening the mount point
+                // fails with ENOTCONN, i.e. once every /dev/fuse descriptor
+                // of the connection is closed: name whoever still holds one.
+                assert!(Instant::now() < deadline, "fusermount3 left the dead mount for 60 s; {}", fuse_holders());
+                std::thread::sleep(Duration::from_millis(20));
+            }
         } else {
             assert!(is_mounted(&mp), "without auto_unmount the dead mount stays until cleared");
             let t0 = Instant::now();
