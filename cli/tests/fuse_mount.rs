@@ -19,10 +19,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_stoker");
 /// Small blocks so that multi-block files stay small.
 const BLOCK: usize = 64 << 10;
 
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+fn wait_until(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    wait_until_or(what, limit, cond, String::new)
+}
+
+/// As `wait_until`; a timeout's message ends with `detail()`.
+fn wait_until_or(what: &str, limit: Duration, mut cond: impl FnMut() -> bool, detail: impl Fn() -> String) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}{}", detail());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -41,7 +46,7 @@ fn fuse_holders() -> String {
             out.push(format!("pid {pid} ({}) state {:?} wchan {wchan} /dev/fuse fds {fds}", cmd.trim(), state));
         }
     }
-    format!("holders: [{}]", out.join("; "))
+    format!("; /dev/fuse holders and fusermount3: [{}]", out.join("; "))
 }
 
 fn is_mounted(mp: &Path) -> bool {
@@ -510,14 +515,10 @@ fn fuse_killed_mount_never_hangs_callers() {
         child.kill().unwrap();
         child.wait().unwrap();
         if auto && stoker_fuse::session::fusermount_path().is_some() {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while is_mounted(&mp) {
-                // fusermount3 unmounts only once opening the mount point
-                // fails with ENOTCONN, i.e. once every /dev/fuse descriptor
-                // of the connection is closed: name whoever still holds one.
-                assert!(Instant::now() < deadline, "fusermount3 left the dead mount for 60 s; {}", fuse_holders());
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            // fusermount3 unmounts only once opening the mount point fails
+            // with ENOTCONN, i.e. once every /dev/fuse descriptor of the
+            // connection is closed: a timeout names whoever still holds one.
+            wait_until_or("fusermount3 to unmount the dead mount", Duration::from_secs(60), || !is_mounted(&mp), fuse_holders);
         } else {
             assert!(is_mounted(&mp), "without auto_unmount the dead mount stays until cleared");
             let t0 = Instant::now();
