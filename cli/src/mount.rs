@@ -108,6 +108,11 @@ pub struct MountArgs {
     /// (the default skips both when the kernel supports it; docs/SEMANTICS.md).
     #[arg(long)]
     pub fuse_open: bool,
+    /// Serve FUSE requests over io_uring (Linux 6.14+, with
+    /// /sys/module/fuse/parameters/enable_uring set to Y): per-CPU queues, so
+    /// a request and its reply stay on the reader's CPU. Read-only mounts only.
+    #[arg(long)]
+    pub fuse_uring: bool,
     /// Let other users read the mount (FUSE allow_other).
     #[arg(long)]
     pub allow_other: bool,
@@ -315,8 +320,15 @@ fn serve_mount(a: &MountArgs, source: Source, ready: Option<&Ready>) -> Result<(
         fsname: format!("stoker:{root}"),
         no_open: !a.fuse_open,
         writable,
+        uring: a.fuse_uring,
         ..MountOptions::default()
     };
+    if a.fuse_uring {
+        if writable {
+            bail!("--fuse-uring serves read-only mounts only ({root} has a write mode)");
+        }
+        stoker_fuse::uring::available().map_err(|e| anyhow!("--fuse-uring: {e}"))?;
+    }
     if !a.no_auto_unmount && !mopts.auto_unmount {
         tracing::warn!("fusermount3 not found (package fuse3): a crashed mount will need `stoker umount`");
     }

@@ -676,3 +676,74 @@ fn fuse_reads_in_flight_are_not_capped_by_session_threads() {
         assert!(r.join().unwrap() == *bytes, "{name} read back wrong");
     }
 }
+
+/// Voluntary context switches of `pid`'s threads whose name starts with
+/// `prefix`: each is one wait for (and so at least one answer to) a request.
+fn waits_of(pid: u32, prefix: &str) -> (usize, u64) {
+    let mut threads = 0;
+    let mut waits = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        threads += 1;
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let n = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")).map(|v| v.trim().parse::<u64>().unwrap());
+        waits += n.unwrap_or(0);
+    }
+    (threads, waits)
+}
+
+/// `--fuse-uring`: requests are answered from per-CPU io_uring entries, not
+/// /dev/fuse reads, with the same bytes, listings, errors and refusals.
+#[test]
+fn fuse_uring_serves_the_same_tree_from_ring_threads() {
+    const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+    if !Path::new(PARAM).exists() {
+        eprintln!("skipped: this kernel has no FUSE over io_uring ({PARAM} missing)");
+        return;
+    }
+    // Root may switch it on; mounts that do not ask for the ring are unaffected.
+    std::fs::write(PARAM, "Y").expect("enable FUSE over io_uring (needs root)");
+    let s = Setup::new(11);
+    let cache = s.cache();
+    let socket = s.socket();
+    let uri = s.tree.uri();
+    let args = ["--cache-dir", cache.to_str().unwrap(), "--capacity", "256M", "--block-size", "64K", "--socket", socket.to_str().unwrap(), "--fuse-uring", &uri];
+    let mut m = spawn_mount(&args, &s.mp());
+    let pid = m.child.as_ref().unwrap().id();
+    let mp = s.mp();
+    let (rings, ring_before) = waits_of(pid, "fuse-ring-");
+    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    assert!(rings >= 1, "no fuse-ring threads in the mount (possible CPUs {cpus})");
+    let (_, dev_before) = waits_of(pid, "fuser-");
+
+    assert_eq!(ls_r(&mp), ls_r(s.tree.path()), "ls -R through the ring differs from the source");
+    let mut requests = 0;
+    for (p, want) in &s.tree.files {
+        let md = std::fs::metadata(mp.join(p)).unwrap();
+        assert_eq!(md.len(), want.len() as u64, "size of {p}");
+        assert!(std::fs::read(mp.join(p)).unwrap() == *want, "bytes of {p} through the ring");
+        requests += 1;
+    }
+    {
+        // Closed before the unmount below (an open file keeps a mount busy).
+        let f = std::fs::File::open(mp.join("blocks/three_and_a_bit.bin")).unwrap();
+        let mut buf = vec![0u8; 100];
+        assert_eq!(f.read_at(&mut buf, 3 * BLOCK as u64 - 50).unwrap(), 67);
+        assert_eq!(&buf[..67], &s.tree.files["blocks/three_and_a_bit.bin"][3 * BLOCK - 50..]);
+    }
+    assert_eq!(errno_of(std::fs::metadata(mp.join("no/such/file"))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::OpenOptions::new().write(true).open(mp.join("one.bin"))), libc::EROFS);
+    assert_eq!(errno_of(std::fs::create_dir(mp.join("new_dir"))), libc::EROFS);
+
+    // Every file cost at least a lookup and a read: ring threads waited for
+    // them, the /dev/fuse threads (FORGETs and INTERRUPTs only) did not.
+    let (_, ring_after) = waits_of(pid, "fuse-ring-");
+    let (_, dev_after) = waits_of(pid, "fuser-");
+    assert!(ring_after - ring_before >= requests, "ring threads waited {} times for {requests} files", ring_after - ring_before);
+    assert!(dev_after - dev_before < requests / 4, "/dev/fuse threads served {} requests for {requests} files", dev_after - dev_before);
+    assert!(m.terminate().success());
+    assert!(!is_mounted(&mp), "still mounted after SIGTERM");
+}

@@ -49,12 +49,12 @@ pub fn set_op_hook(hook: OpHook) -> bool {
 }
 
 /// Reports its op's latency to the hook when dropped, after the reply.
-struct Timed {
+pub(crate) struct Timed {
     op: &'static str,
     start: Option<Instant>,
 }
 
-fn timed(op: &'static str) -> Timed {
+pub(crate) fn timed(op: &'static str) -> Timed {
     // No clock read when nobody listens.
     Timed { op, start: OP_HOOK.get().map(|_| Instant::now()) }
 }
@@ -79,6 +79,17 @@ pub struct KernelTuning {
     /// (FUSE_NO_OPEN_SUPPORT). Off = one open and one release per file, with
     /// the page cache kept or dropped at each open by the version token.
     pub no_open: bool,
+    /// Ask for FUSE over io_uring (`crate::uring`); max_write is then
+    /// [`uring::PAYLOAD_BYTES`](crate::uring::PAYLOAD_BYTES).
+    pub uring: bool,
+}
+
+/// What `init` agreed with the kernel, for the session to act on after the
+/// handshake.
+#[derive(Debug, Default)]
+pub struct Negotiated {
+    pub uring: std::sync::atomic::AtomicBool,
+    pub no_open: std::sync::atomic::AtomicBool,
 }
 
 pub struct FuseFs<B: Backend> {
@@ -87,24 +98,54 @@ pub struct FuseFs<B: Backend> {
     tuning: KernelTuning,
     /// Asked for and offered by the kernel at init: answer file opens ENOSYS.
     no_open: bool,
+    negotiated: Arc<Negotiated>,
 }
 
 /// The errno a failure is answered with; unexpected failures are logged at
 /// warn level (naming the path and cause) and counted.
 fn errno_of<B: Backend>(fs: &StokerFs<B>, op: &str, e: FsError) -> Errno {
+    Errno::from_i32(errno_code(fs, op, e))
+}
+
+/// [`errno_of`] as a plain number (the io_uring front end's replies).
+pub(crate) fn errno_code<B: Backend>(fs: &StokerFs<B>, op: &str, e: FsError) -> i32 {
     if !e.is_expected() && e.errno() != libc::EROFS {
         fs.counters.errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(op, errno = e.errno(), "{e}");
     } else {
         tracing::debug!(op, errno = e.errno(), "{e}");
     }
-    Errno::from_i32(e.errno())
+    e.errno()
+}
+
+/// The kernel's view of `ino` (mode, owner, size, times).
+pub(crate) fn kernel_attr<B: Backend>(fs: &StokerFs<B>, ino: u64, a: &stoker_proto::control::Attr) -> fuser::FileAttr {
+    let mut fa = to_file_attr(ino, a, &fs.config().owner);
+    if fs.config().writable {
+        // Writable: owner-writable, and a file written here carries its
+        // writer's mode, uid and gid.
+        fa.perm |= 0o200;
+        if a.kind == stoker_client::Kind::Dir && fs.config().shared {
+            fa.perm = 0o1777;
+        }
+        if let Some((mode, uid, gid)) = fs.owner_of(ino) {
+            fa.perm = mode as u16;
+            fa.uid = uid;
+            fa.gid = gid;
+        }
+    }
+    fa
 }
 
 impl<B: Backend> FuseFs<B> {
     pub fn new(fs: Arc<StokerFs<B>>, tuning: KernelTuning) -> FuseFs<B> {
+        Self::with_negotiated(fs, tuning, Arc::default())
+    }
+
+    /// As `new`, telling `negotiated` what `init` agreed.
+    pub fn with_negotiated(fs: Arc<StokerFs<B>>, tuning: KernelTuning, negotiated: Arc<Negotiated>) -> FuseFs<B> {
         let ttl = fs.config().metadata_ttl;
-        FuseFs { fs, ttl, tuning, no_open: false }
+        FuseFs { fs, ttl, tuning, no_open: false, negotiated }
     }
 
     fn errno(&self, op: &str, e: FsError) -> Errno {
@@ -112,21 +153,7 @@ impl<B: Backend> FuseFs<B> {
     }
 
     fn attr(&self, ino: u64, a: &stoker_proto::control::Attr) -> fuser::FileAttr {
-        let mut fa = to_file_attr(ino, a, &self.fs.config().owner);
-        if self.fs.config().writable {
-            // Writable: owner-writable, and a file written here carries its
-            // writer's mode, uid and gid.
-            fa.perm |= 0o200;
-            if a.kind == stoker_client::Kind::Dir && self.fs.config().shared {
-                fa.perm = 0o1777;
-            }
-            if let Some((mode, uid, gid)) = self.fs.owner_of(ino) {
-                fa.perm = mode as u16;
-                fa.uid = uid;
-                fa.gid = gid;
-            }
-        }
-        fa
+        kernel_attr(&self.fs, ino, a)
     }
 }
 
@@ -155,6 +182,11 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         if self.tuning.no_open {
             want |= InitFlags::FUSE_NO_OPEN_SUPPORT;
         }
+        if self.tuning.uring {
+            want |= InitFlags::FUSE_OVER_IO_URING;
+            // The ring's payload buffers hold max_write bytes.
+            let _ = config.set_max_write(crate::uring::PAYLOAD_BYTES);
+        }
         if self.fs.config().writable {
             // open(O_TRUNC) arrives as one open with O_TRUNC (the rewrite of
             // a whole file), not as an open plus a truncating setattr.
@@ -166,6 +198,8 @@ impl<B: Backend> Filesystem for FuseFs<B> {
         }
         // Without the capability an ENOSYS open would fail the open(2).
         self.no_open = have.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.negotiated.no_open.store(self.no_open, Ordering::Relaxed);
+        self.negotiated.uring.store(have.contains(InitFlags::FUSE_OVER_IO_URING), Ordering::Relaxed);
         if self.tuning.no_open && !self.no_open {
             tracing::info!("kernel lacks FUSE_NO_OPEN_SUPPORT: files get FUSE open and release");
         }

@@ -10,6 +10,8 @@
 //! - `backend` — the [`Backend`] trait over `stoker_client::Client`, so the
 //!   logic can be tested against an in-memory namespace.
 //! - `session` — mount options and mounting (threads, max_read, readahead).
+//! - `uring` — FUSE over io_uring: per-CPU ring entries answering requests
+//!   in place of /dev/fuse reads (`--fuse-uring`).
 //!
 //! This crate never touches cache segments: every byte comes through the client.
 
@@ -20,6 +22,7 @@ pub mod fs;
 pub mod fuse;
 pub mod inode;
 pub mod session;
+pub mod uring;
 
 #[cfg(test)]
 mod mock;

@@ -9,7 +9,7 @@
 
 use crate::backend::Backend;
 use crate::fs::StokerFs;
-use crate::fuse::{FuseFs, KernelTuning};
+use crate::fuse::{FuseFs, KernelTuning, Negotiated};
 use fuser::{Config, MountOption, SessionACL};
 use std::ffi::CString;
 use std::io;
@@ -44,6 +44,9 @@ pub struct MountOptions {
     /// `allow_other` the kernel checks permissions (default_permissions).
     /// Default off.
     pub writable: bool,
+    /// Serve requests over FUSE's io_uring (`crate::uring`) instead of
+    /// /dev/fuse reads; read-only mounts only. Default off.
+    pub uring: bool,
 }
 
 impl Default for MountOptions {
@@ -58,6 +61,7 @@ impl Default for MountOptions {
             fsname: "stoker".into(),
             no_open: true,
             writable: false,
+            uring: false,
         }
     }
 }
@@ -97,14 +101,30 @@ pub fn mount<B: Backend>(fs: Arc<StokerFs<B>>, mountpoint: &Path, opts: &MountOp
     } else {
         SessionACL::Owner
     };
-    cfg.n_threads = Some(opts.threads.clamp(1, 256));
+    let uring = opts.uring && !opts.writable;
+    // With the ring on, /dev/fuse carries only what comes before the ring is
+    // ready, FORGETs and INTERRUPTs: two threads are plenty.
+    cfg.n_threads = Some(if uring { 2 } else { opts.threads.clamp(1, 256) });
     cfg.clone_fd = true;
     let tuning = KernelTuning {
         readahead_bytes: opts.readahead_bytes,
         max_background: opts.max_background,
         no_open: opts.no_open && !opts.writable,
+        uring,
     };
-    fuser::Session::new(FuseFs::new(fs, tuning), mountpoint, &cfg)
+    let agreed = Arc::new(Negotiated::default());
+    let session = fuser::Session::new(FuseFs::with_negotiated(fs.clone(), tuning, agreed.clone()), mountpoint, &cfg)?;
+    if uring {
+        use std::os::fd::AsFd;
+        use std::sync::atomic::Ordering;
+        if !agreed.uring.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the kernel did not offer FUSE over io_uring at INIT"));
+        }
+        let fd = session.as_fd().try_clone_to_owned()?;
+        let per_cpu = opts.threads.clamp(1, 256).div_ceil(crate::uring::possible_cpus());
+        crate::uring::start(fs, fd, per_cpu, agreed.no_open.load(Ordering::Relaxed))?;
+    }
+    Ok(session)
 }
 
 /// `fusermount3` (or `fusermount`) on PATH, if any.
