@@ -66,7 +66,7 @@ for step in $STEPS; do
         case $t in
           direct) tgt="direct:20ms" ;;
           stoker) tgt=stoker ;;
-          fuse) mkdir -p "$W/mnt-cold"; $B mount /small "$W/mnt-cold" --socket "$C" 2>"$W/mount-cold.log" &
+          fuse) mkdir -p "$W/mnt-cold"; $B mount /small "$W/mnt-cold" --socket "$C" ${MOUNT_ARGS:-} 2>"$W/mount-cold.log" &
                 for _ in $(seq 100); do mountpoint -q "$W/mnt-cold" && break; sleep 0.1; done
                 ls -R "$W/mnt-cold" >/dev/null; tgt="$W/mnt-cold" ;;
         esac

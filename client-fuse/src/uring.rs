@@ -13,14 +13,19 @@
 //!
 //! Shape: after fuser's INIT handshake (which negotiated
 //! FUSE_OVER_IO_URING), `threads_per_cpu` threads per possible CPU each own
-//! a small io_uring and one ring entry (a 288-byte header and a payload
-//! buffer of the connection's max_write), registered with
-//! FUSE_IO_URING_CMD_REGISTER. The kernel switches to the ring once every
-//! queue has an entry; until then, and always for FORGET and INTERRUPT,
-//! fuser's /dev/fuse threads serve. Each thread answers one request at a
-//! time (COMMIT_AND_FETCH), calling [`StokerFs`] exactly as the fuser adapter
-//! does. Read-only mounts only: write-type requests get EROFS, as the `ro`
-//! mount already refuses them in the VFS.
+//! a small io_uring with [`ENTRIES_PER_THREAD`] ring entries (a 288-byte
+//! header and a payload buffer of the connection's max_write each),
+//! registered with FUSE_IO_URING_CMD_REGISTER. The kernel switches to the
+//! ring once every queue has an entry; until then, and always for FORGET
+//! and INTERRUPT, fuser's /dev/fuse threads serve. A thread answers each
+//! request by calling [`StokerFs`] exactly as the fuser adapter does, and
+//! commits the answer with COMMIT_AND_FETCH. A read that is a direct hit is
+//! answered on the spot; one that waits on the engine (a miss fetched from
+//! under storage) keeps its entry while the thread goes on with the others,
+//! and its answer comes back through a channel and an eventfd read on the
+//! same ring, so a slow store does not hold the thread. Read-only mounts
+//! only: write-type requests get EROFS, as the `ro` mount already refuses
+//! them in the VFS.
 
 use crate::backend::Backend;
 use crate::fs::StokerFs;
@@ -60,8 +65,13 @@ pub fn possible_cpus() -> usize {
     last.map(|n| n + 1).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
-/// Start serving on `fd` (the session's /dev/fuse, after INIT). Returns
-/// once every thread has registered its entry, or the first error.
+/// Ring entries each serving thread registers: requests a thread has in
+/// hand at once (a read waiting on the engine keeps its entry until done).
+pub const ENTRIES_PER_THREAD: usize = 4;
+
+/// Start serving on `fd` (the session's /dev/fuse, after INIT): per possible
+/// CPU, `threads_per_cpu` threads with [`ENTRIES_PER_THREAD`] entries each.
+/// Returns once every entry is registered, or with the first error.
 /// `no_open`: answer file opens ENOSYS (the connection offered
 /// FUSE_NO_OPEN_SUPPORT and the mount asked for it), as the fuser adapter does.
 pub fn start<B: Backend>(fs: Arc<StokerFs<B>>, fd: OwnedFd, threads_per_cpu: usize, no_open: bool) -> io::Result<()> {
@@ -73,17 +83,17 @@ pub fn start<B: Backend>(fs: Arc<StokerFs<B>>, fd: OwnedFd, threads_per_cpu: usi
         let (fs, fd, tx) = (fs.clone(), fd.clone(), tx.clone());
         let qid = i % cpus;
         std::thread::Builder::new().name(format!("fuse-ring-{qid}")).spawn(move || {
-            let mut ent = match Entry::register(&fd, qid) {
-                Ok(e) => {
+            let mut q = match Queue::register(fd, qid) {
+                Ok(q) => {
                     let _ = tx.send(Ok(()));
-                    e
+                    q
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return;
                 }
             };
-            ent.serve(&fs, no_open);
+            q.serve(&fs, no_open);
         })?;
     }
     drop(tx);
@@ -95,17 +105,6 @@ pub fn start<B: Backend>(fs: Arc<StokerFs<B>>, fd: OwnedFd, threads_per_cpu: usi
         }
     }
     Ok(())
-}
-
-/// One ring entry and the io_uring it was registered on.
-struct Entry {
-    ring: IoUring<squeue::Entry128, cqueue::Entry>,
-    fd: Arc<OwnedFd>,
-    qid: u16,
-    header: Box<[u64; HEADER_BYTES / 8]>,
-    payload: Vec<u8>,
-    iov: Box<[libc::iovec; 2]>,
-    out: Vec<u8>,
 }
 
 fn pin(cpu: usize) {
@@ -128,27 +127,61 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// A raw pointer a read's completion may be handed on another thread; the
-/// serving thread waits for that completion before touching the buffer.
-struct Dst(*mut u8, usize);
-// SAFETY: see above; only one side uses the buffer at a time.
-unsafe impl Send for Dst {}
+/// A payload buffer the kernel and a read's completion write into. Shared
+/// (Arc) so that a completion arriving after its thread ended still writes
+/// into live memory; at any time one side owns the bytes: the kernel until
+/// it hands the entry a request, then the serving thread, then the read's
+/// completion, then the thread again for the commit.
+struct Payload {
+    ptr: *mut u8,
+    len: usize,
+}
+// SAFETY: see above; the hand-overs go through the ring or a mutex.
+unsafe impl Send for Payload {}
+// SAFETY: as above.
+unsafe impl Sync for Payload {}
 
-impl Entry {
-    fn register(fd: &Arc<OwnedFd>, qid: usize) -> io::Result<Entry> {
-        pin(qid);
-        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(2)?;
-        let mut header = Box::new([0u64; HEADER_BYTES / 8]);
-        let mut payload = vec![0u8; PAYLOAD_BYTES as usize];
-        let iov = Box::new([
-            libc::iovec { iov_base: header.as_mut_ptr().cast(), iov_len: HEADER_BYTES },
-            libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() },
-        ]);
-        let mut e = Entry { ring, fd: fd.clone(), qid: qid as u16, header, payload, iov, out: Vec::with_capacity(4096) };
-        e.submit(CMD_REGISTER, 0)?;
-        Ok(e)
+impl Payload {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len, 4096).expect("payload layout")
     }
 
+    fn new(len: usize) -> Payload {
+        // SAFETY: a non-zero size; checked for failure below.
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(Self::layout(len));
+        }
+        Payload { ptr, len }
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Payload {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr, Self::layout(self.len)) }
+    }
+}
+
+/// One ring entry: the buffers registered with the kernel, and the request
+/// it holds.
+struct Slot {
+    header: Box<[u64; HEADER_BYTES / 8]>,
+    payload: Arc<Payload>,
+    iov: Box<[libc::iovec; 2]>,
+    unique: u64,
+    commit_id: u64,
+}
+
+impl Slot {
     fn header(&self) -> &[u8] {
         // SAFETY: a [u64; 36] is 288 initialised bytes.
         unsafe { std::slice::from_raw_parts(self.header.as_ptr().cast(), HEADER_BYTES) }
@@ -159,32 +192,120 @@ impl Entry {
         unsafe { std::slice::from_raw_parts_mut(self.header.as_mut_ptr().cast(), HEADER_BYTES) }
     }
 
-    /// Queue one command (REGISTER, or COMMIT_AND_FETCH of `commit_id`) on
-    /// this entry's ring and enter the kernel with it.
-    fn submit(&mut self, op: u32, commit_id: u64) -> io::Result<()> {
+    /// The payload bytes, while this thread owns them.
+    fn payload(&mut self) -> &mut [u8] {
+        // SAFETY: called only between a request's arrival and its commit
+        // with no read of it in flight (see `Payload`).
+        unsafe { std::slice::from_raw_parts_mut(self.payload.ptr(), self.payload.len()) }
+    }
+}
+
+/// Where a read's answer goes: back to the thread that issued it if it is
+/// still waiting on the spot (a direct hit answers inline), else through
+/// the thread's channel and eventfd.
+enum ReadState {
+    Pending,
+    Inline((i32, usize)),
+    Detached,
+}
+
+/// A serving thread's io_uring with its entries, all on one queue (CPU).
+struct Queue {
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    fd: Arc<OwnedFd>,
+    qid: u16,
+    slots: Vec<Slot>,
+    out: Vec<u8>,
+    /// Reads answered on another thread: (slot, answer).
+    done_tx: std::sync::mpsc::Sender<(usize, (i32, usize))>,
+    done_rx: std::sync::mpsc::Receiver<(usize, (i32, usize))>,
+    /// Written by those answers to wake this thread out of the ring.
+    wake: Arc<OwnedFd>,
+    wake_buf: Box<u64>,
+}
+
+/// user_data of the eventfd read (slots use their index).
+const WAKE: u64 = u64::MAX;
+
+impl Queue {
+    fn register(fd: Arc<OwnedFd>, qid: usize) -> io::Result<Queue> {
+        pin(qid);
+        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(2 * ENTRIES_PER_THREAD as u32 + 2)?;
+        // SAFETY: eventfd(2) returns a new descriptor or -1.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor we just opened and own.
+        let wake = Arc::new(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) });
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut q = Queue { ring, fd, qid: qid as u16, slots: Vec::new(), out: Vec::with_capacity(4096), done_tx, done_rx, wake, wake_buf: Box::new(0) };
+        for i in 0..ENTRIES_PER_THREAD {
+            let mut header = Box::new([0u64; HEADER_BYTES / 8]);
+            let payload = Arc::new(Payload::new(PAYLOAD_BYTES as usize));
+            let iov = Box::new([
+                libc::iovec { iov_base: header.as_mut_ptr().cast(), iov_len: HEADER_BYTES },
+                libc::iovec { iov_base: payload.ptr().cast(), iov_len: payload.len() },
+            ]);
+            q.slots.push(Slot { header, payload, iov, unique: 0, commit_id: 0 });
+            q.push_cmd(i, CMD_REGISTER, 0)?;
+        }
+        q.arm_wake()?;
+        q.ring.submit()?;
+        Ok(q)
+    }
+
+    fn push(&mut self, sqe: squeue::Entry128) -> io::Result<()> {
+        // SAFETY: every buffer an SQE names (iovecs, headers, payloads, the
+        // eventfd word) lives in self, which the thread keeps until the
+        // ring is dropped.
+        if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            self.ring.submit()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(&sqe) }.map_err(|_| io::Error::other("ring full"))?;
+        }
+        Ok(())
+    }
+
+    /// Queue REGISTER or COMMIT_AND_FETCH (of `commit_id`) for slot `i`.
+    fn push_cmd(&mut self, i: usize, op: u32, commit_id: u64) -> io::Result<()> {
         let mut cmd = [0u8; 80];
         cmd[8..16].copy_from_slice(&commit_id.to_ne_bytes());
         cmd[16..18].copy_from_slice(&self.qid.to_ne_bytes());
         let sqe = opcode::UringCmd80::new(types::Fd(self.fd.as_raw_fd()), op)
             .cmd(cmd)
-            .addr(Some(self.iov.as_ptr() as u64))
-            .build();
+            .addr(Some(self.slots[i].iov.as_ptr() as u64))
+            .build()
+            .user_data(i as u64);
         // The kernel wants sqe->len = 2 (the header and payload iovecs); the
         // builder has no setter for it.
         // SAFETY: Entry128 is repr(C): a 64-byte io_uring_sqe then 64 bytes.
         let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
         raw[24..28].copy_from_slice(&2u32.to_ne_bytes());
         // SAFETY: the same bytes back, one field changed.
-        let sqe: squeue::Entry128 = unsafe { std::mem::transmute(raw) };
-        // SAFETY: the iovecs and the buffers they name live in self, which
-        // outlives the command (the thread keeps it until the ring ends).
-        unsafe { self.ring.submission().push(&sqe) }.map_err(|_| io::Error::other("ring full"))?;
-        self.ring.submit()?;
-        Ok(())
+        self.push(unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) })
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let sqe = opcode::Read::new(types::Fd(self.wake.as_raw_fd()), buf.cast(), 8).build().user_data(WAKE);
+        self.push(sqe.into())
+    }
+
+    /// Write slot `i`'s answer into its header and queue the commit.
+    fn commit(&mut self, i: usize, (err, n): (i32, usize)) -> io::Result<()> {
+        let (unique, commit_id) = (self.slots[i].unique, self.slots[i].commit_id);
+        let h = self.slots[i].header_mut();
+        h[0..4].copy_from_slice(&(16 + n as u32).to_ne_bytes());
+        h[4..8].copy_from_slice(&(-err).to_ne_bytes());
+        h[8..16].copy_from_slice(&unique.to_ne_bytes());
+        h[ENT_IN_OUT + 16..ENT_IN_OUT + 20].copy_from_slice(&(n as u32).to_ne_bytes());
+        self.push_cmd(i, CMD_COMMIT_AND_FETCH, commit_id)
     }
 
     /// Answer requests until the connection ends.
     fn serve<B: Backend>(&mut self, fs: &Arc<StokerFs<B>>, no_open: bool) {
+        let mut done = Vec::new();
         loop {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -194,74 +315,99 @@ impl Entry {
                     return;
                 }
             }
-            let Some(c) = self.ring.completion().next() else { continue };
-            if c.result() < 0 {
-                // ENOTCONN and friends: unmounted or aborted.
-                tracing::debug!("FUSE ring {}: {}", self.qid, io::Error::from_raw_os_error(-c.result()));
-                return;
-            }
-            let h = self.header();
-            let (opcode, unique, nodeid) = (u32_at(h, 4), u64_at(h, 8), u64_at(h, 16));
-            let commit_id = u64_at(h, ENT_IN_OUT + 8);
-            let extra_len = (u32_at(h, ENT_IN_OUT + 16) as usize).min(self.payload.len());
-            let op_in: [u8; 128] = h[OP_IN..OP_IN + 128].try_into().expect("128 bytes");
-            let (err, n) = self.answer(fs, no_open, opcode, nodeid, &op_in, extra_len);
-            let h = self.header_mut();
-            h[0..4].copy_from_slice(&(16 + n as u32).to_ne_bytes());
-            h[4..8].copy_from_slice(&(-err).to_ne_bytes());
-            h[8..16].copy_from_slice(&unique.to_ne_bytes());
-            h[ENT_IN_OUT + 16..ENT_IN_OUT + 20].copy_from_slice(&(n as u32).to_ne_bytes());
-            if let Err(e) = self.submit(CMD_COMMIT_AND_FETCH, commit_id) {
-                tracing::warn!("FUSE ring {}: {e}", self.qid);
-                return;
+            done.clear();
+            done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            for &(ud, res) in &done {
+                let r = if ud == WAKE {
+                    self.drain_answers()
+                } else if res < 0 {
+                    // ENOTCONN and friends: unmounted or aborted.
+                    tracing::debug!("FUSE ring {}: {}", self.qid, io::Error::from_raw_os_error(-res));
+                    return;
+                } else {
+                    self.request(fs, no_open, ud as usize)
+                };
+                if let Err(e) = r {
+                    tracing::warn!("FUSE ring {}: {e}", self.qid);
+                    return;
+                }
             }
         }
     }
 
-    /// Serve one request: (errno or 0, reply bytes placed in the payload).
-    #[allow(clippy::too_many_arguments)] // one request's fields, said once
-    fn answer<B: Backend>(&mut self, fs: &Arc<StokerFs<B>>, no_open: bool, opcode: u32, nodeid: u64, op_in: &[u8; 128], extra_len: usize) -> (i32, usize) {
+    /// Commit the reads answered elsewhere, and wait for more.
+    fn drain_answers(&mut self) -> io::Result<()> {
+        while let Ok((i, answer)) = self.done_rx.try_recv() {
+            self.commit(i, answer)?;
+        }
+        self.arm_wake()
+    }
+
+    /// Slot `i` holds a new request: answer it now, or start its read.
+    fn request<B: Backend>(&mut self, fs: &Arc<StokerFs<B>>, no_open: bool, i: usize) -> io::Result<()> {
+        let slot = &mut self.slots[i];
+        let h = slot.header();
+        let (opcode, unique, nodeid) = (u32_at(h, 4), u64_at(h, 8), u64_at(h, 16));
+        let commit_id = u64_at(h, ENT_IN_OUT + 8);
+        let extra_len = (u32_at(h, ENT_IN_OUT + 16) as usize).min(slot.payload.len());
+        let op_in: [u8; 128] = h[OP_IN..OP_IN + 128].try_into().expect("128 bytes");
+        slot.unique = unique;
+        slot.commit_id = commit_id;
+        if opcode == FUSE_READ {
+            return match self.read(fs, i, nodeid, &op_in) {
+                Some(answer) => self.commit(i, answer),
+                None => Ok(()),
+            };
+        }
         self.out.clear();
-        let r = match opcode {
-            FUSE_READ => return self.read(fs, nodeid, op_in),
-            _ => dispatch(fs, no_open, opcode, nodeid, op_in, &self.payload[..extra_len], &mut self.out),
-        };
-        match r {
+        let r = dispatch(fs, no_open, opcode, nodeid, &op_in, &slot.payload()[..extra_len], &mut self.out);
+        let answer = match r {
             Ok(()) => {
-                let n = self.out.len().min(self.payload.len());
-                self.payload[..n].copy_from_slice(&self.out[..n]);
+                let n = self.out.len().min(slot.payload.len());
+                slot.payload()[..n].copy_from_slice(&self.out[..n]);
                 (0, n)
             }
             Err(e) => (e, 0),
-        }
+        };
+        self.commit(i, answer)
     }
 
-    fn read<B: Backend>(&mut self, fs: &Arc<StokerFs<B>>, ino: u64, op_in: &[u8; 128]) -> (i32, usize) {
+    /// Start slot `i`'s read; Some(answer) if it was answered on the spot
+    /// (a direct hit), else it arrives through `done_rx`.
+    fn read<B: Backend>(&mut self, fs: &Arc<StokerFs<B>>, i: usize, ino: u64, op_in: &[u8; 128]) -> Option<(i32, usize)> {
         let t = timed("read");
         let (fh, off) = (u64_at(op_in, 0), u64_at(op_in, 8));
-        let size = (u32_at(op_in, 16) as usize).min(self.payload.len());
-        let dst = Dst(self.payload.as_mut_ptr(), size);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(i32, usize)>(1);
-        let fs2 = fs.clone();
+        let payload = self.slots[i].payload.clone();
+        let size = (u32_at(op_in, 16) as usize).min(payload.len());
+        let state = Arc::new(parking_lot::Mutex::new(ReadState::Pending));
+        let (state2, tx, wake, fs2) = (state.clone(), self.done_tx.clone(), self.wake.clone(), fs.clone());
         fs.read_async(ino, fh, off, size, move |r| {
-            let dst = dst;
             let answer = match r {
                 Ok(b) => {
-                    let n = b.len().min(dst.1);
-                    // SAFETY: dst is this entry's payload, which its thread
-                    // does not touch until this answer arrives.
-                    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), dst.0, n) };
+                    let n = b.len().min(size);
+                    // SAFETY: the payload is this read's until it answers
+                    // (see `Payload`), and holds at least `size` bytes.
+                    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), payload.ptr(), n) };
                     (0, n)
                 }
                 Err(e) => (errno_code(&fs2, "read", e), 0),
             };
-            let _ = tx.send(answer);
+            drop(t);
+            let mut st = state2.lock();
+            if matches!(*st, ReadState::Detached) {
+                let _ = tx.send((i, answer));
+                let one = 1u64.to_ne_bytes();
+                // SAFETY: writing 8 bytes to an eventfd we hold.
+                unsafe { libc::write(wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+            } else {
+                *st = ReadState::Inline(answer);
+            }
         });
-        // The client bounds every read (its request timeout); the callback
-        // always runs, here or on its completion thread.
-        let answer = rx.recv().unwrap_or((libc::EIO, 0));
-        drop(t);
-        answer
+        let mut st = state.lock();
+        match std::mem::replace(&mut *st, ReadState::Detached) {
+            ReadState::Inline(answer) => Some(answer),
+            _ => None,
+        }
     }
 }
 
