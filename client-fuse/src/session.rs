@@ -121,8 +121,9 @@ pub fn mount<B: Backend>(fs: Arc<StokerFs<B>>, mountpoint: &Path, opts: &MountOp
             return Err(io::Error::other("the kernel did not offer FUSE over io_uring at INIT"));
         }
         let fd = session.as_fd().try_clone_to_owned()?;
-        let per_cpu = opts.threads.clamp(1, 256).div_ceil(crate::uring::possible_cpus());
-        crate::uring::start(fs, fd, per_cpu, agreed.no_open.load(Ordering::Relaxed))?;
+        // Each ring thread holds one request at a time, and a request waits
+        // for an entry of its own CPU's queue: `threads` per CPU.
+        crate::uring::start(fs, fd, opts.threads.clamp(1, 256), agreed.no_open.load(Ordering::Relaxed))?;
     }
     Ok(session)
 }
