@@ -83,6 +83,10 @@ impl NsError {
     }
 }
 
+/// Slots of the per-directory listing generations.
+const LIST_GEN_SLOTS: usize = 256;
+/// Fetches of one listing while its directory keeps changing.
+const LIST_TRIES: u32 = 4;
 /// Pages fetched per listing call.
 const LIST_PAGE: usize = 1000;
 /// Listings larger than this are refused rather than held in memory.
@@ -108,6 +112,12 @@ pub struct Namespace {
     direct: Option<Arc<crate::direct::DirectAreas>>,
     /// Files written through the engine, served ahead of under storage.
     written: written::Written,
+    /// Per directory (hashed into a fixed set of slots), bumped whenever a
+    /// file of it changes where it is listed from (a written file moving to
+    /// under storage, a patch or a forget of the cached listing). A listing
+    /// fetched across a bump may miss such a file: it is not cached, and
+    /// `list` fetches it again.
+    list_gens: Box<[std::sync::atomic::AtomicU64]>,
 }
 
 /// A mount's settings as the namespace applies them (its own, else the
@@ -193,6 +203,7 @@ impl Namespace {
             settings: PathMap::default(),
             direct: None,
             written: written::Written::default(),
+            list_gens: (0..LIST_GEN_SLOTS).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
         }
     }
 
@@ -376,9 +387,24 @@ impl Namespace {
         &self.written
     }
 
+    fn list_gen(&self, dir: &str) -> &std::sync::atomic::AtomicU64 {
+        use std::hash::{BuildHasher, RandomState};
+        static SEED: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+        let h = SEED.get_or_init(RandomState::new).hash_one(dir);
+        &self.list_gens[(h % LIST_GEN_SLOTS as u64) as usize]
+    }
+
+    /// A file of directory `dir` is about to change where it is listed from
+    /// (a written file leaving the written table for under storage): a
+    /// listing being fetched now must not be cached or answered as it is.
+    pub fn listing_changes(&self, dir: &str) {
+        self.list_gen(dir).fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Forget the cached listing of directory `dir` (a file in it was
     /// written or removed).
     pub fn forget_listing(&self, dir: &str) {
+        self.listing_changes(dir);
         self.lists.write().remove(dir);
     }
 
@@ -390,6 +416,7 @@ impl Namespace {
             Some(i) => (&norm[..i], &norm[i + 1..]),
             None => return,
         };
+        self.listing_changes(dir);
         let mut lists = self.lists.write();
         let Some((l, _)) = lists.get_mut(dir) else { return };
         let mut v = (**l).clone();
@@ -466,13 +493,25 @@ impl Namespace {
     }
 
     pub async fn list(&self, norm: &str) -> Result<Arc<Vec<DirEntry>>, NsError> {
-        let listed = match self.list_ufs(norm).await {
-            Err(NsError::Ufs { errno, .. }) if errno == libc::ENOENT && self.stat(norm).await.is_ok_and(|a| a.kind == Kind::Dir) => {
-                Arc::new(Vec::new())
+        let gen = self.list_gen(norm);
+        let mut tries = 0;
+        loop {
+            // A file persisted while this listing was fetched may be in
+            // neither the written table nor under storage's answer: fetch
+            // again (a few times; under constant change, the last answer).
+            let before = gen.load(std::sync::atomic::Ordering::SeqCst);
+            let listed = match self.list_ufs(norm, before).await {
+                Err(NsError::Ufs { errno, .. }) if errno == libc::ENOENT && self.stat(norm).await.is_ok_and(|a| a.kind == Kind::Dir) => {
+                    Arc::new(Vec::new())
+                }
+                r => r?,
+            };
+            let out = self.with_written(norm, listed);
+            tries += 1;
+            if gen.load(std::sync::atomic::Ordering::SeqCst) == before || tries >= LIST_TRIES {
+                return Ok(out);
             }
-            r => r?,
-        };
-        Ok(self.with_written(norm, listed))
+        }
     }
 
     /// `listed` with the written files of `norm` in it (replacing what
@@ -493,7 +532,9 @@ impl Namespace {
         Arc::new(by_name.into_iter().map(|(name, attr)| DirEntry { name, attr }).collect())
     }
 
-    async fn list_ufs(&self, norm: &str) -> Result<Arc<Vec<DirEntry>>, NsError> {
+    /// Under storage's listing of `norm` (cached); cached only if `norm`'s
+    /// listing generation is still `gen`.
+    async fn list_ufs(&self, norm: &str, gen: u64) -> Result<Arc<Vec<DirEntry>>, NsError> {
         if let Some((l, at)) = self.lists.read().get(norm) {
             if self.fresh(norm, *at) {
                 return Ok(l.clone());
@@ -547,7 +588,10 @@ impl Namespace {
             log.append_listing(news.into_iter(), norm, &entries);
         }
         let entries = Arc::new(entries);
-        self.lists.write().insert(norm.to_string(), (entries.clone(), now));
+        let mut lists = self.lists.write();
+        if self.list_gen(norm).load(std::sync::atomic::Ordering::SeqCst) == gen {
+            lists.insert(norm.to_string(), (entries.clone(), now));
+        }
         Ok(entries)
     }
 
@@ -692,6 +736,64 @@ mod tests {
         assert_eq!(files.last().unwrap().0, "/m/top");
         let e = ns.walk("/m", 10).await.unwrap_err();
         assert_eq!(e.errno(), libc::E2BIG);
+    }
+
+    /// A directory whose listing is taken, then held at a gate, while a
+    /// file lands in it (as a written file being persisted does).
+    struct Landing {
+        files: parking_lot::Mutex<Vec<String>>,
+        held: tokio::sync::Notify,
+        go: tokio::sync::Notify,
+        hold_first: std::sync::atomic::AtomicBool,
+    }
+
+    impl Ufs for Landing {
+        fn stat<'a>(&'a self, _rel: &'a str) -> BoxFut<'a, UfsResult<Attr>> {
+            Box::pin(async move { Ok(dir_attr()) })
+        }
+        fn read<'a>(&'a self, _: &'a str, _: u64, _: u64) -> BoxFut<'a, UfsResult<Vec<u8>>> {
+            Box::pin(async move { Err(UfsError::NotFound) })
+        }
+        fn list<'a>(&'a self, _rel: &'a str, _: Option<String>, _: usize) -> BoxFut<'a, UfsResult<ListPage>> {
+            Box::pin(async move {
+                let attr = Attr { kind: Kind::File, size: 1, mtime_ns: 0, version: "v".into() };
+                let entries = self.files.lock().iter().map(|n| (n.clone(), attr.clone())).collect();
+                if self.hold_first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    self.held.notify_one();
+                    self.go.notified().await;
+                }
+                Ok(ListPage { entries, next: None })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_persisted_while_its_directory_is_listed_is_in_the_listing() {
+        let ufs = Arc::new(Landing {
+            files: parking_lot::Mutex::new(vec!["a".into()]),
+            held: tokio::sync::Notify::new(),
+            go: tokio::sync::Notify::new(),
+            hold_first: std::sync::atomic::AtomicBool::new(true),
+        });
+        let g = Arc::new(Guarded::new(ufs.clone(), Duration::from_secs(30), 1));
+        let ns = Arc::new(Namespace::new(BTreeMap::from([("m".to_string(), g)]), Some(Duration::from_secs(3600))));
+        let lister = {
+            let ns = ns.clone();
+            tokio::spawn(async move { ns.list("/m").await })
+        };
+        // The listing has been taken (without "b") and is held.
+        ufs.held.notified().await;
+        // "b" lands in under storage and leaves the written table, as
+        // `write::persist` does it.
+        ufs.files.lock().push("b".into());
+        ns.listing_changes("/m");
+        ns.patch_listing("/m/b", Some(Attr { kind: Kind::File, size: 1, mtime_ns: 0, version: "v".into() }));
+        ufs.go.notify_one();
+        let names = |l: &[DirEntry]| l.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+        let first = lister.await.unwrap().unwrap();
+        assert_eq!(names(&first), ["a", "b"], "the listing fetched across the change");
+        let again = ns.list("/m").await.unwrap();
+        assert_eq!(names(&again), ["a", "b"], "the cached listing");
     }
 
     #[test]

@@ -67,6 +67,9 @@ async fn attempt(core: &Arc<WriteCore>, id: u64) {
             };
             // The record goes first: a crash between the two steps persists it once more.
             core.pending.lock().remove(&id);
+            // Before the written copy stops answering for it: a listing of
+            // the directory fetched across this point is fetched again.
+            core.ns.listing_changes(parent_of(&path));
             let removed = core.ns.written().remove(&path, Some(&version));
             core.remove_files(id);
             if removed.is_some() {
