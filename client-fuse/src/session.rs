@@ -113,7 +113,14 @@ pub fn mount<B: Backend>(fs: Arc<StokerFs<B>>, mountpoint: &Path, opts: &MountOp
         uring,
     };
     let agreed = Arc::new(Negotiated::default());
+    // A low descriptor, taken before fuser opens any /dev/fuse one, for
+    // the fusermount3 socket (see `close_last`).
+    let low = opts.auto_unmount.then(|| std::fs::File::open("/dev/null").ok()).flatten();
+    let sockets_before = socket_fds();
     let session = fuser::Session::new(FuseFs::with_negotiated(fs.clone(), tuning, agreed.clone()), mountpoint, &cfg)?;
+    if let Some(low) = low {
+        close_last(sockets_before, low);
+    }
     if uring {
         use std::os::fd::AsFd;
         use std::sync::atomic::Ordering;
@@ -126,6 +133,44 @@ pub fn mount<B: Backend>(fs: Arc<StokerFs<B>>, mountpoint: &Path, opts: &MountOp
         crate::uring::start(fs, fd, opts.threads.clamp(1, 256), agreed.no_open.load(Ordering::Relaxed))?;
     }
     Ok(session)
+}
+
+/// This process's descriptors that are sockets.
+fn socket_fds() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Vec::new() };
+    dir.flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Give the socket opened since `before` (with auto_unmount: the one
+/// fusermount3 watches) a second descriptor at `low`, below every /dev/fuse
+/// descriptor of the session.
+///
+/// fusermount3 unmounts a dead mount only if the mount point already
+/// answers ENOTCONN when the socket reaches end-of-file, that is, once every
+/// /dev/fuse descriptor of the connection is released. When a process is
+/// killed its descriptors are closed in ascending order but released last
+/// first (the kernel's deferred `fput`s run newest first), and fuser's first
+/// /dev/fuse descriptor sits below its socket: fusermount3 could look before
+/// that one was released and leave the dead mount in place (seen under
+/// load). Held below all of them, the socket is released last.
+fn close_last(before: Vec<i32>, low: std::fs::File) {
+    use std::os::fd::IntoRawFd;
+    let low = low.into_raw_fd();
+    let fresh: Vec<i32> = socket_fds().into_iter().filter(|fd| !before.contains(fd)).collect();
+    let moved = match fresh.as_slice() {
+        // SAFETY: dup3 onto `low`, a descriptor we own (it replaces /dev/null
+        // there); the copy is meant to live until the process ends.
+        [sock] => (unsafe { libc::dup3(*sock, low, libc::O_CLOEXEC) }) == low,
+        _ => false,
+    };
+    if !moved {
+        tracing::debug!(sockets = fresh.len(), "fusermount3 socket not moved below /dev/fuse");
+        // SAFETY: closing the /dev/null descriptor we opened and own.
+        unsafe { libc::close(low) };
+    }
 }
 
 /// `fusermount3` (or `fusermount`) on PATH, if any.
