@@ -8,8 +8,9 @@
 //! CPU its caller runs on, and each queue's threads are pinned to that CPU,
 //! so both hand-offs of a round trip stay on one CPU, and a reply and the
 //! wait for the next request are one `io_uring_enter`. Measured on a
-//! 2-vCPU VM (docs/BENCHMARKS.md, "FUSE over io_uring"): a lookup round trip
-//! 58 -> 22 µs, 4 KiB random reads +35%.
+//! 2-vCPU VM (docs/BENCHMARKS.md, "FUSE over io_uring"): a stoker lookup
+//! round trip 52 -> 37 µs; it wins at low concurrency and loses when
+//! readers keep the CPUs busy, so it is off by default.
 //!
 //! Shape: after fuser's INIT handshake (which negotiated
 //! FUSE_OVER_IO_URING), `threads_per_cpu` threads per possible CPU each own
@@ -554,7 +555,8 @@ fn dispatch<B: Backend>(fs: &StokerFs<B>, no_open: bool, opcode: u32, nodeid: u6
         FUSE_READDIR | FUSE_READDIRPLUS => {
             let plus = opcode == FUSE_READDIRPLUS;
             let _t = timed(if plus { "readdirplus" } else { "readdir" });
-            let (fh, offset, size) = (u64_at(op_in, 0), u64_at(op_in, 8), u32_at(op_in, 16) as usize);
+            // The reply goes into the payload buffer: never more than it holds.
+            let (fh, offset, size) = (u64_at(op_in, 0), u64_at(op_in, 8), (u32_at(op_in, 16) as usize).min(PAYLOAD_BYTES as usize));
             let l = fs.dir_listing(fh).map_err(|e| errno_code(fs, "readdir", e))?;
             for item in l.items_from(offset) {
                 let at = out.len();

@@ -388,10 +388,10 @@ impl Namespace {
     }
 
     fn list_gen(&self, dir: &str) -> &std::sync::atomic::AtomicU64 {
-        use std::hash::{BuildHasher, RandomState};
-        static SEED: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
-        let h = SEED.get_or_init(RandomState::new).hash_one(dir);
-        &self.list_gens[(h % LIST_GEN_SLOTS as u64) as usize]
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        dir.hash(&mut h);
+        &self.list_gens[(h.finish() % LIST_GEN_SLOTS as u64) as usize]
     }
 
     /// A file of directory `dir` is about to change where it is listed from
